@@ -1,0 +1,238 @@
+//! Entry points for the fuzz targets in `fuzz/` (style rule 20). Compiled only with
+//! `--cfg fuzzing`, which `cargo fuzz` sets; nothing here is part of the normal API.
+//!
+//! Each function takes the raw fuzzer input, must never panic on any input, and panics (which
+//! the fuzzer reports) only when an invariant of the codec breaks: a round trip that changes
+//! bytes, output after `FCGI_END_REQUEST`, an oversized record.
+
+use bytes::BytesMut;
+
+use crate::fcgi::conn::{ConnConfig, Connection, Event};
+use crate::fcgi::decode::{ClientDecoder, ParamsDecoder, Record, RecordDecoder, ResponseRecord};
+use crate::fcgi::record::{encode_pair, BeginRequest, EndRequest, RecordType, UnknownType};
+use crate::limits::{FCGI_HEADER_LEN, FCGI_MAX_CONTENT_LEN};
+use crate::{Limits, ProtocolError};
+
+pub use crate::fcgi;
+pub use crate::params::{check_pair, ParamsBuilder, Span};
+pub use crate::reader::Reader;
+
+/// `fcgi_decode`: frames records out of `data` and parses every typed body and PARAMS stream.
+pub fn fcgi_decode(data: &[u8]) {
+    let mut src = BytesMut::from(data);
+    let mut dec = RecordDecoder::new();
+    let mut params = ParamsDecoder::new(Limits::default());
+    while let Ok(Some(record)) = dec.decode(&mut src) {
+        assert!(record.content.len() <= FCGI_MAX_CONTENT_LEN);
+        let h = &record.header;
+        match h.record_type {
+            RecordType::BeginRequest => {
+                let _ = BeginRequest::load(h, &record.content);
+            }
+            RecordType::EndRequest => {
+                let _ = EndRequest::load(h, &record.content);
+            }
+            RecordType::UnknownType => {
+                let _ = UnknownType::load(h, &record.content);
+            }
+            RecordType::Params if record.content.is_empty() => {
+                let done = std::mem::replace(&mut params, ParamsDecoder::new(Limits::default()));
+                if let Ok(p) = done.finish() {
+                    for (name, value) in p.iter() {
+                        let _ = (name.len(), value.len());
+                    }
+                }
+            }
+            RecordType::Params if params.push(&record.content).is_err() => {
+                params = ParamsDecoder::new(Limits::default());
+            }
+            _ => {}
+        }
+    }
+    let mut client = ClientDecoder::default();
+    let mut src = BytesMut::from(data);
+    while let Ok(Some(_)) = client.decode(&mut src) {}
+}
+
+/// `fcgi_conn`: plays `data` as a web server against a [`Connection`], in chunks sized by the
+/// input's last byte (so raw captures are valid seeds), answering every request like a driver
+/// would, and checks the output.
+pub fn fcgi_conn(data: &[u8]) {
+    let chunk = 1 + 3 * usize::from(data.last().copied().unwrap_or(0));
+    let mut conn = Connection::new(ConnConfig {
+        limits: Limits::default(),
+        max_conns: 10,
+        max_reqs: 1,
+    });
+    let mut src = BytesMut::new();
+    let mut check = OutputCheck::default();
+    for piece in data.chunks(chunk) {
+        src.extend_from_slice(piece);
+        let result = conn.handle_input(&mut src);
+        check.drain(&mut conn);
+        if result.is_err() {
+            assert!(conn.wants_close());
+            return;
+        }
+        while let Some(event) = conn.poll_event() {
+            match event {
+                Event::Request { id, params, .. } => {
+                    check.begun(id);
+                    if params.len() % 3 == 0 {
+                        conn.send_stdout(id, b"Status: 200 OK\r\n\r\n");
+                    }
+                    if params.len() % 5 == 1 {
+                        conn.send_stderr(id, b"log");
+                    }
+                    if params.len() % 7 == 2 {
+                        conn.end_request(id, 0);
+                    }
+                }
+                Event::Stdin { id, data } => {
+                    assert!(!data.is_empty());
+                    conn.send_stdout(id, &data);
+                }
+                Event::StdinEnd { id } | Event::Abort { id } => conn.end_request(id, 0),
+            }
+            check.drain(&mut conn);
+        }
+    }
+    let _ = conn.handle_eof(&src);
+    check.drain(&mut conn);
+    assert!(check.buf.is_empty(), "connection emitted a partial record");
+}
+
+/// Decodes the connection's output as a web server would, as it is produced: it must be
+/// well-formed records, and no STDOUT/STDERR may follow a request's `FCGI_END_REQUEST` until
+/// a new request with that id has begun.
+#[derive(Default)]
+struct OutputCheck {
+    buf: BytesMut,
+    dec: ClientDecoder,
+    ended: Vec<u16>,
+}
+
+impl OutputCheck {
+    fn begun(&mut self, id: u16) {
+        self.ended.retain(|e| *e != id);
+    }
+
+    fn drain(&mut self, conn: &mut Connection) {
+        conn.poll_transmit(&mut self.buf);
+        assert_eq!(conn.queued_output(), 0);
+        loop {
+            match self.dec.decode(&mut self.buf) {
+                Ok(Some(ResponseRecord::EndRequest { id, .. })) => self.ended.push(id),
+                Ok(Some(ResponseRecord::Stdout { id, .. } | ResponseRecord::Stderr { id, .. })) => {
+                    assert!(!self.ended.contains(&id), "stream record after END_REQUEST");
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+                Err(e) => panic!("connection emitted an invalid record: {e}"),
+            }
+        }
+    }
+}
+
+/// `fcgi_roundtrip`: every record decoded from `data` re-encodes to the bytes it was decoded
+/// from (padding bytes and the reserved byte aside, which the receiver ignores), and every
+/// complete PARAMS stream re-encodes to pairs that decode to the same list.
+pub fn fcgi_roundtrip(data: &[u8]) {
+    let mut src = BytesMut::from(data);
+    let mut dec = RecordDecoder::new();
+    let mut offset = 0;
+    let mut params = ParamsDecoder::new(Limits::default());
+    loop {
+        let Ok(Some(record)) = dec.decode(&mut src) else {
+            break;
+        };
+        let consumed = &data[offset..offset + record.header.record_len()];
+        offset += record.header.record_len();
+        let mut again = BytesMut::new();
+        encode_record(&record, &mut again);
+        assert_eq!(again.len(), consumed.len());
+        assert_eq!(again[..7], consumed[..7], "header changed in a round trip");
+        let content_end = FCGI_HEADER_LEN + record.content.len();
+        assert_eq!(
+            again[FCGI_HEADER_LEN..content_end],
+            consumed[FCGI_HEADER_LEN..content_end]
+        );
+        let reparsed = RecordDecoder::new().decode(&mut again);
+        assert_eq!(reparsed, Ok(Some(record.clone())));
+
+        if record.header.record_type == RecordType::Params {
+            if record.content.is_empty() {
+                let done = std::mem::replace(&mut params, ParamsDecoder::new(Limits::default()));
+                if let Ok(list) = done.finish() {
+                    let mut stream = BytesMut::new();
+                    for (name, value) in list.iter() {
+                        encode_pair(name, value, &mut stream);
+                    }
+                    let mut back = ParamsDecoder::new(Limits::default());
+                    if !stream.is_empty() {
+                        must(back.push(&stream));
+                    }
+                    let back = must(back.finish());
+                    assert!(
+                        back.iter().eq(list.iter()),
+                        "params changed in a round trip"
+                    );
+                }
+            } else if params.push(&record.content).is_err() {
+                params = ParamsDecoder::new(Limits::default());
+            }
+        }
+    }
+}
+
+/// Re-encodes a decoded record with its original padding length and zero padding bytes.
+fn encode_record(record: &Record, dst: &mut BytesMut) {
+    record.header.encode(dst);
+    dst.extend_from_slice(&record.content);
+    dst.resize(dst.len() + record.header.padding_length as usize, 0);
+}
+
+fn must<T>(r: Result<T, ProtocolError>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("re-encoded params failed to decode: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GET: &[u8] = include_bytes!("../testdata/fcgi-nginx-get.bin");
+    const POST: &[u8] = include_bytes!("../testdata/fcgi-nginx-post.bin");
+
+    /// A smoke run of the targets over the captures and cheap deterministic mutations, so
+    /// `--cfg fuzzing` builds are exercised without a fuzzer.
+    #[test]
+    fn targets_survive_captures_and_mutations() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for capture in [GET, POST] {
+            fcgi_conn(capture);
+            for step in [2u8, 8, 200] {
+                let mut input = capture.to_vec();
+                input.push(step);
+                fcgi_conn(&input);
+            }
+            fcgi_decode(capture);
+            fcgi_roundtrip(capture);
+            for _ in 0..300 {
+                let mut m = capture[..capture.len().min(2048)].to_vec();
+                for _ in 0..4 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let at = (seed as usize) % m.len();
+                    m[at] = (seed >> 32) as u8;
+                }
+                fcgi_decode(&m);
+                fcgi_roundtrip(&m);
+                fcgi_conn(&m);
+            }
+        }
+    }
+}
