@@ -1,0 +1,1109 @@
+//! Listeners: TCP (IPv4 or IPv6), unix sockets, and the listening socket inherited on fd 0 or
+//! from systemd; the accepted [`Stream`]s, their [`PeerAddr`]s and the [`AllowList`].
+//!
+//! Binding happens before any runtime or fork exists (errors reach the terminal, the daemon and
+//! prefork workers inherit the socket), so it is split in two: [`bind`] makes a std
+//! [`StdListener`]; [`Listener::from_std`] turns it into a tokio listener inside the runtime.
+//!
+//! Unix socket files are handled with care for the seed's restart script (`kill old; start
+//! new` on the same path): a socket file is replaced only when nothing answers on it, and
+//! [`SocketGuard`] removes it at exit only while it is still the file this process created.
+//!
+//! This module reads and writes no connection bytes (the drivers do) and knows no protocol.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::str::FromStr;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    self as nix_socket, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage,
+};
+use socket2::{Domain, SockAddr, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use crate::config::{Config, Inherited, Listen};
+use crate::sys;
+
+/// How long [`bind`] keeps retrying while the address is held by a live server.
+///
+/// The seed's restart script sends SIGTERM and starts the new server at once; the old one
+/// closes its listener within milliseconds of the signal, so a short wait turns that race
+/// into a clean start, while a server that really keeps listening still fails after 3 s.
+pub const IN_USE_WAIT: Duration = Duration::from_secs(3);
+
+/// Pause between two attempts while the address is in use.
+const IN_USE_RETRY: Duration = Duration::from_millis(50);
+
+/// Mode of a new unix socket file when `umask=` is not given (minus the process umask): the
+/// owner and the group may connect (connecting needs write permission), nobody else.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+
+/// Binds the listener `config` asks for: `host=`/`port=`, `socket=`, or the inherited one.
+///
+/// Call before the runtime or any thread exists. TCP sockets get `SO_REUSEADDR` and the
+/// `backlog=`; unix socket files get their mode from `umask=` (see [`socket_mode`]).
+pub fn bind(config: &Config) -> io::Result<StdListener> {
+    let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
+    match &config.listen {
+        Listen::Tcp { host, port } => bind_tcp(host, *port, backlog),
+        Listen::Unix(path) => bind_unix(path, config.umask, backlog),
+        Listen::Inherited(inherited) => take_inherited(inherited),
+    }
+}
+
+/// A bound, listening socket outside any runtime.
+#[derive(Debug)]
+pub struct StdListener {
+    // Field order matters: the socket closes before the guard checks whether anyone still
+    // answers on the path.
+    socket: StdSocket,
+    guard: Option<SocketGuard>,
+    description: String,
+}
+
+#[derive(Debug)]
+enum StdSocket {
+    Tcp(std::net::TcpListener),
+    Unix(StdUnixListener),
+}
+
+impl StdListener {
+    /// Where it listens, as the ready line shows it: `127.0.0.1:43125` (the real port when
+    /// `port=0`), `[::1]:3033`, `unix:/path`, `fd0`, `fd3`.
+    pub fn description(&self) -> String {
+        self.description.clone()
+    }
+
+    /// The TCP address, when it is a TCP listener.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match &self.socket {
+            StdSocket::Tcp(l) => l.local_addr().ok(),
+            StdSocket::Unix(_) => None,
+        }
+    }
+}
+
+impl AsFd for StdListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.socket {
+            StdSocket::Tcp(l) => l.as_fd(),
+            StdSocket::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
+/// A listener registered with the tokio runtime.
+#[derive(Debug)]
+pub struct Listener {
+    // The socket closes before the guard runs (see `StdListener`).
+    inner: Inner,
+    _guard: Option<SocketGuard>,
+    description: String,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Registers `listener` with the current tokio runtime; call inside it.
+    pub fn from_std(listener: StdListener) -> io::Result<Self> {
+        let StdListener {
+            socket,
+            guard,
+            description,
+        } = listener;
+        let inner = match socket {
+            StdSocket::Tcp(l) => {
+                l.set_nonblocking(true)?;
+                Inner::Tcp(TcpListener::from_std(l)?)
+            }
+            StdSocket::Unix(l) => {
+                l.set_nonblocking(true)?;
+                Inner::Unix(UnixListener::from_std(l)?)
+            }
+        };
+        Ok(Self {
+            inner,
+            _guard: guard,
+            description,
+        })
+    }
+
+    /// Accepts one connection. TCP streams get `TCP_NODELAY`: AJP's body round trips and
+    /// FastCGI's small records must not wait for Nagle plus delayed ACK.
+    pub async fn accept(&self) -> io::Result<(Stream, PeerAddr)> {
+        match &self.inner {
+            Inner::Tcp(l) => {
+                let (stream, addr) = l.accept().await?;
+                // Fails only when the peer is already gone; the read that follows says so.
+                let _ = stream.set_nodelay(true);
+                let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+                Ok((Stream::Tcp(stream), PeerAddr::Tcp(addr)))
+            }
+            Inner::Unix(l) => {
+                let (stream, _) = l.accept().await?;
+                Ok((Stream::Unix(stream), PeerAddr::Unix))
+            }
+        }
+    }
+
+    /// Where it listens (see [`StdListener::description`]).
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+}
+
+/// An accepted connection.
+#[derive(Debug)]
+pub enum Stream {
+    /// From a TCP listener.
+    Tcp(TcpStream),
+    /// From a unix socket listener.
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Tcp(s) => s.is_write_vectored(),
+            Self::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Who is on the other end of a connection, for the allow-list and log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerAddr {
+    /// A TCP peer; IPv4-mapped IPv6 addresses are shown and checked as IPv4.
+    Tcp(SocketAddr),
+    /// A unix socket peer (web servers connect from unnamed sockets).
+    Unix,
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix => f.write_str("unix"),
+        }
+    }
+}
+
+/// The peers allowed to connect: `allow=` plus `FCGI_WEB_SERVER_ADDRS`.
+///
+/// Empty means anyone who can connect. A non-empty list admits only TCP peers in one of its
+/// networks: unix socket peers are refused, as libfcgi does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowList {
+    nets: Vec<IpNet>,
+}
+
+impl AllowList {
+    /// Adds a network.
+    pub fn push(&mut self, net: IpNet) {
+        self.nets.push(net);
+    }
+
+    /// Whether no restriction is configured.
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    /// The networks, in the order given.
+    pub fn nets(&self) -> &[IpNet] {
+        &self.nets
+    }
+
+    /// Whether `peer` may be served.
+    pub fn permits(&self, peer: &PeerAddr) -> bool {
+        if self.nets.is_empty() {
+            return true;
+        }
+        match peer {
+            PeerAddr::Tcp(addr) => self.nets.iter().any(|n| n.contains(addr.ip())),
+            PeerAddr::Unix => false,
+        }
+    }
+}
+
+/// An IP network: an address and a prefix length (`10.0.0.0/8`, `::1/128`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+/// The error of parsing an [`IpNet`]: not `ADDRESS` or `ADDRESS/PREFIX`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not an IP address or CIDR network")]
+pub struct InvalidNet;
+
+impl IpNet {
+    /// The network of `addr` with `prefix` leading bits; `None` when the prefix is longer than
+    /// the address. IPv4-mapped IPv6 networks (`::ffff:10.0.0.0/104`) become IPv4 ones.
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return None;
+        }
+        if let (IpAddr::V6(v6), true) = (addr, prefix >= 96) {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return Some(Self {
+                    addr: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                });
+            }
+        }
+        Some(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is in this network (IPv4-mapped addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = InvalidNet;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| InvalidNet)?;
+        let prefix = match prefix {
+            None if addr.is_ipv4() => 32,
+            None => 128,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse().map_err(|_| InvalidNet)?
+            }
+            Some(_) => return Err(InvalidNet),
+        };
+        Self::new(addr, prefix).ok_or(InvalidNet)
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Removes a unix socket file at exit, but only the file this process created.
+///
+/// The seed's restart script starts a new server on the same path while the old one is still
+/// finishing: the old one's guard must leave the new socket alone. So the file is removed only
+/// when it is still the same file (device, inode and change time recorded at bind) and nobody
+/// answers on it any more. The second check also keeps a forked process (a prefork worker)
+/// from removing a socket its siblings still listen on, while the daemonized child, which
+/// inherits the guard from the process that bound, still cleans up after itself.
+#[derive(Debug)]
+pub struct SocketGuard {
+    path: PathBuf,
+    identity: FileIdentity,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> io::Result<Self> {
+        let meta = fs::symlink_metadata(path)?;
+        Ok(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
+        })
+    }
+}
+
+impl SocketGuard {
+    /// Records the file now at `path` as ours.
+    pub fn new(path: &Path) -> io::Result<Self> {
+        Ok(Self {
+            path: path.to_owned(),
+            identity: FileIdentity::of(path)?,
+        })
+    }
+
+    /// The socket file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether dropping the guard now would remove the file.
+    pub fn would_remove(&self) -> bool {
+        FileIdentity::of(&self.path).is_ok_and(|id| id == self.identity)
+            && matches!(probe_socket(&self.path), Ok(SocketState::Dead))
+    }
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if self.would_remove() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The mode a new unix socket file gets: `0o777` minus `umask=` when given, else
+/// [`DEFAULT_SOCKET_MODE`] minus the process umask (so `0660` or tighter).
+pub fn socket_mode(umask: Option<u32>) -> u32 {
+    match umask {
+        Some(mask) => 0o777 & !mask,
+        None => DEFAULT_SOCKET_MODE & !sys::current_umask(),
+    }
+}
+
+fn bind_tcp(host: &str, port: u16, backlog: i32) -> io::Result<StdListener> {
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve host {host:?}: {e}")))?
+        .next()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("host {host:?} has no address"),
+            )
+        })?;
+    let socket = retry_in_use(|| {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(backlog)?;
+        Ok(Some(socket))
+    })
+    .map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(e.kind(), format!("address in use: {addr}"))
+        } else {
+            e
+        }
+    })?;
+    let listener = std::net::TcpListener::from(socket);
+    let description = listener.local_addr()?.to_string();
+    Ok(StdListener {
+        socket: StdSocket::Tcp(listener),
+        guard: None,
+        description,
+    })
+}
+
+fn bind_unix(path: &Path, umask: Option<u32>, backlog: i32) -> io::Result<StdListener> {
+    let live = || {
+        io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "address in use: a live server is listening on {}",
+                path.display()
+            ),
+        )
+    };
+    let socket = retry_in_use(|| {
+        match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ));
+            }
+            Ok(_) => match probe_socket(path)? {
+                SocketState::Live => return Ok(None),
+                SocketState::Dead => match fs::remove_file(path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("cannot remove stale socket {}: {e}", path.display()),
+                        ))
+                    }
+                    _ => {}
+                },
+                SocketState::Absent => {}
+            },
+        }
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        socket.bind(&SockAddr::unix(path)?)?;
+        // Nobody can connect before listen(), so setting the mode here leaves no window
+        // with a wider one.
+        fs::set_permissions(path, fs::Permissions::from_mode(socket_mode(umask)))?;
+        socket.listen(backlog)?;
+        Ok(Some(socket))
+    })
+    .map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            live()
+        } else {
+            e
+        }
+    })?;
+    let guard = SocketGuard::new(path)?;
+    Ok(StdListener {
+        socket: StdSocket::Unix(StdUnixListener::from(socket)),
+        guard: Some(guard),
+        description: format!("unix:{}", path.display()),
+    })
+}
+
+/// Runs `attempt` until it binds, retrying for [`IN_USE_WAIT`] while the address is in use:
+/// `Ok(None)` or an `AddrInUse` error. After the wait, fails with `AddrInUse`.
+fn retry_in_use(mut attempt: impl FnMut() -> io::Result<Option<Socket>>) -> io::Result<Socket> {
+    let deadline = Instant::now() + IN_USE_WAIT;
+    loop {
+        let last = match attempt() {
+            Ok(Some(socket)) => return Ok(socket),
+            Ok(None) => io::Error::from(io::ErrorKind::AddrInUse),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => e,
+            Err(e) => return Err(e),
+        };
+        if Instant::now() >= deadline {
+            return Err(last);
+        }
+        // Polling the file system: the old server gives no signal we could wait on.
+        std::thread::sleep(IN_USE_RETRY);
+    }
+}
+
+/// What answers on a unix socket path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SocketState {
+    /// A server accepts connections (or its backlog is full).
+    Live,
+    /// The file exists but nobody listens: a stale socket file.
+    Dead,
+    /// No file.
+    Absent,
+}
+
+fn probe_socket(path: &Path) -> io::Result<SocketState> {
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    // Non-blocking: a live server with a full backlog must not make us wait.
+    socket.set_nonblocking(true)?;
+    match socket.connect(&SockAddr::unix(path)?) {
+        Ok(()) => Ok(SocketState::Live),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(SocketState::Live),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(SocketState::Dead),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(SocketState::Absent),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot check whether {} is in use: {e}", path.display()),
+        )),
+    }
+}
+
+/// Takes the inherited listening socket: systemd's fd 3 when `LISTEN_PID` is ours, else fd 0.
+fn take_inherited(inherited: &Inherited) -> io::Result<StdListener> {
+    let (fd, name) = match inherited {
+        Inherited::Systemd { fds, pid } if *pid == Some(std::process::id()) => {
+            if *fds != 1 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("LISTEN_FDS={fds}: appserver serves exactly one socket"),
+                ));
+            }
+            (3, "fd3")
+        }
+        _ => (0, "fd0"),
+    };
+    check_listening(fd, nix_socket::getpeername::<SockaddrStorage>(fd).map(drop))?;
+    let owned = sys::take_inherited_fd(fd)?;
+    let socket = inherited_socket(fd, owned)?;
+    Ok(StdListener {
+        socket,
+        guard: None,
+        description: name.to_owned(),
+    })
+}
+
+/// Classifies an inherited descriptor by the outcome of `getpeername` on it (FastCGI spec
+/// §2.2, protocols.md §1.1): `ENOTCONN` means a listening socket; anything else is an error
+/// that says how to run appserver instead.
+fn check_listening(fd: RawFd, peer: Result<(), Errno>) -> io::Result<()> {
+    const HOW: &str = "run from a web server that passes a listening socket \
+                       (mod_fcgid, lighttpd bin-path, spawn-fcgi) or give host/port or socket";
+    let (kind, what) = match peer {
+        Err(Errno::ENOTCONN) => return Ok(()),
+        Err(Errno::ENOTSOCK) => (io::ErrorKind::InvalidInput, "is not a socket".to_owned()),
+        Err(Errno::EBADF) => (io::ErrorKind::InvalidInput, "is not open".to_owned()),
+        Ok(()) => (
+            io::ErrorKind::InvalidInput,
+            "is a connected socket, not a listening one".to_owned(),
+        ),
+        Err(e) => (io::Error::from(e).kind(), format!("cannot be checked: {e}")),
+    };
+    Err(io::Error::new(kind, format!("fd {fd} {what}: {HOW}")))
+}
+
+/// Wraps an inherited listening socket as a std listener of its address family.
+fn inherited_socket(fd: RawFd, owned: OwnedFd) -> io::Result<StdSocket> {
+    let invalid = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} {what}: give host/port or socket"),
+        )
+    };
+    if nix_socket::getsockopt(&owned, sockopt::SockType)? != SockType::Stream {
+        return Err(invalid("is not a stream socket"));
+    }
+    if !nix_socket::getsockopt(&owned, sockopt::AcceptConn)? {
+        return Err(invalid("is a socket that is not listening"));
+    }
+    let local: SockaddrStorage = nix_socket::getsockname(owned.as_raw_fd())?;
+    match local.family() {
+        Some(AddressFamily::Unix) => Ok(StdSocket::Unix(StdUnixListener::from(owned))),
+        Some(AddressFamily::Inet | AddressFamily::Inet6) => {
+            Ok(StdSocket::Tcp(std::net::TcpListener::from(owned)))
+        }
+        _ => Err(invalid("is neither a unix nor a TCP socket")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::Ipv4Addr;
+    use std::os::unix::net::UnixStream as StdUnixStream;
+    use std::process::{Command, Stdio};
+
+    use super::*;
+    use crate::config::Args;
+
+    fn config(items: &[&str]) -> Config {
+        let items: Vec<String> = items.iter().map(|s| (*s).to_owned()).collect();
+        Config::from_args(Args::parse(&items).unwrap(), &|_| None).unwrap()
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn tcp_peer(s: &str) -> PeerAddr {
+        PeerAddr::Tcp(s.parse().unwrap())
+    }
+
+    #[test]
+    fn bind_tcp_port_zero_reports_the_real_port() {
+        let l = bind(&config(&["host=127.0.0.1", "port=0"])).unwrap();
+        let addr = l.local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        assert_eq!(l.description(), format!("127.0.0.1:{}", addr.port()));
+        std::net::TcpStream::connect(addr).unwrap();
+    }
+
+    #[test]
+    fn bind_tcp_ipv6() {
+        let Ok(l) = bind(&config(&["host=::1", "port=0"])) else {
+            return; // no IPv6 loopback in this sandbox
+        };
+        assert!(l.description().starts_with("[::1]:"), "{}", l.description());
+    }
+
+    #[test]
+    fn bind_tcp_applies_backlog_and_reuseaddr() {
+        let l = bind(&config(&["host=127.0.0.1", "port=0", "backlog=7"])).unwrap();
+        let reuse = nix_socket::getsockopt(&l, sockopt::ReuseAddr).unwrap();
+        assert!(reuse);
+    }
+
+    #[test]
+    fn bind_unresolvable_host_fails() {
+        let e = bind(&config(&["host=no such host.invalid", "port=1"])).unwrap_err();
+        assert!(e.to_string().contains("cannot resolve host"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn accept_tcp_sets_nodelay_and_reports_peer() {
+        let std_l = bind(&config(&["host=127.0.0.1", "port=0"])).unwrap();
+        let addr = std_l.local_addr().unwrap();
+        let l = Listener::from_std(std_l).unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = l.accept().await.unwrap();
+        let Stream::Tcp(tcp) = &stream else {
+            panic!("expected TCP")
+        };
+        assert!(tcp.nodelay().unwrap());
+        assert_eq!(peer, PeerAddr::Tcp(client.local_addr().unwrap()));
+        assert_eq!(peer.to_string(), client.local_addr().unwrap().to_string());
+    }
+
+    #[tokio::test]
+    async fn stream_reads_and_writes_over_unix() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let l =
+            Listener::from_std(bind(&config(&[&format!("socket={}", path.display())])).unwrap())
+                .unwrap();
+        assert_eq!(l.description(), format!("unix:{}", path.display()));
+        let mut client = UnixStream::connect(&path).await.unwrap();
+        let (mut stream, peer) = l.accept().await.unwrap();
+        assert_eq!(peer, PeerAddr::Unix);
+        assert_eq!(peer.to_string(), "unix");
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0; 4];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        stream.write_all(b"pong").await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn unix_socket_mode_from_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+        let l = bind(&config(&[
+            &format!("socket={}", path.display()),
+            "umask=0002",
+        ]))
+        .unwrap();
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_socket());
+        assert_eq!(mode_of(&path), 0o775);
+        drop(l);
+
+        let l = bind(&config(&[
+            &format!("socket={}", path.display()),
+            "umask=077",
+        ]))
+        .unwrap();
+        assert_eq!(mode_of(&path), 0o700);
+        drop(l);
+    }
+
+    #[test]
+    fn unix_socket_default_mode_is_0660_or_tighter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.sock");
+        let _l = bind(&config(&[&format!("socket={}", path.display())])).unwrap();
+        let mode = mode_of(&path);
+        assert_eq!(mode & !DEFAULT_SOCKET_MODE, 0, "mode {mode:o}");
+        assert_eq!(mode, DEFAULT_SOCKET_MODE & !sys::current_umask());
+    }
+
+    #[test]
+    fn socket_mode_values() {
+        assert_eq!(socket_mode(Some(0o002)), 0o775);
+        assert_eq!(socket_mode(Some(0o022)), 0o755);
+        assert_eq!(socket_mode(Some(0o000)), 0o777);
+        assert_eq!(socket_mode(Some(0o777)), 0o000);
+        assert_eq!(socket_mode(None) & !0o660, 0);
+    }
+
+    #[test]
+    fn stale_unix_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stale.sock");
+        // A listener that went away without removing its file.
+        drop(StdUnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let l = bind(&config(&[&format!("socket={}", path.display())])).unwrap();
+        StdUnixStream::connect(&path).unwrap();
+        drop(l);
+        assert!(!path.exists(), "the guard removes our own socket at exit");
+    }
+
+    #[test]
+    fn live_unix_socket_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.sock");
+        let _live = StdUnixListener::bind(&path).unwrap();
+        let start = Instant::now();
+        let e = bind(&config(&[&format!("socket={}", path.display())])).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "address in use: a live server is listening on {}",
+                path.display()
+            )
+        );
+        assert!(start.elapsed() >= IN_USE_WAIT);
+        assert!(path.exists(), "the live server's socket stays");
+    }
+
+    #[test]
+    fn socket_freed_during_the_wait_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("restart.sock");
+        let old = StdUnixListener::bind(&path).unwrap();
+        // The old server closes its listener shortly after SIGTERM, as in the restart script.
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(old);
+        });
+        let l = bind(&config(&[&format!("socket={}", path.display())])).unwrap();
+        closer.join().unwrap();
+        StdUnixStream::connect(&path).unwrap();
+        drop(l);
+    }
+
+    #[test]
+    fn non_socket_file_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file.sock");
+        fs::write(&path, b"data").unwrap();
+        let e = bind(&config(&[&format!("socket={}", path.display())])).unwrap_err();
+        assert!(e.to_string().contains("exists and is not a socket"), "{e}");
+        assert_eq!(fs::read(&path).unwrap(), b"data");
+    }
+
+    #[test]
+    fn guard_leaves_a_socket_replaced_by_a_live_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.sock");
+        let old = bind(&config(&[&format!("socket={}", path.display())])).unwrap();
+        // The new server found the old one gone (here: removed) and bound the same path.
+        fs::remove_file(&path).unwrap();
+        let _new = StdUnixListener::bind(&path).unwrap();
+        drop(old);
+        assert!(path.exists());
+        StdUnixStream::connect(&path).unwrap();
+    }
+
+    #[test]
+    fn guard_leaves_a_replaced_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sock");
+        let old = bind(&config(&[&format!("socket={}", path.display())])).unwrap();
+        // Keep the old inode allocated so the new file cannot reuse its number.
+        fs::rename(&path, dir.path().join("moved")).unwrap();
+        fs::write(&path, b"new").unwrap();
+        drop(old);
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+    }
+
+    #[test]
+    fn guard_removes_its_own_dead_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("own.sock");
+        let listener = StdUnixListener::bind(&path).unwrap();
+        let guard = SocketGuard::new(&path).unwrap();
+        assert_eq!(guard.path(), path);
+        assert!(!guard.would_remove(), "still listening");
+        drop(listener);
+        assert!(guard.would_remove());
+        drop(guard);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn ip_nets_parse() {
+        assert_eq!(net("127.0.0.1").to_string(), "127.0.0.1/32");
+        assert_eq!(net("10.0.0.0/8").to_string(), "10.0.0.0/8");
+        assert_eq!(net("::1").to_string(), "::1/128");
+        assert_eq!(net("fd00::/8").to_string(), "fd00::/8");
+        assert_eq!(net("0.0.0.0/0").to_string(), "0.0.0.0/0");
+        assert_eq!(net("::ffff:10.0.0.0/104").to_string(), "10.0.0.0/8");
+        for bad in [
+            "",
+            "x",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0.0/-1",
+            "10.0.0/8",
+        ] {
+            assert_eq!(bad.parse::<IpNet>(), Err(InvalidNet), "{bad:?}");
+        }
+        assert_eq!(IpNet::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 33), None);
+    }
+
+    #[test]
+    fn ip_net_contains() {
+        assert!(net("10.0.0.0/8").contains("10.255.1.2".parse().unwrap()));
+        assert!(!net("10.0.0.0/8").contains("11.0.0.1".parse().unwrap()));
+        assert!(net("0.0.0.0/0").contains("192.0.2.1".parse().unwrap()));
+        assert!(net("127.0.0.1").contains("127.0.0.1".parse().unwrap()));
+        assert!(!net("127.0.0.1").contains("127.0.0.2".parse().unwrap()));
+        assert!(net("127.0.0.1").contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(net("fd00::/8").contains("fd12::1".parse().unwrap()));
+        assert!(!net("fd00::/8").contains("fe80::1".parse().unwrap()));
+        assert!(!net("::1").contains("127.0.0.1".parse().unwrap()));
+        assert!(net("::/0").contains("2001:db8::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn allow_list_permits() {
+        let empty = AllowList::default();
+        assert!(empty.is_empty());
+        assert!(empty.permits(&tcp_peer("192.0.2.1:1234")));
+        assert!(empty.permits(&PeerAddr::Unix));
+
+        let mut list = AllowList::default();
+        list.push(net("127.0.0.1"));
+        list.push(net("2001:db8::/32"));
+        assert_eq!(list.nets().len(), 2);
+        assert!(list.permits(&tcp_peer("127.0.0.1:5000")));
+        assert!(list.permits(&tcp_peer("[2001:db8::7]:5000")));
+        assert!(!list.permits(&tcp_peer("127.0.0.2:5000")));
+        assert!(!list.permits(&tcp_peer("[2001:db9::7]:5000")));
+        assert!(
+            !list.permits(&PeerAddr::Unix),
+            "unix peers refused, as libfcgi"
+        );
+    }
+
+    #[test]
+    fn listening_fd_classification() {
+        assert!(check_listening(0, Err(Errno::ENOTCONN)).is_ok());
+        let e = check_listening(0, Err(Errno::ENOTSOCK)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "fd 0 is not a socket: run from a web server that passes a listening socket \
+             (mod_fcgid, lighttpd bin-path, spawn-fcgi) or give host/port or socket"
+        );
+        let e = check_listening(0, Ok(())).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("fd 0 is a connected socket, not a listening one: "));
+        let e = check_listening(3, Err(Errno::EBADF)).unwrap_err();
+        assert!(e.to_string().starts_with("fd 3 is not open: "), "{e}");
+        let e = check_listening(0, Err(Errno::EIO)).unwrap_err();
+        assert!(e.to_string().starts_with("fd 0 cannot be checked: "), "{e}");
+    }
+
+    /// Environment variable that makes [`inherited_child`] act: it runs in a child process
+    /// whose fd 0 (or fd 3) the parent test arranged.
+    const CHILD_ENV: &str = "APPSERVER_LISTEN_TEST_CHILD";
+
+    /// Runs `inherited_child` in a child process with `stdin` as fd 0 (and `shell` wrapping
+    /// the exec when set), returning its stdout.
+    fn run_child(stdin: Stdio, shell: Option<&str>, env: &[(&str, &str)]) -> String {
+        let exe = std::env::current_exe().unwrap();
+        let test_args = [
+            "listen::tests::inherited_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--quiet",
+        ];
+        let mut cmd = match shell {
+            Some(script) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(script).arg(&exe).args(test_args);
+                c
+            }
+            None => {
+                let mut c = Command::new(&exe);
+                c.args(test_args);
+                c
+            }
+        };
+        cmd.env(CHILD_ENV, "1")
+            .stdin(stdin)
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Not a test on its own: the child half of the fd 0 / fd 3 tests.
+    #[test]
+    fn inherited_child() {
+        if std::env::var_os(CHILD_ENV).is_none() {
+            return;
+        }
+        let env = |name: &str| std::env::var(name).ok();
+        let config = Config::from_args(Args::default(), &env).unwrap();
+        match bind(&config) {
+            Ok(l) => {
+                let desc = l.description();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    use tokio::io::AsyncWriteExt;
+                    let l = Listener::from_std(l).unwrap();
+                    let (mut s, peer) = l.accept().await.unwrap();
+                    let msg = format!("child: ok {desc} {}\n", matches!(peer, PeerAddr::Tcp(_)));
+                    s.write_all(msg.as_bytes()).await.unwrap();
+                });
+                // fd 0 now reads /dev/null.
+                let mut rest = Vec::new();
+                std::io::stdin().read_to_end(&mut rest).unwrap();
+                println!("child: stdin after take: {} bytes", rest.len());
+            }
+            Err(e) => println!("child: error {e}"),
+        }
+    }
+
+    #[test]
+    fn fd0_unix_listener_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fd0.sock");
+        let listener = StdUnixListener::bind(&path).unwrap();
+        let fd: OwnedFd = listener.into();
+        let client = std::thread::spawn(move || {
+            let mut s = StdUnixStream::connect(&path).unwrap();
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).unwrap();
+            reply
+        });
+        let out = run_child(Stdio::from(fd), None, &[]);
+        assert_eq!(client.join().unwrap(), "child: ok fd0 false\n");
+        assert!(out.contains("child: stdin after take: 0 bytes"), "{out}");
+    }
+
+    #[test]
+    fn fd0_tcp_listener_is_served() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fd: OwnedFd = listener.into();
+        let client = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).unwrap();
+            reply
+        });
+        run_child(Stdio::from(fd), None, &[]);
+        assert_eq!(client.join().unwrap(), "child: ok fd0 true\n");
+    }
+
+    #[test]
+    fn fd0_not_a_socket_is_a_clear_error() {
+        let out = run_child(Stdio::null(), None, &[]);
+        assert!(
+            out.contains("child: error fd 0 is not a socket: run from a web server"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn fd0_connected_socket_is_refused() {
+        let (a, _b) = StdUnixStream::pair().unwrap();
+        let out = run_child(Stdio::from(OwnedFd::from(a)), None, &[]);
+        assert!(
+            out.contains("child: error fd 0 is a connected socket, not a listening one"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn fd0_unlistened_socket_is_refused() {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        let out = run_child(Stdio::from(OwnedFd::from(socket)), None, &[]);
+        assert!(
+            out.contains("child: error fd 0 is a socket that is not listening"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn systemd_fd3_is_served_when_listen_pid_is_ours() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fd: OwnedFd = listener.into();
+        let client = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).unwrap();
+            reply
+        });
+        // sh's pid becomes the test binary's through exec, as systemd sets LISTEN_PID.
+        let script = "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\" 3<&0 0</dev/null";
+        run_child(Stdio::from(fd), Some(script), &[]);
+        assert_eq!(client.join().unwrap(), "child: ok fd3 true\n");
+    }
+
+    #[test]
+    fn systemd_vars_for_another_pid_fall_back_to_fd0() {
+        let out = run_child(
+            Stdio::null(),
+            None,
+            &[("LISTEN_FDS", "1"), ("LISTEN_PID", "1")],
+        );
+        assert!(out.contains("child: error fd 0 is not a socket"), "{out}");
+    }
+}

@@ -1,0 +1,180 @@
+//! The only `unsafe` code in appserver (style rule 14): taking ownership of inherited file
+//! descriptors and forking. Each block says why it is sound; everything that nix or std offer
+//! safely (setsid, dup2, umask, kill) is called safely, here or at its use.
+//!
+//! Nothing here knows about protocols, configuration or the runtime.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::signal::kill;
+use nix::sys::stat::{umask, Mode};
+use nix::unistd::{dup2, Pid};
+
+/// Whether the inherited systemd descriptor (fd 3) has been made into an [`OwnedFd`].
+static FD3_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Takes an inherited listening socket (fd 0 from a web server, fd 3 from systemd) as an
+/// owned, close-on-exec descriptor.
+///
+/// fd 0 is duplicated to a descriptor above 2 and fd 0 itself then reads `/dev/null`, so
+/// neither a daemon's stdin redirection nor a spawned program (a CGI script inheriting stdin)
+/// ever gets the listening socket. fd 3 is taken as is, at most once.
+pub(crate) fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd == 0 {
+        let dup = fcntl(0, FcntlArg::F_DUPFD_CLOEXEC(3))?;
+        // SAFETY: `dup` was just returned by fcntl(F_DUPFD_CLOEXEC): it is open and no other
+        // object in the process refers to it, so the OwnedFd is its only owner.
+        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+        let null = File::open("/dev/null")?;
+        dup2(null.as_raw_fd(), 0)?;
+        return Ok(owned);
+    }
+    if fd != 3 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} is not an inherited listener"),
+        ));
+    }
+    if FD3_TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "fd 3 was already taken",
+        ));
+    }
+    // Also proves fd 3 is open (EBADF otherwise).
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    // SAFETY: systemd passed fd 3 to this process (the caller checked LISTEN_PID), fcntl just
+    // showed it is open, std never opens fd 3 behind our back before this point (bind runs
+    // first thing), and FD3_TAKEN guarantees this is the only OwnedFd ever made for it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The outcome of [`fork`] in each process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Forked {
+    /// In the parent, with the child's pid.
+    Parent(u32),
+    /// In the child.
+    Child,
+}
+
+/// Forks the process, refusing when more than one thread runs.
+///
+/// Daemonizing and prefork fork before the tokio runtime or any other thread exists: a child
+/// forked from a multi-threaded process holds copies of locks that threads which no longer
+/// exist (in the child) may have held.
+pub(crate) fn fork() -> io::Result<Forked> {
+    if let Some(threads) = thread_count() {
+        if threads > 1 {
+            return Err(io::Error::other(format!(
+                "cannot fork: {threads} threads are running (fork must happen before any \
+                 thread or runtime starts)"
+            )));
+        }
+    }
+    // SAFETY: the process has a single thread (checked above through /proc; where /proc is
+    // missing, callers' documented precondition is that no thread has been started), so the
+    // child is a complete copy in which no lock is held by a vanished thread and any code,
+    // not only async-signal-safe code, may run.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => {
+            Ok(Forked::Parent(child.as_raw().unsigned_abs()))
+        }
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Threads in this process, from `/proc/self/task`; `None` when /proc is not available.
+fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()
+        .map(|dir| dir.count())
+}
+
+/// The process umask, read without changing it where /proc allows.
+pub(crate) fn current_umask() -> u32 {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok());
+        if let Some(mask) = value {
+            return mask;
+        }
+    }
+    // Without /proc the only way to read it is to set it; put it straight back.
+    let old = umask(Mode::from_bits_truncate(0o077));
+    umask(old);
+    old.bits()
+}
+
+/// Sets the process umask; returns the previous one.
+pub(crate) fn set_umask(mask: u32) -> u32 {
+    umask(Mode::from_bits_truncate(mask)).bits()
+}
+
+/// Whether process `pid` exists (including one owned by another user).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if raw <= 0 {
+        return false;
+    }
+    match kill(Pid::from_raw(raw), None) {
+        Ok(()) | Err(Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive() {
+        assert!(process_alive(std::process::id()));
+    }
+
+    #[test]
+    fn reaped_process_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+    }
+
+    #[test]
+    fn impossible_pids_are_dead() {
+        assert!(!process_alive(0));
+        assert!(!process_alive(u32::MAX));
+    }
+
+    #[test]
+    fn umask_reads_back() {
+        let mask = current_umask();
+        assert!(mask <= 0o777);
+    }
+
+    #[test]
+    fn fork_refuses_with_threads_running() {
+        // The test harness runs this on a thread of its own, so there are at least two.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || rx.recv());
+        let e = fork().unwrap_err();
+        assert!(e.to_string().starts_with("cannot fork: "), "{e}");
+        tx.send(()).unwrap();
+        other.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn only_inherited_fds_are_taken() {
+        let e = take_inherited_fd(5).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+}
