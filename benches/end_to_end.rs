@@ -1,0 +1,128 @@
+//! Requests per second through a real unix socket: the FastCGI driver, the request model and a
+#![allow(missing_docs)] // criterion_group!/criterion_main! generate undocumented items
+//! hello handler, against a client that speaks FastCGI like nginx with `fastcgi_keep_conn on`.
+//!
+//! Run with `cargo bench --bench end_to_end`. The figure to compare is the time per request
+//! against the codec-only figure of `proto/benches/codec.rs` in the same run: the difference
+//! is what the socket, the runtime and the handler call cost.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use appserver::driver::{self, Shared};
+use appserver::request::{Gateway, RequestOptions};
+use appserver::{Body, BoxError, Handler, Request, Response};
+use appserver_proto::fcgi::{encode_request, encode_stdin, ClientDecoder, ResponseRecord, Role};
+use appserver_proto::params::ParamsBuilder;
+use appserver_proto::Limits;
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+struct Hello;
+
+impl Handler for Hello {
+    async fn call(&self, _req: Request) -> Result<Response, BoxError> {
+        Ok(Response::new(Body::from("Hello, world\n")))
+    }
+}
+
+fn request() -> BytesMut {
+    let mut p = ParamsBuilder::new(Limits::default());
+    for (n, v) in [
+        ("REQUEST_METHOD", "GET"),
+        ("REQUEST_URI", "/hello?x=1"),
+        ("QUERY_STRING", "x=1"),
+        ("SCRIPT_NAME", "/hello"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+        ("REMOTE_ADDR", "127.0.0.1"),
+        ("CONTENT_LENGTH", ""),
+        ("HTTP_HOST", "localhost"),
+        ("HTTP_USER_AGENT", "bench"),
+        ("HTTP_ACCEPT", "*/*"),
+    ] {
+        p.push(n.as_bytes(), v.as_bytes()).expect("bench params fit the limits");
+    }
+    let mut out = BytesMut::new();
+    encode_request(1, Role::Responder, true, &p.finish(), &mut out);
+    encode_stdin(1, b"", &mut out);
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bench.sock");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = {
+        let _guard = runtime.enter();
+        tokio::net::UnixListener::bind(&path).expect("bind")
+    };
+    let shared = Arc::new(Shared {
+        handler: Hello,
+        requests: Arc::new(Semaphore::new(64)),
+        max_requests: 64,
+        max_conns: 64,
+        options: RequestOptions::default(),
+        gateway: Gateway {
+            protocol: "fcgi",
+            method: "threaded",
+        },
+        limits: Limits::default(),
+        idle_timeout: Duration::from_secs(60),
+        header_timeout: Duration::from_secs(60),
+        shutdown: CancellationToken::new(),
+    });
+    runtime.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(driver::fcgi::serve(stream, "bench", Arc::clone(&shared)));
+        }
+    });
+
+    let mut stream = UnixStream::connect(&path).expect("connect");
+    let req = request();
+    let mut decoder = ClientDecoder::default();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut group = c.benchmark_group("end_to_end");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("fcgi_keepalive_hello_unix", |b| {
+        b.iter(|| {
+            stream.write_all(&req).expect("write");
+            loop {
+                if let Some(ResponseRecord::EndRequest { .. }) =
+                    decoder.decode(&mut buf).expect("valid response")
+                {
+                    break;
+                }
+                if decoder_has_more(&buf) {
+                    continue;
+                }
+                let n = stream.read(&mut chunk).expect("read");
+                assert!(n > 0, "server closed the connection");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        });
+    });
+    group.finish();
+}
+
+/// True when a whole record header is buffered, so decoding again may yield a record.
+fn decoder_has_more(buf: &BytesMut) -> bool {
+    if buf.len() < 8 {
+        return false;
+    }
+    let content = usize::from(u16::from_be_bytes([buf[4], buf[5]]));
+    buf.len() >= 8 + content + usize::from(buf[6])
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,258 @@
+//! The command line: `appserver runfcgi key=value ...` and `appserver probe ADDRESS`.
+//!
+//! The same CLI serves the `appserver` binary (built-in apps, chosen with `app=`) and any
+//! program that calls [`run`] with its own handler, so `myapp runfcgi method=threaded
+//! socket=/run/myapp.sock` is to a Rust app what `manage.py runfcgi` was to Django. Exit codes:
+//! 0 after a clean stop, 1 when serving failed, 2 for a bad command line.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::apps::info::Info;
+use crate::config::{App, Config, ConfigError};
+use crate::driver::Shared;
+use crate::process::threaded::{self, Exit, ServeOptions};
+use crate::request::{Gateway, RequestOptions};
+use crate::{config, daemon, listen, probe, Handler};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "A FastCGI, SCGI and AJP13 application server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the app: `runfcgi key=value ...` with Django's options; `runfcgi help` lists them.
+    Runfcgi {
+        /// Options as key=value pairs, or `help`.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "KEY=VALUE"
+        )]
+        options: Vec<String>,
+    },
+    /// Send one request to a running server and print the response.
+    Probe {
+        /// host:port, [v6]:port, or a unix socket path.
+        address: String,
+        /// Path and query to request.
+        #[arg(default_value = "/")]
+        path: String,
+        /// Protocol to speak.
+        #[arg(long, default_value = "fcgi", value_parser = ["fcgi"])]
+        protocol: String,
+        /// Seconds to wait for the server.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+}
+
+/// Runs the CLI with `handler` as the app: the whole of `main` for a user's own binary.
+///
+/// `app=` is refused here (it picks the `appserver` binary's built-in apps); every other
+/// `runfcgi` option works as documented in `docs/options.md`.
+pub fn run<H: Handler>(handler: H) -> ExitCode {
+    main_with(std::env::args_os(), Some(handler))
+}
+
+/// The `appserver` binary: built-in apps only.
+#[doc(hidden)]
+pub fn main_builtin() -> ExitCode {
+    main_with::<Info>(std::env::args_os(), None)
+}
+
+fn main_with<H: Handler>(args: impl IntoIterator<Item = OsString>, user: Option<H>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match cli.command {
+        Command::Probe {
+            address,
+            path,
+            timeout,
+            ..
+        } => run_probe(address, path, timeout),
+        Command::Runfcgi { options } => runfcgi(&options, user),
+    }
+}
+
+fn run_probe(address: String, path: String, timeout: u64) -> ExitCode {
+    let probe = probe::Probe {
+        address,
+        path,
+        timeout: Duration::from_secs(timeout),
+    };
+    match probe.fcgi() {
+        Ok(resp) => {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&resp.stdout);
+            let _ = std::io::stderr().write_all(&resp.stderr);
+            if resp.status < 500 {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("appserver probe: status {}", resp.status);
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("appserver probe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage_error(e: &ConfigError) -> ExitCode {
+    eprintln!("{e}");
+    eprintln!("Run `runfcgi help` for the list of options.");
+    ExitCode::from(2)
+}
+
+fn runfcgi<H: Handler>(options: &[String], user: Option<H>) -> ExitCode {
+    if options.len() == 1 && options[0] == "help" {
+        print!("{}", config::help_text());
+        return ExitCode::SUCCESS;
+    }
+    let env = |name: &str| std::env::var(name).ok();
+    let config = match config::Args::parse(options).and_then(|a| Config::from_args(a, &env)) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
+    if let Some(e) = config.unsupported() {
+        return usage_error(&e);
+    }
+    if user.is_some() && config.app_given() {
+        return usage_error(&ConfigError::new(
+            "app",
+            "selects a built-in app of the appserver binary; this program serves its own app",
+        ));
+    }
+    init_logging(config.debug);
+    let result = match user {
+        Some(handler) => serve(&config, handler),
+        None => match config.app {
+            App::Info => serve(&config, Info),
+            #[allow(unreachable_patterns)]
+            _ => Err(anyhow::anyhow!("app not supported yet")),
+        },
+    };
+    match result {
+        Ok(Exit::Graceful) => ExitCode::SUCCESS,
+        Ok(Exit::Forced) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            eprintln!("appserver: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("APPSERVER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Binds, daemonizes if asked, writes the pidfile, and serves until stopped.
+fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
+    // Bind before forking or starting threads: errors reach the terminal, and the listener is
+    // inherited by the daemon.
+    let std_listener = listen::bind(config)
+        .with_context(|| format!("cannot listen on {}", config.listen_description()))?;
+    let listen_desc = std_listener.description();
+    let mut ready_pipe = if config.daemonize {
+        Some(daemon::daemonize(config, &listen_desc).context("cannot daemonize")?)
+    } else {
+        None
+    };
+    let pidfile = match &config.pidfile {
+        Some(path) => Some(
+            daemon::Pidfile::create(path).with_context(|| format!("pidfile {}", path.display()))?,
+        ),
+        None => None,
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(config.maxchildren.max(1))
+        .thread_keep_alive(Duration::from_secs(10))
+        .build()
+        .context("cannot start the runtime")?;
+
+    let protocol = config.protocol;
+    let shared = Arc::new(Shared {
+        handler,
+        requests: Arc::new(Semaphore::new(config.maxchildren)),
+        max_requests: u32::try_from(config.maxchildren).unwrap_or(u32::MAX),
+        max_conns: u32::try_from(config.maxconns).unwrap_or(u32::MAX),
+        options: RequestOptions {
+            script_name: config.script_name.clone(),
+        },
+        gateway: Gateway {
+            protocol: protocol.name(),
+            method: "threaded",
+        },
+        limits: config.limits(),
+        idle_timeout: config.idle_timeout,
+        header_timeout: config.header_timeout,
+        shutdown: CancellationToken::new(),
+    });
+    let options = ServeOptions {
+        protocol,
+        max_conns: config.maxconns,
+        allow: config.allow_list(),
+        graceful_timeout: config.graceful_timeout,
+        reopen_logs: {
+            let config = config.clone();
+            Arc::new(move || daemon::reopen_logs(&config))
+        },
+        notify: {
+            let config = config.clone();
+            Arc::new(move |state: &str| {
+                if let Err(e) = daemon::notify_systemd(&config, state) {
+                    tracing::warn!("cannot notify systemd ({state}): {e}");
+                }
+            })
+        },
+    };
+    let notify = Arc::clone(&options.notify);
+    let exit = runtime.block_on(async {
+        let listener = listen::Listener::from_std(std_listener)?;
+        threaded::serve(listener, shared, options, || {
+            eprintln!(
+                "appserver: ready: protocol={} method=threaded listen={} pid={}",
+                protocol.name(),
+                listen_desc,
+                std::process::id()
+            );
+            if let Some(pipe) = ready_pipe.take() {
+                pipe.ready();
+            }
+            notify("READY=1");
+        })
+        .await
+    })?;
+    // Handlers still running after a forced stop are dropped with the runtime.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    drop(pidfile);
+    Ok(exit)
+}

@@ -1,0 +1,665 @@
+//! The FastCGI driver: one connection's socket IO around `appserver_proto::fcgi::Connection`.
+//!
+//! One task per connection runs a single `select!` loop over: writing queued output, reading
+//! input (paused while request-body chunks wait for the handler, which is the backpressure that
+//! keeps a 1 GiB upload in constant memory), progress of the current request (delivering body
+//! chunks, the handler's response, response body frames — pulled only while the output queue
+//! is below `MAX_QUEUED_OUTPUT`), the idle/header deadline and the shutdown token. Reading and
+//! writing are never blocked by each other: Apache sends STDIN while it reads STDOUT.
+
+use std::collections::VecDeque;
+use std::fmt::Display;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use appserver_proto::fcgi::{ConnConfig, Connection, Event, ProtocolStatus};
+use appserver_proto::limits::MAX_QUEUED_OUTPUT;
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_util::sync::PollSender;
+
+use super::{Call, Shared, READ_BUF_SIZE, WRITE_TIMEOUT};
+use crate::body::{self, BodyError};
+use crate::request;
+use crate::response::{encode_cgi_head, plain};
+use crate::{Body, Handler, Response};
+
+/// Serves one FastCGI connection until the web server closes it, the protocol says to close,
+/// an error occurs, or shutdown is requested and no request is in flight. Every reason to
+/// drop the connection early is logged with the peer.
+pub async fn serve<S, H>(io: S, peer: impl Display + Send + Sync, shared: Arc<Shared<H>>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+    H: Handler,
+{
+    let mut driver = Driver::new(&shared);
+    if let Err(e) = driver.run(io, &peer, &shared).await {
+        tracing::warn!(peer = %peer, "fastcgi connection closed: {e}");
+    }
+    if let Some(ex) = driver.exchange.take() {
+        ex.cancel();
+    }
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("protocol error: {0}")]
+    Protocol(#[from] appserver_proto::ProtocolError),
+    #[error("io error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("write stalled for {}s", WRITE_TIMEOUT.as_secs())]
+    WriteTimeout,
+    #[error("response body failed mid-stream: {0}")]
+    ResponseBody(crate::BoxError),
+}
+
+struct Driver {
+    conn: Connection,
+    exchange: Option<Exchange>,
+    /// When an idle connection (or a request still sending its params) is given up.
+    deadline: Instant,
+    /// Set once bytes of a new request arrived: the header timeout runs instead of idle.
+    request_started: bool,
+}
+
+/// Progress of the one request in flight (web servers never multiplex, see proto's fcgi docs).
+struct Exchange {
+    id: u16,
+    /// Where request-body chunks go; `None` once the body is complete or the handler dropped
+    /// it (remaining STDIN is then read and discarded, keeping the connection in sync).
+    body_tx: Option<PollSender<Result<Bytes, BodyError>>>,
+    /// Chunks waiting for room in the body channel. Input is not read while this is non-empty.
+    pending: VecDeque<Result<Bytes, BodyError>>,
+    /// STDIN's terminator has arrived (queued into `pending` as the channel's close).
+    stdin_done: bool,
+    received: u64,
+    content_length: Option<u64>,
+    phase: Phase,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+enum Phase {
+    Calling(Call),
+    Streaming(Body),
+}
+
+/// What one poll of the exchange produced.
+enum Progress {
+    /// A body chunk went to the handler (or the handler stopped reading).
+    BodyMoved,
+    /// The handler's task ended.
+    Answered(Result<Result<Response, crate::BoxError>, tokio::task::JoinError>),
+    /// Response bytes to send.
+    Data(Bytes),
+    /// The response body ended.
+    Done,
+    /// The response body failed: the response cannot be completed honestly.
+    Failed(crate::BoxError),
+}
+
+impl Driver {
+    fn new<H: Handler>(shared: &Shared<H>) -> Self {
+        Self {
+            conn: Connection::new(ConnConfig {
+                limits: shared.limits,
+                max_conns: shared.max_conns,
+                max_reqs: shared.max_requests,
+            }),
+            exchange: None,
+            deadline: Instant::now() + shared.idle_timeout,
+            request_started: false,
+        }
+    }
+
+    async fn run<S, H>(
+        &mut self,
+        io: S,
+        peer: &(dyn Display + Sync),
+        shared: &Arc<Shared<H>>,
+    ) -> Result<(), ConnError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+        H: Handler,
+    {
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let mut rbuf = BytesMut::with_capacity(READ_BUF_SIZE);
+        let mut wbuf = BytesMut::new();
+        let mut read_closed = false;
+        let mut closing = false;
+
+        loop {
+            while let Some(event) = self.conn.poll_event() {
+                self.on_event(event, peer, shared);
+            }
+            self.conn.poll_transmit(&mut wbuf);
+
+            let flushed = wbuf.is_empty();
+            if flushed
+                && self.exchange.is_none()
+                && (self.conn.wants_close() || read_closed || closing)
+            {
+                let _ = wr.shutdown().await;
+                return Ok(());
+            }
+
+            let can_read = !read_closed
+                && self
+                    .exchange
+                    .as_ref()
+                    .is_none_or(|ex| ex.pending.is_empty())
+                && rbuf.len() < READ_BUF_SIZE;
+            let room = wbuf.len() + self.conn.queued_output() < MAX_QUEUED_OUTPUT;
+            let waiting = self.exchange.is_none();
+
+            tokio::select! {
+                written = tokio::time::timeout(WRITE_TIMEOUT, wr.write_buf(&mut wbuf)), if !flushed => {
+                    match written {
+                        Ok(Ok(0)) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(e.into()),
+                        Err(_) => return Err(ConnError::WriteTimeout),
+                    }
+                }
+                read = rd.read_buf(&mut rbuf), if can_read => {
+                    if read? == 0 {
+                        read_closed = true;
+                        self.conn.handle_eof(&rbuf)?;
+                        if let Some(ex) = &mut self.exchange {
+                            if !ex.stdin_done {
+                                // The web server gave up on the request (client abort):
+                                // nginx and Apache close the connection instead of sending
+                                // FCGI_ABORT_REQUEST.
+                                tracing::debug!(peer = %peer, "web server closed the connection mid-request");
+                                if let Some(ex) = self.exchange.take() {
+                                    ex.cancel();
+                                }
+                                return Ok(());
+                            }
+                        }
+                    } else {
+                        if self.exchange.is_none() && !self.request_started {
+                            self.request_started = true;
+                            self.deadline = Instant::now() + shared.header_timeout;
+                        }
+                        self.conn.handle_input(&mut rbuf)?;
+                    }
+                }
+                progress = std::future::poll_fn(|cx| poll_exchange(&mut self.exchange, cx, room)), if !waiting => {
+                    self.on_progress(progress, peer, shared)?;
+                }
+                () = tokio::time::sleep_until(self.deadline), if waiting => {
+                    if self.request_started {
+                        tracing::warn!(peer = %peer, "fastcgi request params not received within {}s: closing", shared.header_timeout.as_secs());
+                    }
+                    return Ok(());
+                }
+                () = shared.shutdown.cancelled(), if !closing => {
+                    closing = true;
+                }
+            }
+        }
+    }
+
+    fn on_event<H: Handler>(
+        &mut self,
+        event: Event,
+        peer: &(dyn Display + Sync),
+        shared: &Arc<Shared<H>>,
+    ) {
+        match event {
+            Event::Request { id, params, .. } => {
+                self.request_started = false;
+                let permit = shared.try_admit();
+                if permit.is_none() {
+                    tracing::warn!(
+                        peer = %peer,
+                        "maxchildren={} requests in flight: answering FCGI_OVERLOADED",
+                        shared.max_requests
+                    );
+                    self.conn.reject_request(id, ProtocolStatus::Overloaded);
+                    return;
+                }
+                let built = request::content_length(&params).and_then(|content_length| {
+                    let (tx, body) = body::channel(content_length);
+                    let req = request::build(params, body, &shared.options, shared.gateway)?;
+                    Ok((req, tx, content_length))
+                });
+                let (phase, body_tx, content_length) = match built {
+                    Ok((req, tx, content_length)) => (
+                        Phase::Calling(Call::spawn(shared, req)),
+                        Some(PollSender::new(tx)),
+                        content_length,
+                    ),
+                    Err(e) => {
+                        let body = self.start_response(id, bad_request(peer, &e));
+                        (Phase::Streaming(body), None, None)
+                    }
+                };
+                self.exchange = Some(Exchange {
+                    id,
+                    body_tx,
+                    pending: VecDeque::new(),
+                    stdin_done: false,
+                    received: 0,
+                    content_length,
+                    phase,
+                    _permit: permit,
+                });
+            }
+            Event::Stdin { id, data } => {
+                if let Some(ex) = self.exchange.as_mut().filter(|ex| ex.id == id) {
+                    ex.received += data.len() as u64;
+                    if ex.body_tx.is_some() {
+                        ex.pending.push_back(Ok(data));
+                    }
+                }
+            }
+            Event::StdinEnd { id } => {
+                if let Some(ex) = self.exchange.as_mut().filter(|ex| ex.id == id) {
+                    ex.stdin_done = true;
+                    if let Some(expected) = ex.content_length.filter(|&n| n != ex.received) {
+                        if ex.body_tx.is_some() {
+                            ex.pending.push_back(Err(BodyError::LengthMismatch {
+                                received: ex.received,
+                                expected,
+                            }));
+                        }
+                    }
+                }
+            }
+            Event::Abort { id } => {
+                if let Some(ex) = self.exchange.take_if(|ex| ex.id == id) {
+                    tracing::debug!(peer = %peer, "FCGI_ABORT_REQUEST for request {id}");
+                    ex.cancel();
+                    self.conn.end_request(id, 0);
+                    self.request_finished(shared);
+                }
+            }
+        }
+    }
+
+    fn on_progress<H: Handler>(
+        &mut self,
+        progress: Progress,
+        peer: &(dyn Display + Sync),
+        shared: &Arc<Shared<H>>,
+    ) -> Result<(), ConnError> {
+        let Some(ex) = self.exchange.as_mut() else {
+            return Ok(());
+        };
+        match progress {
+            Progress::BodyMoved => {}
+            Progress::Answered(result) => {
+                let resp = match &ex.phase {
+                    Phase::Calling(call) => call.outcome(result, peer),
+                    Phase::Streaming(_) => return Ok(()),
+                };
+                let id = ex.id;
+                let body = self.start_response(id, resp);
+                if let Some(ex) = self.exchange.as_mut() {
+                    ex.phase = Phase::Streaming(body);
+                }
+            }
+            Progress::Data(data) => self.conn.send_stdout(ex.id, &data),
+            Progress::Done => {
+                let id = ex.id;
+                self.exchange = None;
+                self.conn.end_request(id, 0);
+                self.request_finished(shared);
+            }
+            Progress::Failed(e) => {
+                // Closing without END_REQUEST tells the web server the response is
+                // incomplete (nginx logs "upstream prematurely closed"); a normal end would
+                // pass a truncated body off as whole.
+                return Err(ConnError::ResponseBody(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the CGI head of `resp` and returns its body, to be streamed.
+    fn start_response(&mut self, id: u16, resp: Response) -> Body {
+        let (parts, body) = resp.into_parts();
+        let mut head = Vec::with_capacity(256);
+        encode_cgi_head(&parts, &mut head);
+        self.conn.send_stdout(id, &head);
+        body
+    }
+
+    fn request_finished<H: Handler>(&mut self, shared: &Shared<H>) {
+        self.request_started = false;
+        self.deadline = Instant::now() + shared.idle_timeout;
+    }
+}
+
+/// Polls the exchange for its next step: deliver a body chunk, the handler's answer, or a
+/// response body frame (only with `room` in the output queue).
+fn poll_exchange(
+    exchange: &mut Option<Exchange>,
+    cx: &mut Context<'_>,
+    room: bool,
+) -> Poll<Progress> {
+    let Some(ex) = exchange.as_mut() else {
+        return Poll::Pending;
+    };
+    if let Some(tx) = ex.body_tx.as_mut() {
+        if let Some(item) = ex.pending.front() {
+            let is_err = item.is_err();
+            match tx.poll_reserve(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Some(item) = ex.pending.pop_front() {
+                        // The slot was just reserved, so sending cannot fail for lack of room;
+                        // a closed receiver only means the handler stopped reading.
+                        let _ = tx.send_item(item);
+                    }
+                    if is_err {
+                        ex.body_tx = None;
+                    }
+                    return Poll::Ready(Progress::BodyMoved);
+                }
+                Poll::Ready(Err(_)) => {
+                    // The handler dropped the body: discard the rest of STDIN.
+                    ex.body_tx = None;
+                    ex.pending.clear();
+                    return Poll::Ready(Progress::BodyMoved);
+                }
+                Poll::Pending => {}
+            }
+        } else if ex.stdin_done {
+            // Everything delivered: closing the channel ends the handler's body.
+            ex.body_tx = None;
+            return Poll::Ready(Progress::BodyMoved);
+        }
+    } else if !ex.pending.is_empty() {
+        ex.pending.clear();
+        return Poll::Ready(Progress::BodyMoved);
+    }
+
+    match &mut ex.phase {
+        Phase::Calling(call) => match Pin::new(call.task_mut()).poll(cx) {
+            Poll::Ready(result) => Poll::Ready(Progress::Answered(result)),
+            Poll::Pending => Poll::Pending,
+        },
+        Phase::Streaming(body) if room => match Pin::new(body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => Poll::Ready(Progress::Data(data)),
+                // Empty data frames and trailers carry nothing a CGI response can hold.
+                _ => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            },
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Progress::Failed(e)),
+            Poll::Ready(None) => Poll::Ready(Progress::Done),
+            Poll::Pending => Poll::Pending,
+        },
+        Phase::Streaming(_) => Poll::Pending,
+    }
+}
+
+impl Exchange {
+    /// Stops the handler and tells a body reader the request is gone.
+    fn cancel(self) {
+        if let Phase::Calling(call) = &self.phase {
+            call.abort();
+        }
+        if let Some(tx) = self.body_tx.and_then(|tx| tx.get_ref().cloned()) {
+            let _ = tx.try_send(Err(BodyError::Truncated {
+                received: self.received,
+            }));
+        }
+    }
+}
+
+fn bad_request(peer: &(dyn Display + Sync), e: &request::BuildError) -> Response {
+    tracing::warn!(peer = %peer, "bad request: {e}");
+    plain(StatusCode::BAD_REQUEST, "Bad Request")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use appserver_proto::fcgi::{
+        encode_request, encode_stdin, ClientDecoder, ResponseRecord, Role,
+    };
+    use appserver_proto::params::ParamsBuilder;
+    use appserver_proto::Limits;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::sync::Semaphore;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::request::{Gateway, RequestOptions};
+    use crate::{BoxError, Request};
+
+    fn shared<H: Handler>(handler: H, max_requests: usize) -> Arc<Shared<H>> {
+        Arc::new(Shared {
+            handler,
+            requests: Arc::new(Semaphore::new(max_requests)),
+            max_requests: max_requests as u32,
+            max_conns: 16,
+            options: RequestOptions::default(),
+            gateway: Gateway {
+                protocol: "fcgi",
+                method: "threaded",
+            },
+            limits: Limits::default(),
+            idle_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(5),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    fn request_bytes(id: u16, keep_conn: bool, pairs: &[(&str, &str)], body: &[u8]) -> BytesMut {
+        let mut p = ParamsBuilder::new(Limits::default());
+        for (n, v) in pairs {
+            p.push(n.as_bytes(), v.as_bytes()).unwrap();
+        }
+        let mut out = BytesMut::new();
+        encode_request(id, Role::Responder, keep_conn, &p.finish(), &mut out);
+        if !body.is_empty() {
+            encode_stdin(id, body, &mut out);
+        }
+        encode_stdin(id, b"", &mut out);
+        out
+    }
+
+    /// Reads records until END_REQUEST; returns (stdout, protocol status).
+    async fn read_response(io: &mut DuplexStream) -> (Vec<u8>, ProtocolStatus) {
+        let mut dec = ClientDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut stdout = Vec::new();
+        loop {
+            while let Some(rec) = dec.decode(&mut buf).unwrap() {
+                match rec {
+                    ResponseRecord::Stdout { data, .. } => stdout.extend_from_slice(&data),
+                    ResponseRecord::EndRequest {
+                        protocol_status, ..
+                    } => return (stdout, protocol_status),
+                    _ => {}
+                }
+            }
+            let n = io.read_buf(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed before END_REQUEST");
+        }
+    }
+
+    struct Echo;
+    impl Handler for Echo {
+        async fn call(&self, req: Request) -> Result<Response, BoxError> {
+            if req.uri().path() == "/panic" {
+                panic!("boom");
+            }
+            if req.uri().path() == "/error" {
+                return Err("handler failed".into());
+            }
+            let uri = req.uri().to_string();
+            match req.into_body().collect_bytes().await {
+                Ok(b) => Ok(Response::new(Body::from(format!("{uri} {}", b.len())))),
+                Err(e) => Ok(Response::new(Body::from(format!("body error: {e}")))),
+            }
+        }
+    }
+
+    fn spawn<H: Handler>(shared: Arc<Shared<H>>) -> DuplexStream {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(serve(server, "test-peer", shared));
+        client
+    }
+
+    #[tokio::test]
+    async fn get_then_close_without_keep_conn() {
+        let mut io = spawn(shared(Echo, 4));
+        io.write_all(&request_bytes(1, false, &[("REQUEST_URI", "/a?b")], b""))
+            .await
+            .unwrap();
+        let (out, status) = read_response(&mut io).await;
+        assert_eq!(status, ProtocolStatus::RequestComplete);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("Status: 200 OK\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n/a?b 0"), "{text}");
+        let mut rest = Vec::new();
+        io.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "nothing may follow END_REQUEST");
+    }
+
+    #[tokio::test]
+    async fn keep_conn_serves_many_requests_and_panics_become_500() {
+        let mut io = spawn(shared(Echo, 4));
+        for (path, expect) in [
+            ("/one", "Status: 200 OK"),
+            ("/panic", "Status: 500 Internal Server Error"),
+            ("/error", "Status: 500 Internal Server Error"),
+            ("/two", "Status: 200 OK"),
+        ] {
+            let body = b"xyz";
+            io.write_all(&request_bytes(
+                1,
+                true,
+                &[("REQUEST_URI", path), ("CONTENT_LENGTH", "3")],
+                body,
+            ))
+            .await
+            .unwrap();
+            let (out, status) = read_response(&mut io).await;
+            assert_eq!(status, ProtocolStatus::RequestComplete);
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.starts_with(expect), "{path}: {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn content_length_mismatch_reaches_the_handler() {
+        let mut io = spawn(shared(Echo, 4));
+        io.write_all(&request_bytes(
+            1,
+            false,
+            &[("REQUEST_URI", "/"), ("CONTENT_LENGTH", "10")],
+            b"short",
+        ))
+        .await
+        .unwrap();
+        let (out, _) = read_response(&mut io).await;
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with("body error: request body is 5 bytes but CONTENT_LENGTH said 10"),
+            "{text}"
+        );
+    }
+
+    struct Gate(Arc<tokio::sync::Notify>);
+    impl Handler for Gate {
+        async fn call(&self, _req: Request) -> Result<Response, BoxError> {
+            self.0.notified().await;
+            Ok(Response::new(Body::from("released")))
+        }
+    }
+
+    #[tokio::test]
+    async fn beyond_maxchildren_is_overloaded_not_a_hang() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let shared = shared(Gate(Arc::clone(&gate)), 1);
+        let mut first = spawn(Arc::clone(&shared));
+        first
+            .write_all(&request_bytes(1, false, &[], b""))
+            .await
+            .unwrap();
+        // Wait until the first request holds the only slot.
+        while shared.requests.available_permits() != 0 {
+            tokio::task::yield_now().await;
+        }
+        let mut second = spawn(Arc::clone(&shared));
+        second
+            .write_all(&request_bytes(1, false, &[], b""))
+            .await
+            .unwrap();
+        let (out, status) = read_response(&mut second).await;
+        assert_eq!(status, ProtocolStatus::Overloaded);
+        assert!(out.is_empty());
+        gate.notify_one();
+        let (out, status) = read_response(&mut first).await;
+        assert_eq!(status, ProtocolStatus::RequestComplete);
+        assert!(out.ends_with(b"released"));
+    }
+
+    struct IgnoreBody;
+    impl Handler for IgnoreBody {
+        async fn call(&self, _req: Request) -> Result<Response, BoxError> {
+            Ok(Response::new(Body::from("ignored")))
+        }
+    }
+
+    #[tokio::test]
+    async fn unread_body_is_drained_and_connection_reused() {
+        let mut io = spawn(shared(IgnoreBody, 4));
+        let body = vec![7u8; 300 * 1024];
+        let len = body.len().to_string();
+        for _ in 0..2 {
+            let req = request_bytes(1, true, &[("CONTENT_LENGTH", &len)], &body);
+            // Write and read concurrently: the server answers before reading the body.
+            let (mut rd, mut wr) = tokio::io::split(&mut io);
+            let writer = async move { wr.write_all(&req).await.unwrap() };
+            let reader = async {
+                let mut dec = ClientDecoder::default();
+                let mut buf = BytesMut::new();
+                loop {
+                    while let Some(rec) = dec.decode(&mut buf).unwrap() {
+                        if let ResponseRecord::EndRequest {
+                            protocol_status, ..
+                        } = rec
+                        {
+                            return protocol_status;
+                        }
+                    }
+                    assert!(rd.read_buf(&mut buf).await.unwrap() > 0);
+                }
+            };
+            let ((), status) = tokio::join!(writer, reader);
+            assert_eq!(status, ProtocolStatus::RequestComplete);
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_record_closes_only_that_connection() {
+        let shared = shared(Echo, 4);
+        let mut bad = spawn(Arc::clone(&shared));
+        bad.write_all(&[2, 1, 0, 1, 0, 8, 0, 0]).await.unwrap();
+        let mut rest = Vec::new();
+        bad.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        let mut good = spawn(shared);
+        good.write_all(&request_bytes(1, false, &[], b""))
+            .await
+            .unwrap();
+        let (_, status) = read_response(&mut good).await;
+        assert_eq!(status, ProtocolStatus::RequestComplete);
+    }
+}

@@ -1,0 +1,126 @@
+//! Drivers: the only code that reads and writes connection sockets (style rule 8).
+//!
+//! One driver per protocol, each generic over `AsyncRead + AsyncWrite` so tests can run it on
+//! `tokio::io::duplex`. A driver feeds bytes to the protocol's sans-IO connection from
+//! `appserver-proto`, turns its events into [`Request`](crate::Request)s for the handler and
+//! writes the handler's response back, with backpressure both ways. Drivers know sockets but
+//! not process models: the accept loop in `process` hands them connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use appserver_proto::Limits;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::request::{Gateway, RequestOptions};
+use crate::response::plain;
+use crate::{BoxError, Handler, Request, Response};
+
+pub mod fcgi;
+
+/// Bytes read from a socket at a time: one full FastCGI record (8-byte header + 65 535 content
+/// + 255 padding) fits, so a record never needs more than two reads.
+pub(crate) const READ_BUF_SIZE: usize = 64 * 1024 + 512;
+
+/// How long one socket write may stall before the connection is dropped: a web server that
+/// stops reading for a minute has gone away without closing.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every connection of one server shares.
+pub struct Shared<H> {
+    /// The application.
+    pub handler: H,
+    /// Requests in flight across all connections (`maxchildren`): beyond it FastCGI answers
+    /// `FCGI_OVERLOADED` and SCGI/AJP a 503, never a hang (design.md §3).
+    pub requests: Arc<Semaphore>,
+    /// `maxchildren`, for log lines and FastCGI's `FCGI_MAX_REQS`.
+    pub max_requests: u32,
+    /// `maxconns`, advertised as FastCGI's `FCGI_MAX_CONNS`.
+    pub max_conns: u32,
+    /// Script-name handling.
+    pub options: RequestOptions,
+    /// Protocol and process model, shown to handlers.
+    pub gateway: Gateway,
+    /// Parameter limits.
+    pub limits: Limits,
+    /// `idle_timeout=`: how long a kept-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// `header_timeout=`: how long a request may take to deliver its parameters.
+    pub header_timeout: Duration,
+    /// Cancelled on graceful stop: idle connections close, busy ones finish first.
+    pub shutdown: CancellationToken,
+}
+
+impl<H: Handler> Shared<H> {
+    /// Takes one request slot, or `None` when `maxchildren` requests are in flight.
+    pub(crate) fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.requests).try_acquire_owned().ok()
+    }
+}
+
+/// A handler call running on its own task, so a panic is contained and reported.
+pub(crate) struct Call {
+    task: JoinHandle<Result<Response, BoxError>>,
+    what: String,
+}
+
+impl Call {
+    /// Starts the handler on `req`.
+    pub(crate) fn spawn<H: Handler>(shared: &Arc<Shared<H>>, req: Request) -> Self {
+        let what = format!("{} {}", req.method(), req.uri());
+        let shared = Arc::clone(shared);
+        let task = tokio::spawn(async move { shared.handler.call(req).await });
+        Self { task, what }
+    }
+
+    /// Stops the handler (client abort).
+    pub(crate) fn abort(&self) {
+        self.task.abort();
+    }
+
+    /// The handler's task, to poll.
+    pub(crate) fn task_mut(&mut self) -> &mut JoinHandle<Result<Response, BoxError>> {
+        &mut self.task
+    }
+
+    /// Turns the task's outcome into a response: errors and panics become a 500 and a log line
+    /// naming the request and the peer; the worker carries on.
+    pub(crate) fn outcome(
+        &self,
+        result: Result<Result<Response, BoxError>, tokio::task::JoinError>,
+        peer: &(dyn std::fmt::Display + Sync),
+    ) -> Response {
+        match result {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                tracing::error!(peer = %peer, request = %self.what, "handler error: {e}");
+                plain(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error",
+                )
+            }
+            Err(e) if e.is_panic() => {
+                let panic = e.into_panic();
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_owned());
+                tracing::error!(peer = %peer, request = %self.what, "handler panicked: {msg}");
+                plain(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error",
+                )
+            }
+            Err(e) => {
+                tracing::error!(peer = %peer, request = %self.what, "handler task failed: {e}");
+                plain(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error",
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Process models: how many processes serve, and how they start and stop.
+//!
+//! `process` knows workers and signals but no protocol bytes: it accepts connections and
+//! hands each to the driver of the configured protocol.
+//!
+//! - [`control`]: the one signal vocabulary ([`Control`](control::Control)) of every model.
+//! - [`threaded`]: one process, a multi-threaded tokio runtime (`method=threaded`).
+
+pub mod control;
+pub mod threaded;

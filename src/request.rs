@@ -1,0 +1,466 @@
+//! Turning a protocol's CGI variables into the one request model handlers see.
+//!
+//! Every driver ends up with a [`Params`] list (FastCGI and SCGI receive it; AJP builds it
+//! from its fields) and calls [`build`]. That is why a handler cannot tell the protocols apart
+//! unless it asks: method, URI, headers and the CGI variables mean the same everywhere.
+//!
+//! The script-name rule (design.md §1, Django's `get_script_name`): `script_name=` wins; else
+//! `SCRIPT_URL` or `REDIRECT_URL` minus `PATH_INFO` (Apache + mod_rewrite, the seed's
+//! `.htaccess` setup); else `SCRIPT_NAME`. A missing `PATH_INFO` is empty when `SCRIPT_NAME`
+//! was sent (Apache's mod_proxy_fcgi puts the whole path there) and otherwise derived from the
+//! decoded path: `DOCUMENT_URI` (nginx), else the percent-decoded path of `REQUEST_URI`. The
+//! resolved values replace `SCRIPT_NAME`/`PATH_INFO` in the [`Env`].
+
+use appserver_proto::Params;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Uri, Version};
+
+use crate::{Body, Request};
+
+/// The CGI variables of a request, in the order the web server sent them, byte-exact.
+///
+/// Found in every request's extensions. Values are raw bytes: non-UTF-8 and empty values are
+/// kept as sent (an empty variable is set, not absent). `SCRIPT_NAME` and `PATH_INFO` hold the
+/// values resolved by the script-name rule.
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    params: Params,
+}
+
+impl Env {
+    /// Wraps a parameter list.
+    pub fn new(params: Params) -> Self {
+        Self { params }
+    }
+
+    /// The value of `name` (the last one, if the web server sent it twice).
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.params.get(name)
+    }
+
+    /// The value of `name` when present and valid UTF-8.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.params.get_str(name)
+    }
+
+    /// Every variable in arrival order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.params.iter()
+    }
+
+    /// Number of variables.
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    /// True when the web server sent no variables.
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    /// The underlying parameter list.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+}
+
+/// Which gateway carried a request, for apps that want to show or log it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    /// `fcgi`, `scgi` or `ajp`.
+    pub protocol: &'static str,
+    /// `threaded` or `prefork`.
+    pub method: &'static str,
+}
+
+/// Why a request could not be built; the driver answers 400 and logs it.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Occurs when `REQUEST_METHOD` is not an HTTP token.
+    #[error("REQUEST_METHOD {0:?} is not a valid method")]
+    BadMethod(String),
+    /// Occurs when `REQUEST_URI` (or the path rebuilt from the CGI variables) is not a URI.
+    #[error("request URI {0:?} is not valid")]
+    BadUri(String),
+    /// Occurs when `CONTENT_LENGTH` is neither empty nor a decimal number.
+    #[error("CONTENT_LENGTH {0:?} is not a decimal number")]
+    BadContentLength(String),
+}
+
+/// Options of the request model that come from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct RequestOptions {
+    /// `script_name=`: the forced `SCRIPT_NAME` (Django's FORCE_SCRIPT_NAME).
+    pub script_name: Option<String>,
+}
+
+/// `CONTENT_LENGTH` as a number: `None` when absent or empty (nginx without request
+/// buffering, Apache with a chunked body), which means "read the body to its end marker".
+pub fn content_length(params: &Params) -> Result<Option<u64>, BuildError> {
+    match params.get(b"CONTENT_LENGTH") {
+        None | Some(b"") => Ok(None),
+        Some(v) if v.iter().all(u8::is_ascii_digit) && v.len() <= 19 => {
+            // 19 digits always fit in a u64; all bytes are ASCII digits, so both steps succeed.
+            let s = std::str::from_utf8(v).map_err(|_| bad_len(v))?;
+            s.parse().map(Some).map_err(|_| bad_len(v))
+        }
+        Some(v) => Err(bad_len(v)),
+    }
+}
+
+fn bad_len(v: &[u8]) -> BuildError {
+    BuildError::BadContentLength(String::from_utf8_lossy(v).into_owned())
+}
+
+/// Builds the handler's request from the CGI variables and the streaming body.
+pub fn build(
+    mut params: Params,
+    body: Body,
+    options: &RequestOptions,
+    gateway: Gateway,
+) -> Result<Request, BuildError> {
+    let method = match params.get(b"REQUEST_METHOD") {
+        None | Some(b"") => Method::GET,
+        Some(m) => Method::from_bytes(m)
+            .map_err(|_| BuildError::BadMethod(String::from_utf8_lossy(m).into_owned()))?,
+    };
+    let content_length = content_length(&params)?;
+
+    let (script_name, path_info) = resolve_script_name(&params, options.script_name.as_deref());
+    let uri = request_uri(&params, &script_name, &path_info)?;
+    params.set(b"SCRIPT_NAME", &script_name);
+    params.set(b"PATH_INFO", &path_info);
+
+    let version = match params.get(b"SERVER_PROTOCOL") {
+        Some(b"HTTP/1.0") => Version::HTTP_10,
+        Some(b"HTTP/0.9") => Version::HTTP_09,
+        Some(b"HTTP/2" | b"HTTP/2.0") => Version::HTTP_2,
+        Some(b"HTTP/3" | b"HTTP/3.0") => Version::HTTP_3,
+        _ => Version::HTTP_11,
+    };
+
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    let headers = req.headers_mut();
+    for (name, value) in params.iter() {
+        let Some(header) = name.strip_prefix(b"HTTP_") else {
+            continue;
+        };
+        // nginx also sends the body headers as HTTP_CONTENT_*; the CGI variables are the
+        // authoritative ones (they describe the body actually forwarded).
+        if header == b"CONTENT_LENGTH" || header == b"CONTENT_TYPE" {
+            continue;
+        }
+        let lower: Vec<u8> = header
+            .iter()
+            .map(|&b| {
+                if b == b'_' {
+                    b'-'
+                } else {
+                    b.to_ascii_lowercase()
+                }
+            })
+            .collect();
+        // Names or values a web server would never produce are skipped, not fatal: the
+        // raw variable stays visible in the Env.
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(&lower),
+            HeaderValue::from_bytes(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    if let Some(ct) = params.get(b"CONTENT_TYPE").filter(|v| !v.is_empty()) {
+        if let Ok(v) = HeaderValue::from_bytes(ct) {
+            headers.insert(CONTENT_TYPE, v);
+        }
+    }
+    if let Some(len) = content_length {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    req.extensions_mut().insert(gateway);
+    req.extensions_mut().insert(Env::new(params));
+    Ok(req)
+}
+
+/// Applies the script-name rule; returns `(SCRIPT_NAME, PATH_INFO)`.
+fn resolve_script_name(params: &Params, forced: Option<&str>) -> (Vec<u8>, Vec<u8>) {
+    let sent_script = params.get(b"SCRIPT_NAME");
+    let mut path_info = match (params.get(b"PATH_INFO"), sent_script) {
+        (Some(p), _) => p.to_vec(),
+        (None, Some(_)) => Vec::new(),
+        (None, None) => match params.get(b"DOCUMENT_URI") {
+            Some(d) => d.to_vec(),
+            None => {
+                let raw = params.get(b"REQUEST_URI").unwrap_or(b"/");
+                let path = raw.split(|&b| b == b'?').next().unwrap_or(raw);
+                percent_decode(path)
+            }
+        },
+    };
+    if let Some(forced) = forced {
+        let forced = forced.trim_end_matches('/').as_bytes();
+        if params.get(b"PATH_INFO").is_none() && sent_script.is_none() {
+            if let Some(rest) = path_info.strip_prefix(forced) {
+                if rest.is_empty() || rest.starts_with(b"/") {
+                    path_info = rest.to_vec();
+                }
+            }
+        }
+        return (forced.to_vec(), path_info);
+    }
+    let script_url = params
+        .get(b"SCRIPT_URL")
+        .filter(|v| !v.is_empty())
+        .or_else(|| params.get(b"REDIRECT_URL").filter(|v| !v.is_empty()));
+    if let Some(url) = script_url {
+        let url = collapse_slashes(url);
+        let script = if !path_info.is_empty() && url.ends_with(&path_info) {
+            url[..url.len() - path_info.len()].to_vec()
+        } else {
+            url
+        };
+        return (script, path_info);
+    }
+    (sent_script.unwrap_or(b"").to_vec(), path_info)
+}
+
+/// The URI handlers route on: the public `REQUEST_URI` when sent, else rebuilt from the
+/// resolved script name, path and query string.
+fn request_uri(params: &Params, script: &[u8], path_info: &[u8]) -> Result<Uri, BuildError> {
+    let raw = match params.get(b"REQUEST_URI").filter(|v| !v.is_empty()) {
+        Some(r) => escape_uri(r),
+        None => {
+            let mut s = escape_uri(script);
+            s.extend_from_slice(&escape_uri(path_info));
+            if s.is_empty() {
+                s.push(b'/');
+            }
+            if let Some(q) = params.get(b"QUERY_STRING").filter(|q| !q.is_empty()) {
+                s.push(b'?');
+                s.extend_from_slice(&escape_uri(q));
+            }
+            s
+        }
+    };
+    Uri::from_maybe_shared(bytes::Bytes::from(raw.clone()))
+        .map_err(|_| BuildError::BadUri(String::from_utf8_lossy(&raw).into_owned()))
+}
+
+/// Percent-encodes every byte `http::Uri` would refuse (non-ASCII, controls, space and the
+/// few ASCII characters RFC 3986 excludes), leaving existing escapes and delimiters alone.
+fn escape_uri(raw: &[u8]) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Vec::with_capacity(raw.len());
+    for &b in raw {
+        let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b);
+        if keep {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        }
+    }
+    out
+}
+
+/// Decodes `%XX` escapes; malformed escapes are kept literally, as web servers do.
+pub(crate) fn percent_decode(raw: &[u8]) -> Vec<u8> {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' && i + 2 < raw.len() {
+            if let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    out
+}
+
+fn collapse_slashes(url: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(url.len());
+    for &b in url {
+        if !(b == b'/' && out.last() == Some(&b'/')) {
+            out.push(b);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use appserver_proto::params::ParamsBuilder;
+    use appserver_proto::Limits;
+
+    const GW: Gateway = Gateway {
+        protocol: "fcgi",
+        method: "threaded",
+    };
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        let mut b = ParamsBuilder::new(Limits::default());
+        for (n, v) in pairs {
+            b.push(n.as_bytes(), v.as_bytes()).unwrap();
+        }
+        b.finish()
+    }
+
+    fn build_with(pairs: &[(&str, &str)], forced: Option<&str>) -> Request {
+        let options = RequestOptions {
+            script_name: forced.map(str::to_owned),
+        };
+        build(params(pairs), Body::empty(), &options, GW).unwrap()
+    }
+
+    fn env_of<'a>(req: &'a Request, name: &str) -> &'a [u8] {
+        req.extensions()
+            .get::<Env>()
+            .unwrap()
+            .get(name.as_bytes())
+            .unwrap()
+    }
+
+    #[test]
+    fn nginx_request_maps_method_uri_headers() {
+        let req = build_with(
+            &[
+                ("REQUEST_METHOD", "POST"),
+                ("REQUEST_URI", "/a%20b/caf\u{e9}?x=1"),
+                ("QUERY_STRING", "x=1"),
+                ("CONTENT_TYPE", "text/plain"),
+                ("CONTENT_LENGTH", "5"),
+                ("HTTP_CONTENT_LENGTH", "5"),
+                ("HTTP_X_FORWARDED_FOR", "10.0.0.1"),
+                ("HTTP_HOST", "example.com"),
+                ("SERVER_PROTOCOL", "HTTP/1.0"),
+            ],
+            None,
+        );
+        assert_eq!(req.method(), Method::POST);
+        assert_eq!(req.uri().path(), "/a%20b/caf%C3%A9");
+        assert_eq!(req.uri().query(), Some("x=1"));
+        assert_eq!(req.version(), Version::HTTP_10);
+        assert_eq!(req.headers()["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(req.headers()["host"], "example.com");
+        assert_eq!(req.headers()["content-length"], "5");
+        assert_eq!(req.headers()["content-type"], "text/plain");
+        assert_eq!(req.headers().get_all("content-length").iter().count(), 1);
+    }
+
+    #[test]
+    fn minimal_params_default_to_get_slash() {
+        let req = build_with(&[("SERVER_PORT", "80")], None);
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri(), "/");
+    }
+
+    #[test]
+    fn script_name_rule_follows_django() {
+        // Apache + mod_rewrite to mysite.fcgi (the seed's setup).
+        let req = build_with(
+            &[
+                ("SCRIPT_NAME", "/mysite.fcgi"),
+                ("PATH_INFO", "/blog/1"),
+                ("SCRIPT_URL", "/prefix//blog/1"),
+                ("REQUEST_URI", "/prefix/blog/1"),
+            ],
+            None,
+        );
+        assert_eq!(env_of(&req, "SCRIPT_NAME"), b"/prefix");
+        assert_eq!(env_of(&req, "PATH_INFO"), b"/blog/1");
+        assert_eq!(req.uri(), "/prefix/blog/1");
+
+        // REDIRECT_URL when SCRIPT_URL is absent.
+        let req = build_with(
+            &[
+                ("SCRIPT_NAME", "/mysite.fcgi"),
+                ("PATH_INFO", "/x"),
+                ("REDIRECT_URL", "/app/x"),
+            ],
+            None,
+        );
+        assert_eq!(env_of(&req, "SCRIPT_NAME"), b"/app");
+
+        // script_name= wins over everything.
+        let req = build_with(
+            &[
+                ("SCRIPT_NAME", "/mysite.fcgi"),
+                ("PATH_INFO", "/x"),
+                ("SCRIPT_URL", "/app/x"),
+            ],
+            Some(""),
+        );
+        assert_eq!(env_of(&req, "SCRIPT_NAME"), b"");
+        assert_eq!(env_of(&req, "PATH_INFO"), b"/x");
+    }
+
+    #[test]
+    fn missing_path_info_is_derived_only_without_script_name() {
+        // Apache mod_proxy_fcgi: the whole path is SCRIPT_NAME; PATH_INFO stays empty.
+        let req = build_with(&[("SCRIPT_NAME", "/a/b"), ("REQUEST_URI", "/a/b")], None);
+        assert_eq!(env_of(&req, "PATH_INFO"), b"");
+        // nginx SCGI stock params: decoded DOCUMENT_URI, never the raw REQUEST_URI.
+        let req = build_with(
+            &[
+                ("DOCUMENT_URI", "/caf\u{e9}"),
+                ("REQUEST_URI", "/caf%C3%A9?q"),
+            ],
+            None,
+        );
+        assert_eq!(env_of(&req, "PATH_INFO"), "/caf\u{e9}".as_bytes());
+        // Only REQUEST_URI: its decoded path, minus a forced prefix.
+        let req = build_with(&[("REQUEST_URI", "/app/x%2Fy?q=1")], Some("/app"));
+        assert_eq!(env_of(&req, "PATH_INFO"), b"/x/y");
+        assert_eq!(env_of(&req, "SCRIPT_NAME"), b"/app");
+    }
+
+    #[test]
+    fn content_length_forms() {
+        assert_eq!(content_length(&params(&[])), Ok(None));
+        assert_eq!(content_length(&params(&[("CONTENT_LENGTH", "")])), Ok(None));
+        assert_eq!(
+            content_length(&params(&[("CONTENT_LENGTH", "18446744073709551615")])),
+            Err(BuildError::BadContentLength(
+                "18446744073709551615".to_owned()
+            ))
+        );
+        assert_eq!(
+            content_length(&params(&[("CONTENT_LENGTH", "9999999999999999999")])),
+            Ok(Some(9_999_999_999_999_999_999))
+        );
+        for bad in ["-1", "+5", " 5", "0x10", "5 "] {
+            assert!(content_length(&params(&[("CONTENT_LENGTH", bad)])).is_err());
+        }
+    }
+
+    #[test]
+    fn bad_method_and_uri_are_errors() {
+        let p = params(&[("REQUEST_METHOD", "GE T")]);
+        assert!(matches!(
+            build(p, Body::empty(), &RequestOptions::default(), GW),
+            Err(BuildError::BadMethod(_))
+        ));
+    }
+
+    #[test]
+    fn percent_decode_keeps_malformed_escapes() {
+        assert_eq!(percent_decode(b"%41%zz%4"), b"A%zz%4");
+        assert_eq!(percent_decode(b"%"), b"%");
+    }
+}
