@@ -37,7 +37,9 @@ impl Span {
 }
 
 /// The ordered CGI variables of one request.
-#[derive(Clone, Default, PartialEq, Eq)]
+///
+/// Equality compares the pairs in order, not how they are laid out in the buffer.
+#[derive(Clone, Default)]
 pub struct Params {
     buf: Bytes,
     spans: Vec<Span>,
@@ -123,6 +125,14 @@ impl Params {
         &self.buf[r.start as usize..r.end as usize]
     }
 }
+
+impl PartialEq for Params {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Params {}
 
 impl fmt::Debug for Params {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -245,6 +255,15 @@ mod tests {
         assert_eq!(p.get_str("HTTP_X"), None);
         assert_eq!(p.len(), 4);
         assert_eq!(p.iter().next(), Some((&b"REQUEST_METHOD"[..], &b"GET"[..])));
+    }
+
+    #[test]
+    fn equality_is_by_pairs_not_layout() {
+        let mut a = sample();
+        a.set(b"QUERY_STRING", b"");
+        assert_eq!(a, sample());
+        a.set(b"QUERY_STRING", b"x");
+        assert_ne!(a, sample());
     }
 
     #[test]
