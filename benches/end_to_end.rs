@@ -46,7 +46,8 @@ fn request() -> BytesMut {
         ("HTTP_USER_AGENT", "bench"),
         ("HTTP_ACCEPT", "*/*"),
     ] {
-        p.push(n.as_bytes(), v.as_bytes()).expect("bench params fit the limits");
+        p.push(n.as_bytes(), v.as_bytes())
+            .expect("bench params fit the limits");
     }
     let mut out = BytesMut::new();
     encode_request(1, Role::Responder, true, &p.finish(), &mut out);
@@ -80,6 +81,7 @@ fn bench(c: &mut Criterion) {
         idle_timeout: Duration::from_secs(60),
         header_timeout: Duration::from_secs(60),
         shutdown: CancellationToken::new(),
+        load: Arc::default(),
     });
     runtime.spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {

@@ -16,8 +16,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::apps::info::Info;
-use crate::config::{App, Config, ConfigError};
+use crate::config::{App, Config, ConfigError, Method};
 use crate::driver::Shared;
+use crate::process::prefork;
 use crate::process::threaded::{self, Exit, ServeOptions};
 use crate::request::{Gateway, RequestOptions};
 use crate::{config, daemon, listen, probe, Handler};
@@ -174,32 +175,165 @@ fn init_logging(debug: bool) {
 
 /// Binds, daemonizes if asked, writes the pidfile, and serves until stopped.
 fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
+    // A reloading prefork master re-executed itself with the listener still open: take it
+    // back instead of binding, and stay the daemon it already is.
+    let reexec_fd = std::env::var(listen::REEXEC_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    std::env::remove_var(listen::REEXEC_FD_ENV);
     // Bind before forking or starting threads: errors reach the terminal, and the listener is
-    // inherited by the daemon.
-    let std_listener = listen::bind(config)
-        .with_context(|| format!("cannot listen on {}", config.listen_description()))?;
+    // inherited by the daemon and the workers.
+    let std_listener = match reexec_fd {
+        Some(fd) => listen::take_reexec(config, fd).context("cannot take back the listener")?,
+        None => listen::bind(config)
+            .with_context(|| format!("cannot listen on {}", config.listen_description()))?,
+    };
     let listen_desc = std_listener.description();
-    let mut ready_pipe = if config.daemonize {
+    let ready_pipe = if config.daemonize && reexec_fd.is_none() {
         Some(daemon::daemonize(config, &listen_desc).context("cannot daemonize")?)
     } else {
         None
     };
     let pidfile = match &config.pidfile {
-        Some(path) => Some(
-            daemon::Pidfile::create(path).with_context(|| format!("pidfile {}", path.display()))?,
-        ),
+        Some(path) => Some(daemon::Pidfile::create(path)?),
         None => None,
     };
+    let notify = notifier(config);
+    let mut ready_pipe = ready_pipe;
+    let method = config.method;
+    let mut announce = move || {
+        eprintln!(
+            "appserver: ready: protocol={} method={} listen={} pid={}",
+            config.protocol.name(),
+            method.name(),
+            listen_desc,
+            std::process::id()
+        );
+        if let Some(pipe) = ready_pipe.take() {
+            pipe.ready();
+        }
+        notify("READY=1");
+    };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let exit = match config.method {
+        Method::Threaded => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .max_blocking_threads(config.maxchildren.max(1))
+                .thread_keep_alive(Duration::from_secs(10))
+                .build()
+                .context("cannot start the runtime")?;
+            let exit = runtime.block_on(async {
+                let listener = listen::Listener::from_std(std_listener)?;
+                let shared = shared(config, handler, "threaded");
+                threaded::serve(
+                    listener,
+                    shared,
+                    serve_options(config, "threaded"),
+                    announce,
+                )
+                .await
+            })?;
+            // Handlers still running after a forced stop are dropped with the runtime.
+            runtime.shutdown_timeout(Duration::from_millis(100));
+            exit
+        }
+        Method::Prefork => {
+            let image = prefork::Image::current().context("cannot find the executable")?;
+            let master = prefork::Master::new(config, std_listener, image)
+                .context("cannot start the prefork master")?;
+            let mut handler = Some(handler);
+            let mut worker = |listener, status, budget| {
+                // Runs in a freshly forked child, which owns its copy of the handler.
+                let Some(handler) = handler.take() else {
+                    return 1;
+                };
+                prefork_worker(config, listener, handler, status, budget)
+            };
+            let notify = notifier(config);
+            master
+                .run(&mut worker, &mut announce, &*notify)
+                .context("prefork master failed")?
+        }
+    };
+    drop(pidfile);
+    Ok(exit)
+}
+
+/// The body of a prefork worker process: its own current-thread runtime serving the shared
+/// listener, reporting busy/idle to the master and retiring after `budget` requests.
+fn prefork_worker<H: Handler>(
+    config: &Config,
+    listener: listen::StdListener,
+    handler: H,
+    status: prefork::StatusPipe,
+    budget: u64,
+) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(config.maxchildren.max(1))
-        .thread_keep_alive(Duration::from_secs(10))
         .build()
-        .context("cannot start the runtime")?;
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!(
+                "appserver: worker {}: cannot start the runtime: {e}",
+                std::process::id()
+            );
+            return 1;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = listen::Listener::from_std(listener)?;
+        let shared = shared(config, handler, "prefork");
+        let mut options = serve_options(config, "prefork");
+        // Only the master speaks to systemd.
+        options.notify = Arc::new(|_: &str| {});
+        let retire = options.retire.clone();
+        let load = Arc::clone(&shared.load);
+        let status = Arc::new(status);
+        let watcher = {
+            let status = Arc::clone(&status);
+            tokio::spawn(async move {
+                let mut busy = false;
+                loop {
+                    load.changed().await;
+                    if budget > 0 && load.served() >= budget && !retire.is_cancelled() {
+                        status.report(prefork::Report::Retiring);
+                        retire.cancel();
+                    }
+                    let now_busy = load.in_flight() > 0;
+                    if now_busy != busy && !retire.is_cancelled() {
+                        busy = now_busy;
+                        status.report(if busy {
+                            prefork::Report::Busy
+                        } else {
+                            prefork::Report::Idle
+                        });
+                    }
+                }
+            })
+        };
+        let exit = threaded::serve(listener, shared, options, || {
+            status.report(prefork::Report::Idle);
+        })
+        .await;
+        watcher.abort();
+        exit
+    });
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("appserver: worker {}: {e}", std::process::id());
+            1
+        }
+    }
+}
 
-    let protocol = config.protocol;
-    let shared = Arc::new(Shared {
+/// What every connection of this process shares.
+fn shared<H: Handler>(config: &Config, handler: H, method: &'static str) -> Arc<Shared<H>> {
+    Arc::new(Shared {
         handler,
         requests: Arc::new(Semaphore::new(config.maxchildren)),
         max_requests: u32::try_from(config.maxchildren).unwrap_or(u32::MAX),
@@ -208,16 +342,30 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
             script_name: config.script_name.clone(),
         },
         gateway: Gateway {
-            protocol: protocol.name(),
-            method: "threaded",
+            protocol: config.protocol.name(),
+            method,
         },
         limits: config.limits(),
         idle_timeout: config.idle_timeout,
         header_timeout: config.header_timeout,
         shutdown: CancellationToken::new(),
-    });
-    let options = ServeOptions {
-        protocol,
+        load: Arc::default(),
+    })
+}
+
+/// Sends `sd_notify` states when running under systemd; logs a failure, never fails.
+fn notifier(config: &Config) -> Arc<dyn Fn(&str) + Send + Sync> {
+    let config = config.clone();
+    Arc::new(move |state: &str| {
+        if let Err(e) = daemon::notify_systemd(&config, state) {
+            tracing::warn!("cannot notify systemd ({state}): {e}");
+        }
+    })
+}
+
+fn serve_options(config: &Config, method: &'static str) -> ServeOptions {
+    ServeOptions {
+        protocol: config.protocol,
         max_conns: config.maxconns,
         allow: config.allow_list(),
         graceful_timeout: config.graceful_timeout,
@@ -225,34 +373,8 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
             let config = config.clone();
             Arc::new(move || daemon::reopen_logs(&config))
         },
-        notify: {
-            let config = config.clone();
-            Arc::new(move |state: &str| {
-                if let Err(e) = daemon::notify_systemd(&config, state) {
-                    tracing::warn!("cannot notify systemd ({state}): {e}");
-                }
-            })
-        },
-    };
-    let notify = Arc::clone(&options.notify);
-    let exit = runtime.block_on(async {
-        let listener = listen::Listener::from_std(std_listener)?;
-        threaded::serve(listener, shared, options, || {
-            eprintln!(
-                "appserver: ready: protocol={} method=threaded listen={} pid={}",
-                protocol.name(),
-                listen_desc,
-                std::process::id()
-            );
-            if let Some(pipe) = ready_pipe.take() {
-                pipe.ready();
-            }
-            notify("READY=1");
-        })
-        .await
-    })?;
-    // Handlers still running after a forced stop are dropped with the runtime.
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    drop(pidfile);
-    Ok(exit)
+        notify: notifier(config),
+        retire: CancellationToken::new(),
+        method,
+    }
 }

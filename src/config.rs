@@ -150,11 +150,10 @@ pub static OPTIONS: &[OptionDef] = &[
         metavar: "IMPL",
         kind: Kind::Choice(&["prefork", "fork", "threaded", "thread"]),
         default: "prefork",
-        help: "Process model: prefork (or fork) keeps a pool of worker processes; threaded \
-               (or thread) serves from one multi-threaded process. Django's default is \
-               prefork; until prefork is implemented, threaded is used when method= is not \
-               given.",
-        later: Some("prefork, fork"),
+        help: "Process model: prefork (or fork) keeps a pool of single-threaded worker \
+               processes (minspare..maxspare idle, at most maxchildren); threaded (or thread) \
+               serves from one multi-threaded process.",
+        later: None,
     },
     OptionDef {
         name: "maxrequests",
@@ -164,9 +163,10 @@ pub static OPTIONS: &[OptionDef] = &[
             max: u32::MAX as u64,
         },
         default: "0",
-        help: "Requests a worker process serves before it is replaced (0 = no limit). \
-               Needs method=prefork.",
-        later: Some("any value above 0"),
+        help: "Requests a worker process serves before it is replaced, plus up to an \
+               eighth more so workers do not recycle together (0 = no limit). Needs \
+               method=prefork.",
+        later: None,
     },
     OptionDef {
         name: "maxspare",
@@ -505,8 +505,7 @@ pub struct Config {
     pub protocol: Protocol,
     /// `host=`/`port=` or `socket=`; default (neither given) [`Listen::Inherited`].
     pub listen: Listen,
-    /// `method=`; Django's default is prefork, but while prefork is not implemented the default
-    /// (not given) is [`Method::Threaded`].
+    /// `method=`; default [`Method::Prefork`], as Django.
     pub method: Method,
     /// `maxrequests=`; default 0 (no limit).
     pub maxrequests: u32,
@@ -583,12 +582,9 @@ impl Config {
             _ => Protocol::Fcgi,
         };
         let listen = resolve_listen(&args, env)?;
-        let method = match args.get("method") {
-            None => Method::Threaded,
-            Some(_) => match choice(&args, "method")? {
-                "prefork" | "fork" => Method::Prefork,
-                _ => Method::Threaded,
-            },
+        let method = match choice(&args, "method")? {
+            "threaded" | "thread" => Method::Threaded,
+            _ => Method::Prefork,
         };
         let maxrequests = number_u32(&args, "maxrequests")?;
         let maxchildren = number_usize(&args, "maxchildren")?;
@@ -667,25 +663,18 @@ impl Config {
                 ),
             );
         }
-        if self.method == Method::Prefork {
-            let given = self.given_value("method").unwrap_or("prefork");
-            return not_yet(
-                "method",
-                format!("method={given} is not supported yet; use method=threaded"),
-            );
-        }
         if self.app == App::Cgi {
             return not_yet(
                 "app",
                 "app=cgi is not supported yet; use app=info".to_owned(),
             );
         }
-        if self.maxrequests > 0 {
+        if self.maxrequests > 0 && self.method == Method::Threaded {
             return not_yet(
                 "maxrequests",
                 format!(
-                    "maxrequests={} needs method=prefork, which is not supported yet; \
-                     leave maxrequests out",
+                    "maxrequests={} recycles worker processes and needs method=prefork \
+                     (method=threaded runs one process that never needs recycling)",
                     self.maxrequests
                 ),
             );
@@ -1273,7 +1262,7 @@ mod tests {
         let c = ok(&[]);
         assert_eq!(c.protocol, Protocol::Fcgi);
         assert_eq!(c.listen, Listen::Inherited(Inherited::Fd0));
-        assert_eq!(c.method, Method::Threaded, "prefork is not implemented yet");
+        assert_eq!(c.method, Method::Prefork, "Django's default");
         assert_eq!(c.maxrequests, 0);
         assert_eq!((c.minspare, c.maxspare, c.maxchildren), (2, 5, 50));
         assert!(!c.daemonize);
@@ -1518,17 +1507,17 @@ mod tests {
     }
 
     #[test]
-    fn prefork_is_reported_unsupported_only_when_given() {
-        assert_eq!(ok(&[]).unsupported(), None);
-        assert_eq!(ok(&["method=threaded"]).unsupported(), None);
-        assert_eq!(
-            ok(&["method=prefork"]).unsupported().unwrap().to_string(),
-            r#"runfcgi: option "method": method=prefork is not supported yet; use method=threaded"#
-        );
-        assert_eq!(
-            ok(&["method=fork"]).unsupported().unwrap().message(),
-            "method=fork is not supported yet; use method=threaded"
-        );
+    fn every_method_spelling_is_supported() {
+        for (given, method) in [
+            ("method=prefork", Method::Prefork),
+            ("method=fork", Method::Prefork),
+            ("method=threaded", Method::Threaded),
+            ("method=thread", Method::Threaded),
+        ] {
+            let c = ok(&[given]);
+            assert_eq!(c.method, method, "{given}");
+            assert_eq!(c.unsupported(), None, "{given}");
+        }
     }
 
     #[test]
@@ -1539,9 +1528,14 @@ mod tests {
             err(&["maxrequests=4294967296"]),
             r#"runfcgi: option "maxrequests": "4294967296" is not a number between 0 and 4294967295"#
         );
+        assert_eq!(ok(&["maxrequests=1"]).unsupported(), None);
         assert_eq!(
-            ok(&["maxrequests=1"]).unsupported().unwrap().message(),
-            "maxrequests=1 needs method=prefork, which is not supported yet; leave maxrequests out"
+            ok(&["maxrequests=1", "method=threaded"])
+                .unsupported()
+                .unwrap()
+                .message(),
+            "maxrequests=1 recycles worker processes and needs method=prefork \
+             (method=threaded runs one process that never needs recycling)"
         );
         assert_eq!(ok(&["maxrequests=0"]).unsupported(), None);
     }
@@ -1803,8 +1797,8 @@ mod tests {
     fn unsupported_reports_the_first() {
         let c = ok(&["app=cgi", "protocol=ajp", "method=prefork"]);
         assert_eq!(c.unsupported().unwrap().option(), "protocol");
-        let c = ok(&["app=cgi", "method=prefork"]);
-        assert_eq!(c.unsupported().unwrap().option(), "method");
+        let c = ok(&["maxrequests=5", "method=threaded"]);
+        assert_eq!(c.unsupported().unwrap().option(), "maxrequests");
     }
 
     // --- the seed document's command lines
@@ -1822,11 +1816,7 @@ mod tests {
         ]);
         assert!(c.daemonize);
         assert!(c.pidfile.as_ref().unwrap().is_absolute());
-        assert_eq!(
-            c.unsupported().unwrap().option(),
-            "method",
-            "prefork comes later"
-        );
+        assert_eq!(c.unsupported(), None);
 
         let c = ok(&[
             "daemonize=false",
@@ -1834,11 +1824,8 @@ mod tests {
             "maxrequests=1",
         ]);
         assert!(!c.daemonize);
-        assert_eq!(
-            c.unsupported().unwrap().option(),
-            "maxrequests",
-            "needs prefork"
-        );
+        assert_eq!(c.method, Method::Prefork);
+        assert_eq!(c.unsupported(), None);
 
         let c = ok(&[
             "socket=/home/user/myproject/mysite.sock",
@@ -1872,7 +1859,7 @@ mod tests {
         }
         let words = help.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(words.contains("protocol=fcgi|scgi|ajp"));
-        assert!(words.contains("[not supported yet: prefork, fork]"));
+        assert!(words.contains("[not supported yet: scgi, ajp]"));
         assert!(words.contains("[default: 65536]"));
     }
 

@@ -220,7 +220,8 @@ impl Pidfile {
         match fs::read_to_string(path) {
             Ok(text) => {
                 if let Some(pid) = parse_pid(&text) {
-                    if sys::process_alive(pid) {
+                    // Our own pid: a graceful reload (HUP) re-executed this very process.
+                    if pid != std::process::id() && sys::process_alive(pid) {
                         return Err(io::Error::new(
                             io::ErrorKind::AlreadyExists,
                             format!(
@@ -335,20 +336,37 @@ mod tests {
     fn pidfile_of_a_live_process_refuses() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("live.pid");
-        // Our own pid stands for the running server.
-        let live = format!("{}\n", std::process::id());
+        // A child of ours stands for the running server.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let live = format!("{}\n", child.id());
         fs::write(&path, &live).unwrap();
-        let e = Pidfile::create(&path).unwrap_err();
+        let result = Pidfile::create(&path);
+        let _ = child.kill();
+        let _ = child.wait();
+        let e = result.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(
             e.to_string(),
             format!(
                 "pidfile {}: appserver already running as pid {}",
                 path.display(),
-                std::process::id()
+                child.id()
             )
         );
         assert_eq!(fs::read_to_string(&path).unwrap(), live, "left untouched");
+    }
+
+    #[test]
+    fn pidfile_naming_this_very_process_is_taken_over() {
+        // A prefork master re-executed by SIGHUP keeps its pid and its pidfile.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("self.pid");
+        fs::write(&path, format!("{}\n", std::process::id())).unwrap();
+        let pidfile = Pidfile::create(&path).unwrap();
+        assert!(pidfile.is_ours());
     }
 
     #[test]

@@ -103,6 +103,55 @@ impl AsFd for StdListener {
     }
 }
 
+/// Environment variable through which a reloading prefork master (SIGHUP) tells its
+/// re-executed self which descriptor is the listener it already holds.
+pub const REEXEC_FD_ENV: &str = "APPSERVER_REEXEC_FD";
+
+impl StdListener {
+    /// A second handle on the same socket without the socket-file guard: what a prefork
+    /// worker accepts on. Only the master removes the socket file at exit.
+    pub fn try_clone_unguarded(&self) -> io::Result<StdListener> {
+        let socket = match &self.socket {
+            StdSocket::Tcp(l) => StdSocket::Tcp(l.try_clone()?),
+            StdSocket::Unix(l) => StdSocket::Unix(l.try_clone()?),
+        };
+        Ok(StdListener {
+            socket,
+            guard: None,
+            description: self.description.clone(),
+        })
+    }
+
+    /// Makes the listener survive `exec` (clears close-on-exec) and returns its descriptor,
+    /// for the re-executed master to take back with [`take_reexec`].
+    pub fn keep_across_exec(&self) -> io::Result<RawFd> {
+        let fd = self.as_fd().as_raw_fd();
+        sys::set_cloexec(fd, false)?;
+        Ok(fd)
+    }
+}
+
+/// Takes back the listener a reloading master kept open across `exec` (see
+/// [`StdListener::keep_across_exec`]), instead of binding again: the socket never closes, so
+/// no connection is refused during a reload.
+pub fn take_reexec(config: &Config, fd: RawFd) -> io::Result<StdListener> {
+    let owned = sys::take_reexec_fd(fd)?;
+    let socket = inherited_socket(fd, owned)?;
+    let (guard, description) = match (&socket, &config.listen) {
+        (StdSocket::Unix(_), Listen::Unix(path)) => (
+            SocketGuard::new(path).ok(),
+            format!("unix:{}", path.display()),
+        ),
+        (StdSocket::Tcp(l), _) => (None, l.local_addr()?.to_string()),
+        (StdSocket::Unix(_), _) => (None, config.listen_description()),
+    };
+    Ok(StdListener {
+        socket,
+        guard,
+        description,
+    })
+}
+
 /// A listener registered with the tokio runtime.
 #[derive(Debug)]
 pub struct Listener {

@@ -54,6 +54,54 @@ pub(crate) fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Sets or clears close-on-exec on `fd`.
+pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    let flag = if on {
+        FdFlag::FD_CLOEXEC
+    } else {
+        FdFlag::empty()
+    };
+    fcntl(fd, FcntlArg::F_SETFD(flag))?;
+    Ok(())
+}
+
+/// Takes the listener descriptor a reloading master passed to its re-executed self through
+/// `APPSERVER_REEXEC_FD`, at most once.
+pub(crate) fn take_reexec_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd <= 2 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} cannot be a re-exec listener"),
+        ));
+    }
+    if REEXEC_TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the re-exec listener was already taken",
+        ));
+    }
+    // Also proves the descriptor is open (EBADF otherwise).
+    set_cloexec(fd, true)?;
+    // SAFETY: the previous image of this very process (same pid: exec keeps it) kept `fd`
+    // open across exec for exactly this purpose and named it in the environment; fcntl just
+    // showed it is open; this runs before anything else opens descriptors, and REEXEC_TAKEN
+    // guarantees this is the only OwnedFd ever made for it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+static REEXEC_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Replaces this process's image with `exe` (same pid), `args[0]` kept as given. Returns
+/// only on failure. Descriptors without close-on-exec stay open in the new image.
+pub(crate) fn exec(exe: &std::path::Path, args: &[std::ffi::OsString]) -> io::Error {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(exe);
+    if let Some((arg0, rest)) = args.split_first() {
+        cmd.arg0(arg0).args(rest);
+    }
+    cmd.exec()
+}
+
 /// The outcome of [`fork`] in each process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Forked {

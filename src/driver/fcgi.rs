@@ -20,7 +20,6 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::PollSender;
 
@@ -82,7 +81,7 @@ struct Exchange {
     received: u64,
     content_length: Option<u64>,
     phase: Phase,
-    _permit: Option<OwnedSemaphorePermit>,
+    _admission: Option<super::Admission>,
 }
 
 enum Phase {
@@ -250,7 +249,7 @@ impl Driver {
                     received: 0,
                     content_length,
                     phase,
-                    _permit: permit,
+                    _admission: permit,
                 });
             }
             Event::Stdin { id, data } => {
@@ -455,6 +454,7 @@ mod tests {
             idle_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(5),
             shutdown: CancellationToken::new(),
+            load: Arc::default(),
         })
     }
 

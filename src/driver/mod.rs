@@ -6,11 +6,12 @@
 //! writes the handler's response back, with backpressure both ways. Drivers know sockets but
 //! not process models: the accept loop in `process` hands them connections.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use appserver_proto::Limits;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -51,12 +52,61 @@ pub struct Shared<H> {
     pub header_timeout: Duration,
     /// Cancelled on graceful stop: idle connections close, busy ones finish first.
     pub shutdown: CancellationToken,
+    /// Requests in flight and served, watched by prefork workers to report busy/idle and to
+    /// retire after `maxrequests`.
+    pub load: Arc<Load>,
 }
 
 impl<H: Handler> Shared<H> {
     /// Takes one request slot, or `None` when `maxchildren` requests are in flight.
-    pub(crate) fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.requests).try_acquire_owned().ok()
+    pub(crate) fn try_admit(&self) -> Option<Admission> {
+        let permit = Arc::clone(&self.requests).try_acquire_owned().ok()?;
+        self.load.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.load.served.fetch_add(1, Ordering::Relaxed);
+        self.load.changed.notify_one();
+        Some(Admission {
+            _permit: permit,
+            load: Arc::clone(&self.load),
+        })
+    }
+}
+
+/// Counters of one process's requests; see [`Shared::load`].
+#[derive(Debug, Default)]
+pub struct Load {
+    in_flight: AtomicUsize,
+    served: AtomicU64,
+    changed: Notify,
+}
+
+impl Load {
+    /// Requests being handled now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests admitted since start.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Waits until a request starts or ends.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+/// One admitted request: holds its `maxchildren` slot and counts as in flight until dropped.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    _permit: OwnedSemaphorePermit,
+    load: Arc<Load>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.load.changed.notify_one();
     }
 }
 

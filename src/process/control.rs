@@ -6,6 +6,8 @@
 //! | QUIT      | [`Control::ImmediateStop`]  |
 //! | HUP       | [`Control::Reload`]         |
 //! | USR1      | [`Control::ReopenLogs`]     |
+//! | TTIN      | [`Control::MoreWorkers`]    |
+//! | TTOU      | [`Control::FewerWorkers`]   |
 //!
 //! `docs/operations.md` repeats this table for operators.
 
@@ -22,7 +24,37 @@ pub enum Control {
     Reload,
     /// Reopen `outlog=`/`errlog=` (after logrotate moved them).
     ReopenLogs,
+    /// Keep one more idle worker (prefork).
+    MoreWorkers,
+    /// Keep one idle worker fewer (prefork).
+    FewerWorkers,
 }
+
+impl Control {
+    /// The control a signal number asks for, if any.
+    pub fn from_signal(signal: i32) -> Option<Self> {
+        match signal {
+            libc::SIGTERM | libc::SIGINT => Some(Self::GracefulStop),
+            libc::SIGQUIT => Some(Self::ImmediateStop),
+            libc::SIGHUP => Some(Self::Reload),
+            libc::SIGUSR1 => Some(Self::ReopenLogs),
+            libc::SIGTTIN => Some(Self::MoreWorkers),
+            libc::SIGTTOU => Some(Self::FewerWorkers),
+            _ => None,
+        }
+    }
+}
+
+/// Every signal that maps to a [`Control`].
+pub const CONTROL_SIGNALS: [i32; 7] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+];
 
 /// The signal streams a server listens to.
 #[derive(Debug)]
@@ -32,6 +64,8 @@ pub struct Signals {
     quit: Signal,
     hup: Signal,
     usr1: Signal,
+    ttin: Signal,
+    ttou: Signal,
 }
 
 impl Signals {
@@ -44,6 +78,8 @@ impl Signals {
             quit: signal(SignalKind::quit())?,
             hup: signal(SignalKind::hangup())?,
             usr1: signal(SignalKind::user_defined1())?,
+            ttin: signal(SignalKind::from_raw(libc::SIGTTIN))?,
+            ttou: signal(SignalKind::from_raw(libc::SIGTTOU))?,
         })
     }
 
@@ -55,6 +91,8 @@ impl Signals {
             _ = self.quit.recv() => Control::ImmediateStop,
             _ = self.hup.recv() => Control::Reload,
             _ = self.usr1.recv() => Control::ReopenLogs,
+            _ = self.ttin.recv() => Control::MoreWorkers,
+            _ = self.ttou.recv() => Control::FewerWorkers,
         }
     }
 }

@@ -5,6 +5,8 @@
 //!
 //! - [`control`]: the one signal vocabulary ([`Control`](control::Control)) of every model.
 //! - [`threaded`]: one process, a multi-threaded tokio runtime (`method=threaded`).
+//! - [`prefork`]: a master forking single-threaded workers (`method=prefork`, the default).
 
 pub mod control;
+pub mod prefork;
 pub mod threaded;

@@ -34,6 +34,11 @@ pub struct ServeOptions {
     pub reopen_logs: Arc<dyn Fn() -> io::Result<()> + Send + Sync>,
     /// Tells the service manager about state changes (`STOPPING=1`).
     pub notify: Arc<dyn Fn(&str) + Send + Sync>,
+    /// Cancelled to stop gracefully without a signal: a prefork worker that reached
+    /// `maxrequests`.
+    pub retire: CancellationToken,
+    /// `threaded` or `prefork`, for log lines.
+    pub method: &'static str,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -118,9 +123,13 @@ pub async fn serve<H: Handler>(
     let accept_task = tokio::spawn(accept_loop);
 
     let exit = loop {
-        match signals.recv().await {
+        let control = tokio::select! {
+            c = signals.recv() => c,
+            () = options.retire.cancelled() => Control::GracefulStop,
+        };
+        match control {
             Control::GracefulStop => {
-                tracing::info!("graceful stop: finishing requests in flight");
+                tracing::debug!("graceful stop: finishing requests in flight");
                 (options.notify)("STOPPING=1");
                 stop_accepting.cancel();
                 shared.shutdown.cancel();
@@ -143,7 +152,16 @@ pub async fn serve<H: Handler>(
                 break Exit::Forced;
             }
             Control::Reload => {
-                tracing::warn!("SIGHUP: reload is not supported yet with method=threaded; ignored");
+                tracing::warn!(
+                    "SIGHUP: method=threaded does not reload (one process serves everything); \
+                     use method=prefork for graceful reloads"
+                );
+            }
+            Control::MoreWorkers | Control::FewerWorkers => {
+                tracing::info!(
+                    "SIGTTIN/SIGTTOU: method={} has no worker pool to resize here",
+                    options.method
+                );
             }
             Control::ReopenLogs => match (options.reopen_logs)() {
                 Ok(()) => tracing::info!("SIGUSR1: logs reopened"),
