@@ -1,0 +1,11 @@
+//! appserver's integration tests: the one test binary (style rule 19).
+//!
+//! Every test drives the real `appserver` binary, or the axum example built on the library,
+//! through [`util::command::TestCommand`], and where the point is interoperability, puts a
+//! real web server in front of it. Each test owns its processes and temporary directories, so
+//! tests run in parallel and in any order. Regression tests are named `rNNN` after the issue.
+
+mod util;
+
+mod cli;
+mod fcgi;
