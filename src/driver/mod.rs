@@ -2,7 +2,7 @@
 //!
 //! One driver per protocol, each generic over `AsyncRead + AsyncWrite` so tests can run it on
 //! `tokio::io::duplex`. A driver feeds bytes to the protocol's sans-IO connection from
-//! `appserver-proto`, turns its events into [`Request`](crate::Request)s for the handler and
+//! `appserver-proto`, turns its events into [`Request`]s for the handler and
 //! writes the handler's response back, with backpressure both ways. Drivers know sockets but
 //! not process models: the accept loop in `process` hands them connections.
 
