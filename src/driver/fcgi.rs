@@ -7,27 +7,19 @@
 //! is below `MAX_QUEUED_OUTPUT`), the idle/header deadline and the shutdown token. Reading and
 //! writing are never blocked by each other: Apache sends STDIN while it reads STDOUT.
 
-use std::collections::VecDeque;
 use std::fmt::Display;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use appserver_proto::fcgi::{ConnConfig, Connection, Event, ProtocolStatus};
 use appserver_proto::limits::MAX_QUEUED_OUTPUT;
-use bytes::{Bytes, BytesMut};
-use http::StatusCode;
-use http_body::Body as _;
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_util::sync::PollSender;
 
-use super::{Call, Shared, READ_BUF_SIZE, WRITE_TIMEOUT};
-use crate::body::{self, BodyError};
-use crate::request;
-use crate::response::{encode_cgi_head, plain};
-use crate::{Body, Handler, Response};
+use super::exchange::{self, Exchange, Progress};
+use super::{write_some, ConnError, Shared, READ_BUF_SIZE};
+use crate::response::encode_cgi_head;
+use crate::Handler;
 
 /// Serves one FastCGI connection until the web server closes it, the protocol says to close,
 /// an error occurs, or shutdown is requested and no request is in flight. Every reason to
@@ -46,61 +38,16 @@ where
     }
 }
 
-/// Why a connection ended early.
-#[derive(Debug, thiserror::Error)]
-enum ConnError {
-    #[error("protocol error: {0}")]
-    Protocol(#[from] appserver_proto::ProtocolError),
-    #[error("io error: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("write stalled for {}s", WRITE_TIMEOUT.as_secs())]
-    WriteTimeout,
-    #[error("response body failed mid-stream: {0}")]
-    ResponseBody(crate::BoxError),
-}
-
 struct Driver {
     conn: Connection,
+    /// The one request in flight (web servers never multiplex, see proto's fcgi docs) and
+    /// its request id.
     exchange: Option<Exchange>,
+    id: u16,
     /// When an idle connection (or a request still sending its params) is given up.
     deadline: Instant,
     /// Set once bytes of a new request arrived: the header timeout runs instead of idle.
     request_started: bool,
-}
-
-/// Progress of the one request in flight (web servers never multiplex, see proto's fcgi docs).
-struct Exchange {
-    id: u16,
-    /// Where request-body chunks go; `None` once the body is complete or the handler dropped
-    /// it (remaining STDIN is then read and discarded, keeping the connection in sync).
-    body_tx: Option<PollSender<Result<Bytes, BodyError>>>,
-    /// Chunks waiting for room in the body channel. Input is not read while this is non-empty.
-    pending: VecDeque<Result<Bytes, BodyError>>,
-    /// STDIN's terminator has arrived (queued into `pending` as the channel's close).
-    stdin_done: bool,
-    received: u64,
-    content_length: Option<u64>,
-    phase: Phase,
-    _admission: Option<super::Admission>,
-}
-
-enum Phase {
-    Calling(Call),
-    Streaming(Body),
-}
-
-/// What one poll of the exchange produced.
-enum Progress {
-    /// A body chunk went to the handler (or the handler stopped reading).
-    BodyMoved,
-    /// The handler's task ended.
-    Answered(Result<Result<Response, crate::BoxError>, tokio::task::JoinError>),
-    /// Response bytes to send.
-    Data(Bytes),
-    /// The response body ended.
-    Done,
-    /// The response body failed: the response cannot be completed honestly.
-    Failed(crate::BoxError),
 }
 
 impl Driver {
@@ -112,6 +59,7 @@ impl Driver {
                 max_reqs: shared.max_requests,
             }),
             exchange: None,
+            id: 0,
             deadline: Instant::now() + shared.idle_timeout,
             request_started: false,
         }
@@ -149,38 +97,23 @@ impl Driver {
             }
 
             let can_read = !read_closed
-                && self
-                    .exchange
-                    .as_ref()
-                    .is_none_or(|ex| ex.pending.is_empty())
+                && !self.exchange.as_ref().is_some_and(Exchange::is_blocked)
                 && rbuf.len() < READ_BUF_SIZE;
             let room = wbuf.len() + self.conn.queued_output() < MAX_QUEUED_OUTPUT;
             let waiting = self.exchange.is_none();
 
             tokio::select! {
-                written = tokio::time::timeout(WRITE_TIMEOUT, wr.write_buf(&mut wbuf)), if !flushed => {
-                    match written {
-                        Ok(Ok(0)) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Err(e.into()),
-                        Err(_) => return Err(ConnError::WriteTimeout),
-                    }
-                }
+                written = write_some(&mut wr, &mut wbuf), if !flushed => written?,
                 read = rd.read_buf(&mut rbuf), if can_read => {
                     if read? == 0 {
                         read_closed = true;
                         self.conn.handle_eof(&rbuf)?;
-                        if let Some(ex) = &mut self.exchange {
-                            if !ex.stdin_done {
-                                // The web server gave up on the request (client abort):
-                                // nginx and Apache close the connection instead of sending
-                                // FCGI_ABORT_REQUEST.
-                                tracing::debug!(peer = %peer, "web server closed the connection mid-request");
-                                if let Some(ex) = self.exchange.take() {
-                                    ex.cancel();
-                                }
-                                return Ok(());
-                            }
+                        if self.exchange.as_ref().is_some_and(|ex| !ex.body_done()) {
+                            // The web server gave up on the request (client abort): nginx and
+                            // Apache close the connection instead of sending
+                            // FCGI_ABORT_REQUEST.
+                            tracing::debug!(peer = %peer, "web server closed the connection mid-request");
+                            return Ok(());
                         }
                     } else {
                         if self.exchange.is_none() && !self.request_started {
@@ -190,8 +123,8 @@ impl Driver {
                         self.conn.handle_input(&mut rbuf)?;
                     }
                 }
-                progress = std::future::poll_fn(|cx| poll_exchange(&mut self.exchange, cx, room)), if !waiting => {
-                    self.on_progress(progress, peer, shared)?;
+                progress = exchange::progress(&mut self.exchange, room, peer), if !waiting => {
+                    self.on_progress(progress, shared)?;
                 }
                 () = tokio::time::sleep_until(self.deadline), if waiting => {
                     if self.request_started {
@@ -215,8 +148,7 @@ impl Driver {
         match event {
             Event::Request { id, params, .. } => {
                 self.request_started = false;
-                let permit = shared.try_admit();
-                if permit.is_none() {
+                let Some(admission) = shared.try_admit() else {
                     tracing::warn!(
                         peer = %peer,
                         "maxchildren={} requests in flight: answering FCGI_OVERLOADED",
@@ -224,61 +156,28 @@ impl Driver {
                     );
                     self.conn.reject_request(id, ProtocolStatus::Overloaded);
                     return;
-                }
-                let built = request::content_length(&params).and_then(|content_length| {
-                    let (tx, body) = body::channel(content_length);
-                    let req = request::build(params, body, &shared.options, shared.gateway)?;
-                    Ok((req, tx, content_length))
-                });
-                let (phase, body_tx, content_length) = match built {
-                    Ok((req, tx, content_length)) => (
-                        Phase::Calling(Call::spawn(shared, req)),
-                        Some(PollSender::new(tx)),
-                        content_length,
-                    ),
-                    Err(e) => {
-                        let body = self.start_response(id, bad_request(peer, &e));
-                        (Phase::Streaming(body), None, None)
-                    }
                 };
-                self.exchange = Some(Exchange {
-                    id,
-                    body_tx,
-                    pending: VecDeque::new(),
-                    stdin_done: false,
-                    received: 0,
-                    content_length,
-                    phase,
-                    _admission: permit,
-                });
+                self.id = id;
+                self.exchange = Some(Exchange::start(shared, admission, params, peer));
             }
             Event::Stdin { id, data } => {
-                if let Some(ex) = self.exchange.as_mut().filter(|ex| ex.id == id) {
-                    ex.received += data.len() as u64;
-                    if ex.body_tx.is_some() {
-                        ex.pending.push_back(Ok(data));
-                    }
+                if let Some(ex) = self.exchange.as_mut().filter(|_| id == self.id) {
+                    ex.push_body(data);
                 }
             }
             Event::StdinEnd { id } => {
-                if let Some(ex) = self.exchange.as_mut().filter(|ex| ex.id == id) {
-                    ex.stdin_done = true;
-                    if let Some(expected) = ex.content_length.filter(|&n| n != ex.received) {
-                        if ex.body_tx.is_some() {
-                            ex.pending.push_back(Err(BodyError::LengthMismatch {
-                                received: ex.received,
-                                expected,
-                            }));
-                        }
-                    }
+                if let Some(ex) = self.exchange.as_mut().filter(|_| id == self.id) {
+                    ex.end_body();
                 }
             }
             Event::Abort { id } => {
-                if let Some(ex) = self.exchange.take_if(|ex| ex.id == id) {
-                    tracing::debug!(peer = %peer, "FCGI_ABORT_REQUEST for request {id}");
-                    ex.cancel();
-                    self.conn.end_request(id, 0);
-                    self.request_finished(shared);
+                if id == self.id {
+                    if let Some(ex) = self.exchange.take() {
+                        tracing::debug!(peer = %peer, "FCGI_ABORT_REQUEST for request {id}");
+                        ex.cancel();
+                        self.conn.end_request(id, 0);
+                        self.request_finished(shared);
+                    }
                 }
             }
         }
@@ -287,139 +186,37 @@ impl Driver {
     fn on_progress<H: Handler>(
         &mut self,
         progress: Progress,
-        peer: &(dyn Display + Sync),
         shared: &Arc<Shared<H>>,
     ) -> Result<(), ConnError> {
-        let Some(ex) = self.exchange.as_mut() else {
-            return Ok(());
-        };
         match progress {
             Progress::BodyMoved => {}
-            Progress::Answered(result) => {
-                let resp = match &ex.phase {
-                    Phase::Calling(call) => call.outcome(result, peer),
-                    Phase::Streaming(_) => return Ok(()),
-                };
-                let id = ex.id;
-                let body = self.start_response(id, resp);
+            Progress::Response(resp) => {
+                let (parts, body) = resp.into_parts();
+                let mut head = Vec::with_capacity(256);
+                encode_cgi_head(&parts, &mut head);
+                self.conn.send_stdout(self.id, &head);
                 if let Some(ex) = self.exchange.as_mut() {
-                    ex.phase = Phase::Streaming(body);
+                    ex.stream(body);
                 }
             }
-            Progress::Data(data) => self.conn.send_stdout(ex.id, &data),
+            Progress::Data(data) => self.conn.send_stdout(self.id, &data),
             Progress::Done => {
-                let id = ex.id;
                 self.exchange = None;
-                self.conn.end_request(id, 0);
+                self.conn.end_request(self.id, 0);
                 self.request_finished(shared);
             }
-            Progress::Failed(e) => {
-                // Closing without END_REQUEST tells the web server the response is
-                // incomplete (nginx logs "upstream prematurely closed"); a normal end would
-                // pass a truncated body off as whole.
-                return Err(ConnError::ResponseBody(e));
-            }
+            // Closing without END_REQUEST tells the web server the response is incomplete
+            // (nginx logs "upstream prematurely closed"); a normal end would pass a truncated
+            // body off as whole.
+            Progress::Failed(e) => return Err(ConnError::ResponseBody(e)),
         }
         Ok(())
-    }
-
-    /// Queues the CGI head of `resp` and returns its body, to be streamed.
-    fn start_response(&mut self, id: u16, resp: Response) -> Body {
-        let (parts, body) = resp.into_parts();
-        let mut head = Vec::with_capacity(256);
-        encode_cgi_head(&parts, &mut head);
-        self.conn.send_stdout(id, &head);
-        body
     }
 
     fn request_finished<H: Handler>(&mut self, shared: &Shared<H>) {
         self.request_started = false;
         self.deadline = Instant::now() + shared.idle_timeout;
     }
-}
-
-/// Polls the exchange for its next step: deliver a body chunk, the handler's answer, or a
-/// response body frame (only with `room` in the output queue).
-fn poll_exchange(
-    exchange: &mut Option<Exchange>,
-    cx: &mut Context<'_>,
-    room: bool,
-) -> Poll<Progress> {
-    let Some(ex) = exchange.as_mut() else {
-        return Poll::Pending;
-    };
-    if let Some(tx) = ex.body_tx.as_mut() {
-        if let Some(item) = ex.pending.front() {
-            let is_err = item.is_err();
-            match tx.poll_reserve(cx) {
-                Poll::Ready(Ok(())) => {
-                    if let Some(item) = ex.pending.pop_front() {
-                        // The slot was just reserved, so sending cannot fail for lack of room;
-                        // a closed receiver only means the handler stopped reading.
-                        let _ = tx.send_item(item);
-                    }
-                    if is_err {
-                        ex.body_tx = None;
-                    }
-                    return Poll::Ready(Progress::BodyMoved);
-                }
-                Poll::Ready(Err(_)) => {
-                    // The handler dropped the body: discard the rest of STDIN.
-                    ex.body_tx = None;
-                    ex.pending.clear();
-                    return Poll::Ready(Progress::BodyMoved);
-                }
-                Poll::Pending => {}
-            }
-        } else if ex.stdin_done {
-            // Everything delivered: closing the channel ends the handler's body.
-            ex.body_tx = None;
-            return Poll::Ready(Progress::BodyMoved);
-        }
-    } else if !ex.pending.is_empty() {
-        ex.pending.clear();
-        return Poll::Ready(Progress::BodyMoved);
-    }
-
-    match &mut ex.phase {
-        Phase::Calling(call) => match Pin::new(call.task_mut()).poll(cx) {
-            Poll::Ready(result) => Poll::Ready(Progress::Answered(result)),
-            Poll::Pending => Poll::Pending,
-        },
-        Phase::Streaming(body) if room => match Pin::new(body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) if !data.is_empty() => Poll::Ready(Progress::Data(data)),
-                // Empty data frames and trailers carry nothing a CGI response can hold.
-                _ => {
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                }
-            },
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Progress::Failed(e)),
-            Poll::Ready(None) => Poll::Ready(Progress::Done),
-            Poll::Pending => Poll::Pending,
-        },
-        Phase::Streaming(_) => Poll::Pending,
-    }
-}
-
-impl Exchange {
-    /// Stops the handler and tells a body reader the request is gone.
-    fn cancel(self) {
-        if let Phase::Calling(call) = &self.phase {
-            call.abort();
-        }
-        if let Some(tx) = self.body_tx.and_then(|tx| tx.get_ref().cloned()) {
-            let _ = tx.try_send(Err(BodyError::Truncated {
-                received: self.received,
-            }));
-        }
-    }
-}
-
-fn bad_request(peer: &(dyn Display + Sync), e: &request::BuildError) -> Response {
-    tracing::warn!(peer = %peer, "bad request: {e}");
-    plain(StatusCode::BAD_REQUEST, "Bad Request")
 }
 
 #[cfg(test)]
@@ -437,7 +234,7 @@ mod tests {
 
     use super::*;
     use crate::request::{Gateway, RequestOptions};
-    use crate::{BoxError, Request};
+    use crate::{Body, BoxError, Request, Response};
 
     fn shared<H: Handler>(handler: H, max_requests: usize) -> Arc<Shared<H>> {
         Arc::new(Shared {

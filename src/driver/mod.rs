@@ -19,6 +19,7 @@ use crate::request::{Gateway, RequestOptions};
 use crate::response::plain;
 use crate::{BoxError, Handler, Request, Response};
 
+mod exchange;
 pub mod fcgi;
 
 /// Bytes read from a socket at a time: one full FastCGI record (8-byte header + 65 535 content
@@ -28,6 +29,34 @@ pub(crate) const READ_BUF_SIZE: usize = 64 * 1024 + 512;
 /// How long one socket write may stall before the connection is dropped: a web server that
 /// stops reading for a minute has gone away without closing.
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a connection ended early; drivers log it with the peer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnError {
+    #[error("protocol error: {0}")]
+    Protocol(#[from] appserver_proto::ProtocolError),
+    #[error("io error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("write stalled for {}s", WRITE_TIMEOUT.as_secs())]
+    WriteTimeout,
+    #[error("response body failed mid-stream: {0}")]
+    ResponseBody(BoxError),
+}
+
+/// Writes some of `buf` (advancing it), failing when the peer stops reading for
+/// [`WRITE_TIMEOUT`].
+pub(crate) async fn write_some<W>(wr: &mut W, buf: &mut bytes::BytesMut) -> Result<(), ConnError>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    match tokio::time::timeout(WRITE_TIMEOUT, wr.write_buf(buf)).await {
+        Ok(Ok(0)) => Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(ConnError::WriteTimeout),
+    }
+}
 
 /// What every connection of one server shares.
 pub struct Shared<H> {
