@@ -19,13 +19,19 @@
 //! - [`reader`]: a bounded cursor for length-prefixed fields (`sub`, `expect_end`).
 //! - [`params`]: [`Params`], the ordered, byte-exact CGI variable list shared by all protocols.
 //! - [`fcgi`]: FastCGI 1.0 records, the server connection and the client codec.
+//! - [`scgi`]: SCGI netstring headers, the one-request server connection and the client
+//!   encoder.
+//! - [`ajp`]: AJP13 packets, the container-side connection (CPING, body accounting, secret
+//!   and attribute allowlist) and the web-server-side codec.
 #![forbid(unsafe_code)]
 
+pub mod ajp;
 pub mod error;
 pub mod fcgi;
 pub mod limits;
 pub mod params;
 pub mod reader;
+pub mod scgi;
 
 #[cfg(fuzzing)]
 pub mod fuzzing;

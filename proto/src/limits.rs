@@ -58,6 +58,35 @@ pub const FCGI_MAX_REQUESTS_PER_CONN: usize = 1;
 /// for the socket, which is what gives a slow client backpressure all the way to the app.
 pub const MAX_QUEUED_OUTPUT: usize = 256 * 1024;
 
+/// Most digits an SCGI netstring length may have: 7 (lengths up to 9 999 999).
+///
+/// The protocol sets no bound; the header block is also capped by
+/// [`Limits::max_params_bytes`] (it *is* the request's parameters), so this only decides
+/// how many digits are read before giving up: the 8th digit is refused without buffering
+/// anything, whatever the configured cap.
+pub const SCGI_MAX_LENGTH_DIGITS: usize = 7;
+
+/// AJP13 packet header length: magic (2) + payload length (2).
+pub const AJP_HEADER_LEN: usize = 4;
+
+/// Default AJP13 packet size: 8192 bytes including the 4-byte header, the size Apache
+/// (`ProxyIOBufferSize`), mod_jk (`max_packet_size`) and Tomcat (`packetSize`) use unless both
+/// sides are configured alike.
+pub const AJP_DEFAULT_PACKET_SIZE: usize = 8192;
+
+/// Floor for the AJP packet size: 8192. No web server sends smaller packets; mod_proxy_ajp
+/// clamps its own setting to 8192..=65536.
+pub const AJP_MIN_PACKET_SIZE: usize = 8192;
+
+/// Ceiling for the AJP packet size: 65 536 (the spec's and Tomcat's maximum), so at most
+/// 65 532 payload bytes are ever buffered for one packet.
+pub const AJP_MAX_PACKET_SIZE: usize = 65536;
+
+/// Most request headers one AJP `FORWARD_REQUEST` may announce: 100, Tomcat's default
+/// `maxHeaderCount`. The whole request head must fit one packet anyway; this bounds the header
+/// index before any header is parsed.
+pub const AJP_MAX_HEADERS: usize = 100;
+
 /// The configurable limits of a connection, with documented defaults.
 ///
 /// ```

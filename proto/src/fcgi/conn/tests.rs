@@ -104,7 +104,7 @@ fn stdout_response_1() -> Vec<u8> {
     let pad = (8 - len % 8) % 8;
     let mut v = vec![1, 6, 0, 1, 0, len as u8, pad as u8, 0];
     v.extend_from_slice(RESPONSE);
-    v.extend(std::iter::repeat(0).take(pad));
+    v.extend(std::iter::repeat_n(0, pad));
     v
 }
 
@@ -400,7 +400,7 @@ fn c08_bad_version() {
 fn c08_begin_with_bad_length() {
     for len in [7u8, 9] {
         let mut input = vec![1, 1, 0, 1, 0, len, 0, 0];
-        input.extend(std::iter::repeat(0).take(len as usize));
+        input.extend(std::iter::repeat_n(0, len as usize));
         expect_err(
             &input,
             ProtocolError::BadBodyLength {
