@@ -19,8 +19,10 @@ use crate::request::{Gateway, RequestOptions};
 use crate::response::plain;
 use crate::{BoxError, Handler, Request, Response};
 
+pub mod ajp;
 mod exchange;
 pub mod fcgi;
+pub mod scgi;
 
 /// Bytes read from a socket at a time: one full FastCGI record (8-byte header + 65 535 content
 /// + 255 padding) fits, so a record never needs more than two reads.

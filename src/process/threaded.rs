@@ -39,6 +39,8 @@ pub struct ServeOptions {
     pub retire: CancellationToken,
     /// `threaded` or `prefork`, for log lines.
     pub method: &'static str,
+    /// AJP settings (secret, packet size, attribute allowlist) when `protocol=ajp`.
+    pub ajp: appserver_proto::ajp::AjpConfig,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -109,11 +111,14 @@ pub async fn serve<H: Handler>(
                 }
                 let shared = Arc::clone(&shared);
                 let protocol = options.protocol;
+                let options = options.clone();
                 tracker.spawn(async move {
                     match protocol {
                         Protocol::Fcgi => driver::fcgi::serve(stream, peer, shared).await,
-                        #[allow(unreachable_patterns)]
-                        _ => tracing::error!("protocol not supported yet"),
+                        Protocol::Scgi => driver::scgi::serve(stream, peer, shared).await,
+                        Protocol::Ajp => {
+                            driver::ajp::serve(stream, peer, shared, options.ajp.clone()).await;
+                        }
                     }
                     drop(permit);
                 });
