@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::apps::cgi::Cgi;
 use crate::apps::info::Info;
 use crate::config::{App, Config, ConfigError, Method};
 use crate::driver::Shared;
@@ -50,7 +51,7 @@ enum Command {
         #[arg(default_value = "/")]
         path: String,
         /// Protocol to speak.
-        #[arg(long, default_value = "fcgi", value_parser = ["fcgi"])]
+        #[arg(long, default_value = "fcgi", value_parser = ["fcgi", "scgi", "ajp"])]
         protocol: String,
         /// Seconds to wait for the server.
         #[arg(long, default_value_t = 10)]
@@ -85,19 +86,19 @@ fn main_with<H: Handler>(args: impl IntoIterator<Item = OsString>, user: Option<
             address,
             path,
             timeout,
-            ..
-        } => run_probe(address, path, timeout),
+            protocol,
+        } => run_probe(address, path, timeout, &protocol),
         Command::Runfcgi { options } => runfcgi(&options, user),
     }
 }
 
-fn run_probe(address: String, path: String, timeout: u64) -> ExitCode {
+fn run_probe(address: String, path: String, timeout: u64, protocol: &str) -> ExitCode {
     let probe = probe::Probe {
         address,
         path,
         timeout: Duration::from_secs(timeout),
     };
-    match probe.fcgi() {
+    match probe.send(protocol) {
         Ok(resp) => {
             use std::io::Write;
             let _ = std::io::stdout().write_all(&resp.stdout);
@@ -146,8 +147,10 @@ fn runfcgi<H: Handler>(options: &[String], user: Option<H>) -> ExitCode {
         Some(handler) => serve(&config, handler),
         None => match config.app {
             App::Info => serve(&config, Info),
-            #[allow(unreachable_patterns)]
-            _ => Err(anyhow::anyhow!("app not supported yet")),
+            App::Cgi => match Cgi::from_config(&config) {
+                Ok(cgi) => serve(&config, cgi),
+                Err(e) => return usage_error(&e),
+            },
         },
     };
     match result {
@@ -202,15 +205,16 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
     let mut ready_pipe = ready_pipe;
     let method = config.method;
     let mut announce = move || {
-        eprintln!(
-            "appserver: ready: protocol={} method={} listen={} pid={}",
-            config.protocol.name(),
-            method.name(),
-            listen_desc,
-            std::process::id()
-        );
-        if let Some(pipe) = ready_pipe.take() {
-            pipe.ready();
+        match ready_pipe.take() {
+            // The waiting parent prints the one line a daemon start shows.
+            Some(pipe) => pipe.ready(),
+            None => eprintln!(
+                "appserver: ready: protocol={} method={} listen={} pid={}",
+                config.protocol.name(),
+                method.name(),
+                listen_desc,
+                std::process::id()
+            ),
         }
         notify("READY=1");
     };
@@ -376,5 +380,14 @@ fn serve_options(config: &Config, method: &'static str) -> ServeOptions {
         notify: notifier(config),
         retire: CancellationToken::new(),
         method,
+        ajp: {
+            let ajp = appserver_proto::ajp::AjpConfig::default()
+                .with_limits(config.limits())
+                .with_packet_size(config.packetsize);
+            match &config.secret {
+                Some(secret) => ajp.with_secret(secret.clone().into_bytes()),
+                None => ajp,
+            }
+        },
     }
 }

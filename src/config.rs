@@ -116,7 +116,7 @@ pub static OPTIONS: &[OptionDef] = &[
         kind: Kind::Choice(&["fcgi", "scgi", "ajp"]),
         default: "fcgi",
         help: "Gateway protocol the web server speaks: FastCGI, SCGI or AJP13.",
-        later: Some("scgi, ajp"),
+        later: None,
     },
     OptionDef {
         name: "host",
@@ -268,8 +268,46 @@ pub static OPTIONS: &[OptionDef] = &[
         kind: Kind::Choice(&["info", "cgi"]),
         default: "info",
         help: "Built-in app of the appserver binary: info shows the request's CGI \
-               variables; cgi runs CGI scripts.",
-        later: Some("cgi"),
+               variables; cgi runs CGI scripts (see docs/cgi.md).",
+        later: None,
+    },
+    OptionDef {
+        name: "script",
+        metavar: "FILE",
+        kind: Kind::Path,
+        default: "",
+        help: "app=cgi: run this CGI script for every request, whatever SCRIPT_FILENAME \
+               says.",
+        later: None,
+    },
+    OptionDef {
+        name: "docroot",
+        metavar: "DIRECTORY",
+        kind: Kind::Path,
+        default: "",
+        help: "app=cgi: scripts must resolve inside this directory, symlinks followed \
+               (outside: 403). Without SCRIPT_FILENAME from the web server, the script is \
+               the first file along SCRIPT_NAME and PATH_INFO under it.",
+        later: None,
+    },
+    OptionDef {
+        name: "cgi_timeout",
+        metavar: "SECONDS",
+        kind: Kind::Number { min: 1, max: 86400 },
+        default: "60",
+        help: "app=cgi: seconds a script may run. Then its process group gets SIGTERM, \
+               SIGKILL 2 s later, and the client a 504 if no header was sent yet.",
+        later: None,
+    },
+    OptionDef {
+        name: "cgi_env",
+        metavar: "NAMES",
+        kind: Kind::Text,
+        default: "PATH",
+        help: "app=cgi: comma-separated names of appserver's own environment variables \
+               passed on to scripts besides the CGI variables; may be empty. HTTP_PROXY is \
+               never passed.",
+        later: None,
     },
     OptionDef {
         name: "script_name",
@@ -289,6 +327,28 @@ pub static OPTIONS: &[OptionDef] = &[
         help: "Comma-separated IP addresses or CIDR networks (IPv4 or IPv6) allowed to \
                connect, merged with FCGI_WEB_SERVER_ADDRS from the environment. When a list \
                is set, unix socket peers are refused, as libfcgi does.",
+        later: None,
+    },
+    OptionDef {
+        name: "secret",
+        metavar: "TEXT",
+        kind: Kind::Text,
+        default: "none",
+        help: "protocol=ajp: the shared secret Apache sends (ProxyPass ... secret=TEXT). \
+               Requests without it or with another one get 403 (constant-time compare). \
+               Required when host= is not a loopback address.",
+        later: None,
+    },
+    OptionDef {
+        name: "packetsize",
+        metavar: "BYTES",
+        kind: Kind::Number {
+            min: 8192,
+            max: 65536,
+        },
+        default: "8192",
+        help: "protocol=ajp: the AJP packet size; must equal the web server's \
+               (ProxyIOBufferSize, mod_jk max_packet_size).",
         later: None,
     },
     OptionDef {
@@ -535,8 +595,21 @@ pub struct Config {
     pub app: App,
     /// `script_name=`, the forced `SCRIPT_NAME`; default none (taken from each request).
     pub script_name: Option<String>,
+    /// `script=` (app=cgi), absolute: the one script every request runs; default none.
+    pub script: Option<PathBuf>,
+    /// `docroot=` (app=cgi), absolute: where scripts must resolve; default none.
+    pub docroot: Option<PathBuf>,
+    /// `cgi_timeout=` (app=cgi): how long a script may run; default 60 s.
+    pub cgi_timeout: Duration,
+    /// `cgi_env=` (app=cgi): names of environment variables passed on to scripts; default
+    /// `["PATH"]`.
+    pub cgi_env: Vec<String>,
     /// `allow=` merged with `FCGI_WEB_SERVER_ADDRS`; default empty (anyone may connect).
     pub allow: AllowList,
+    /// `secret=` (AJP); default none.
+    pub secret: Option<String>,
+    /// `packetsize=` (AJP); default 8192.
+    pub packetsize: usize,
     /// `backlog=`; default 1024.
     pub backlog: u32,
     /// `maxconns=`; default 1024.
@@ -614,12 +687,49 @@ impl Config {
             Some(v) => Some(script_name(v)?),
             None => None,
         };
+        for name in CGI_OPTIONS {
+            if app != App::Cgi && args.get(name).is_some() {
+                return Err(ConfigError::new(
+                    name,
+                    format!(
+                        "is an option of app=cgi; app={} does not use it",
+                        app.name()
+                    ),
+                ));
+            }
+        }
+        let cgi_env = cgi_env(raw(&args, "cgi_env"))?;
         let mut allow = AllowList::default();
         if let Some(v) = args.get("allow") {
             add_nets(&mut allow, "allow", "", v)?;
         }
         if let Some(v) = env("FCGI_WEB_SERVER_ADDRS") {
             add_nets(&mut allow, "FCGI_WEB_SERVER_ADDRS", " (environment)", &v)?;
+        }
+        let secret = args.get("secret").map(str::to_owned);
+        for name in ["secret", "packetsize"] {
+            if protocol != Protocol::Ajp && args.get(name).is_some() {
+                return Err(ConfigError::new(
+                    name,
+                    format!(
+                        "is an option of protocol=ajp; protocol={} does not use it",
+                        protocol.name()
+                    ),
+                ));
+            }
+        }
+        if let (Protocol::Ajp, None, Listen::Tcp { host, .. }) = (protocol, &secret, &listen) {
+            if !is_loopback_host(host) {
+                return Err(ConfigError::new(
+                    "secret",
+                    format!(
+                        "protocol=ajp on host={host} needs secret=: AJP does not authenticate \
+                         its peer, so anyone who can reach the port could forge requests \
+                         (Ghostcat, CVE-2020-1938); bind to 127.0.0.1 or set the secret \
+                         Apache sends"
+                    ),
+                ));
+            }
         }
         Ok(Self {
             protocol,
@@ -638,7 +748,13 @@ impl Config {
             umask,
             app,
             script_name,
+            script: optional_path(&args, "script")?,
+            docroot: optional_path(&args, "docroot")?,
+            cgi_timeout: Duration::from_secs(number(&args, "cgi_timeout")?),
+            cgi_env,
             allow,
+            secret,
+            packetsize: number_usize(&args, "packetsize")?,
             backlog: number_u32(&args, "backlog")?,
             maxconns: number_usize(&args, "maxconns")?,
             maxparams: number_usize(&args, "maxparams")?,
@@ -654,21 +770,6 @@ impl Config {
     /// telling what to use instead; `None` when everything asked for is implemented.
     pub fn unsupported(&self) -> Option<ConfigError> {
         let not_yet = |option: &str, message: String| Some(ConfigError::new(option, message));
-        if self.protocol != Protocol::Fcgi {
-            return not_yet(
-                "protocol",
-                format!(
-                    "protocol={} is not supported yet; use protocol=fcgi",
-                    self.protocol.name()
-                ),
-            );
-        }
-        if self.app == App::Cgi {
-            return not_yet(
-                "app",
-                "app=cgi is not supported yet; use app=info".to_owned(),
-            );
-        }
         if self.maxrequests > 0 && self.method == Method::Threaded {
             return not_yet(
                 "maxrequests",
@@ -744,6 +845,16 @@ fn def(name: &str) -> &'static OptionDef {
 }
 
 /// The given value of `name`, or its default text.
+/// True for `localhost` and loopback addresses (127.0.0.0/8, ::1).
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn raw<'a>(args: &'a Args, name: &str) -> &'a str {
     args.get(name).unwrap_or(def(name).default)
 }
@@ -920,6 +1031,33 @@ fn script_name(value: &str) -> Result<String, ConfigError> {
     Ok(value.to_owned())
 }
 
+/// The options only `app=cgi` uses.
+const CGI_OPTIONS: [&str; 4] = ["script", "docroot", "cgi_timeout", "cgi_env"];
+
+/// Parses `cgi_env=`: comma-separated environment variable names, empty entries skipped.
+fn cgi_env(value: &str) -> Result<Vec<String>, ConfigError> {
+    let mut names = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if name.contains('=') || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ConfigError::new(
+                "cgi_env",
+                format!("{name:?} is not an environment variable name"),
+            ));
+        }
+        // httpoxy (CVE-2016-5385): scripts' HTTP clients read HTTP_PROXY as their proxy.
+        if name == "HTTP_PROXY" {
+            return Err(ConfigError::new(
+                "cgi_env",
+                "HTTP_PROXY is never passed to scripts (httpoxy); use http_proxy",
+            ));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
 /// Adds the comma-separated networks in `value` to `allow`; empty entries are skipped.
 fn add_nets(
     allow: &mut AllowList,
@@ -1019,7 +1157,9 @@ pub fn help_text() -> String {
          \x20 Stay in the foreground (good for debugging):\n\
          \x20   $ appserver runfcgi daemonize=false socket=/tmp/mysite.sock\n\
          \x20 Run spawned by the web server, listening socket on fd 0:\n\
-         \x20   $ appserver runfcgi method=threaded\n",
+         \x20   $ appserver runfcgi method=threaded\n\
+         \x20 Run the CGI scripts under /srv/cgi-bin (replaces fcgiwrap):\n\
+         \x20   $ appserver runfcgi app=cgi docroot=/srv/cgi-bin socket=/run/cgi.sock\n",
     );
     out
 }
@@ -1290,21 +1430,25 @@ mod tests {
 
     #[test]
     fn default_texts_mean_the_defaults() {
-        // Giving an option its documented default changes nothing (method is the exception
-        // while prefork is not implemented; daemonize, umask and the paths have prose
-        // defaults).
+        // Giving an option its documented default changes nothing (daemonize, umask and the
+        // paths have prose defaults).
         let base = ok(&[]);
         for o in OPTIONS {
             let prose = matches!(o.kind, Kind::Path | Kind::Text | Kind::Octal)
                 || o.default.is_empty()
-                || o.name == "method"
                 || o.name == "daemonize";
             if prose {
                 continue;
             }
             let item = format!("{}={}", o.name, o.default);
-            let c = ok(&[&item]);
-            assert_eq!(resolved(&c), resolved(&base), "{item}");
+            // Options of one protocol are compared within that protocol.
+            let context: &[&str] = match o.name {
+                "packetsize" => &["protocol=ajp"],
+                "cgi_timeout" => &["app=cgi"],
+                _ => &[],
+            };
+            let with: Vec<&str> = context.iter().copied().chain([item.as_str()]).collect();
+            assert_eq!(resolved(&ok(&with)), resolved(&ok(context)), "{item}");
         }
         assert_eq!(
             option("maxparams").unwrap().default,
@@ -1335,6 +1479,8 @@ mod tests {
                 "port" => items.push("host=h"),
                 "maxspare" => items.push("maxchildren=10000"),
                 "minspare" => items.extend(["maxchildren=10000", "maxspare=10000"]),
+                "secret" | "packetsize" => items.push("protocol=ajp"),
+                "script" | "docroot" | "cgi_timeout" | "cgi_env" => items.push("app=cgi"),
                 _ => {}
             }
             let c = config(&items);
@@ -1353,12 +1499,42 @@ mod tests {
             err(&["protocol=http"]),
             r#"runfcgi: option "protocol": "http" is not one of fcgi, scgi, ajp"#
         );
-        assert_eq!(
-            ok(&["protocol=scgi"]).unsupported().unwrap().to_string(),
-            r#"runfcgi: option "protocol": protocol=scgi is not supported yet; use protocol=fcgi"#
-        );
-        assert!(ok(&["protocol=ajp"]).unsupported().is_some());
+        assert_eq!(ok(&["protocol=scgi"]).unsupported(), None);
+        assert_eq!(ok(&["protocol=ajp"]).unsupported(), None);
         assert_eq!(Protocol::Ajp.name(), "ajp");
+    }
+
+    #[test]
+    fn ajp_secret_and_packetsize() {
+        let c = ok(&["protocol=ajp", "secret=s3cret", "packetsize=65536"]);
+        assert_eq!(c.secret.as_deref(), Some("s3cret"));
+        assert_eq!(c.packetsize, 65536);
+        assert_eq!(ok(&["protocol=ajp"]).packetsize, 8192);
+        assert!(err(&["protocol=ajp", "packetsize=8191"]).contains("between 8192 and 65536"));
+        assert!(err(&["protocol=ajp", "packetsize=65537"]).contains("between 8192 and 65536"));
+        assert_eq!(
+            err(&["secret=x"]),
+            r#"runfcgi: option "secret": is an option of protocol=ajp; protocol=fcgi does not use it"#
+        );
+    }
+
+    #[test]
+    fn ajp_off_loopback_needs_a_secret() {
+        for host in ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"] {
+            let host = format!("host={host}");
+            assert!(
+                config(&["protocol=ajp", &host, "port=8009"]).is_ok(),
+                "{host}"
+            );
+        }
+        let e = err(&["protocol=ajp", "host=0.0.0.0", "port=8009"]);
+        assert!(
+            e.contains(r#"option "secret": protocol=ajp on host=0.0.0.0 needs secret="#),
+            "{e}"
+        );
+        assert!(e.contains("Ghostcat"));
+        ok(&["protocol=ajp", "host=0.0.0.0", "port=8009", "secret=s"]);
+        ok(&["protocol=ajp", "socket=/tmp/ajp.sock"]);
     }
 
     // --- host, port, socket
@@ -1677,15 +1853,58 @@ mod tests {
         assert_eq!(ok(&["app=info"]).app, App::Info);
         assert!(ok(&["app=info"]).app_given());
         assert_eq!(ok(&["app=cgi"]).app, App::Cgi);
-        assert_eq!(
-            ok(&["app=cgi"]).unsupported().unwrap().to_string(),
-            r#"runfcgi: option "app": app=cgi is not supported yet; use app=info"#
-        );
+        assert_eq!(ok(&["app=cgi"]).unsupported(), None);
         assert_eq!(
             err(&["app=php"]),
             r#"runfcgi: option "app": "php" is not one of info, cgi"#
         );
         assert_eq!(App::Cgi.name(), "cgi");
+    }
+
+    #[test]
+    fn cgi_options() {
+        let c = ok(&["app=cgi"]);
+        assert_eq!((c.script.as_ref(), c.docroot.as_ref()), (None, None));
+        assert_eq!(c.cgi_timeout, Duration::from_secs(60));
+        assert_eq!(c.cgi_env, ["PATH"]);
+        let cwd = std::env::current_dir().unwrap();
+        let c = ok(&[
+            "app=cgi",
+            "script=bin/x.cgi",
+            "docroot=/srv/cgi",
+            "cgi_timeout=5",
+            "cgi_env=PATH, LANG,,PATH,http_proxy",
+        ]);
+        assert_eq!(c.script, Some(cwd.join("bin/x.cgi")));
+        assert_eq!(c.docroot, Some(PathBuf::from("/srv/cgi")));
+        assert_eq!(c.cgi_timeout, Duration::from_secs(5));
+        assert_eq!(c.cgi_env, ["PATH", "LANG", "http_proxy"]);
+        assert!(ok(&["app=cgi", "cgi_env="]).cgi_env.is_empty());
+        assert!(config(&["app=cgi", "cgi_timeout=1"]).is_ok());
+        assert!(config(&["app=cgi", "cgi_timeout=86400"]).is_ok());
+        for bad in ["0", "86401", "1.5", ""] {
+            assert_eq!(
+                err(&["app=cgi", &format!("cgi_timeout={bad}")]),
+                format!(
+                    r#"runfcgi: option "cgi_timeout": {bad:?} is not a number between 1 and 86400"#
+                )
+            );
+        }
+        assert_eq!(
+            err(&["app=cgi", "cgi_env=PATH,HTTP_PROXY"]),
+            r#"runfcgi: option "cgi_env": HTTP_PROXY is never passed to scripts (httpoxy); use http_proxy"#
+        );
+        assert_eq!(
+            err(&["app=cgi", "cgi_env=A=B"]),
+            r#"runfcgi: option "cgi_env": "A=B" is not an environment variable name"#
+        );
+        assert!(err(&["app=cgi", "cgi_env=A B"]).contains("not an environment variable"));
+        assert_eq!(
+            err(&["docroot=/srv"]),
+            r#"runfcgi: option "docroot": is an option of app=cgi; app=info does not use it"#
+        );
+        assert!(err(&["app=info", "script=/x"]).contains("option of app=cgi"));
+        assert!(err(&["app=cgi", "docroot="]).contains("must not be empty"));
     }
 
     #[test]
@@ -1795,8 +2014,6 @@ mod tests {
 
     #[test]
     fn unsupported_reports_the_first() {
-        let c = ok(&["app=cgi", "protocol=ajp", "method=prefork"]);
-        assert_eq!(c.unsupported().unwrap().option(), "protocol");
         let c = ok(&["maxrequests=5", "method=threaded"]);
         assert_eq!(c.unsupported().unwrap().option(), "maxrequests");
     }
@@ -1859,7 +2076,7 @@ mod tests {
         }
         let words = help.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(words.contains("protocol=fcgi|scgi|ajp"));
-        assert!(words.contains("[not supported yet: scgi, ajp]"));
+        assert!(!words.contains("[not supported yet"));
         assert!(words.contains("[default: 65536]"));
     }
 
