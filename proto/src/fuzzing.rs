@@ -236,3 +236,76 @@ mod tests {
         }
     }
 }
+
+/// `scgi_conn`: plays `data` as a web server against an SCGI [`scgi::Connection`] in
+/// input-chosen chunks: no panic, body never longer than `CONTENT_LENGTH`, the body's end
+/// exactly at it, nothing accepted after it.
+pub fn scgi_conn(data: &[u8]) {
+    use crate::scgi::{Connection as ScgiConnection, Event as ScgiEvent};
+
+    let chunk = 1 + 3 * usize::from(data.last().copied().unwrap_or(0));
+    let mut conn = ScgiConnection::new(Limits::default());
+    let mut src = BytesMut::new();
+    let mut declared = None;
+    let mut received = 0u64;
+    for piece in data.chunks(chunk) {
+        src.extend_from_slice(piece);
+        if conn.handle_input(&mut src).is_err() {
+            assert!(conn.is_done());
+            return;
+        }
+        while let Some(event) = conn.poll_event() {
+            match event {
+                ScgiEvent::Request { content_length, .. } => {
+                    assert!(declared.is_none(), "one request per connection");
+                    declared = Some(content_length);
+                }
+                ScgiEvent::Body(bytes) => {
+                    received += bytes.len() as u64;
+                    assert!(Some(received) <= declared, "body beyond CONTENT_LENGTH");
+                }
+                ScgiEvent::BodyEnd => assert_eq!(Some(received), declared),
+            }
+        }
+    }
+    let _ = conn.handle_eof(&src);
+}
+
+/// `ajp_conn`: plays `data` as a web server against an AJP13 [`ajp::Connection`] in
+/// input-chosen chunks, answering every request like a driver would (asking for body, then a
+/// response): no panic, and every output byte is a well-framed container packet.
+pub fn ajp_conn(data: &[u8]) {
+    use crate::ajp::{AjpConfig, ClientDecoder, Connection as AjpConnection, Event as AjpEvent};
+    use crate::limits::AJP_DEFAULT_PACKET_SIZE;
+
+    let chunk = 1 + 3 * usize::from(data.last().copied().unwrap_or(0));
+    let mut conn = AjpConnection::new(AjpConfig::default().with_secret(&b"fuzz"[..]));
+    let mut src = BytesMut::new();
+    let mut out = BytesMut::new();
+    let mut client = ClientDecoder::new(AJP_DEFAULT_PACKET_SIZE);
+    for piece in data.chunks(chunk) {
+        src.extend_from_slice(piece);
+        let result = conn.handle_input(&mut src);
+        while let Some(event) = conn.poll_event() {
+            match event {
+                AjpEvent::Request(_) | AjpEvent::Body(_) => {
+                    conn.request_body_chunk();
+                }
+                AjpEvent::BodyEnd | AjpEvent::Forbidden { .. } => {
+                    let _ = conn.send_headers(200, "OK", &[(&b"content-type"[..], &b"x"[..])]);
+                    conn.send_body(b"fuzz");
+                    conn.end_response();
+                }
+            }
+        }
+        conn.poll_transmit(&mut out);
+        while let Some(packet) = client.decode(&mut out).expect("container output is well framed") {
+            let _ = packet;
+        }
+        if result.is_err() {
+            assert!(conn.wants_close());
+            return;
+        }
+    }
+    let _ = conn.handle_eof(&src);
+}
