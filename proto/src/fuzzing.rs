@@ -299,7 +299,10 @@ pub fn ajp_conn(data: &[u8]) {
             }
         }
         conn.poll_transmit(&mut out);
-        while let Some(packet) = client.decode(&mut out).expect("container output is well framed") {
+        while let Some(packet) = client
+            .decode(&mut out)
+            .expect("container output is well framed")
+        {
             let _ = packet;
         }
         if result.is_err() {

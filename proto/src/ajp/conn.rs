@@ -560,6 +560,13 @@ impl Connection {
                         got: describe(&payload),
                     });
                 }
+                if self.framing == BodyFraming::Unknown && self.config.lighttpd_framing {
+                    self.framing = framing_from_length(
+                        payload.len(),
+                        body.remaining(),
+                        max_body_packet(self.config.packet_size),
+                    );
+                }
                 on_body(
                     body,
                     load_body(payload, &mut self.framing, self.config.lighttpd_framing)?,
@@ -693,6 +700,27 @@ fn constant_time_eq(want: &[u8], got: &[u8]) -> bool {
         diff |= w ^ got.get(i).copied().unwrap_or(!w);
     }
     std::hint::black_box(diff) == 0
+}
+
+/// Decides the body framing from the first data packet's length when `Content-Length` says
+/// how much is left: a web server sends the whole rest in its first packet when it fits, so
+/// a packet of exactly `remaining` bytes is lighttpd's raw framing and one of `remaining + 2`
+/// the standard one. Looking at the first two data bytes alone cannot tell them apart for a
+/// body that happens to start with its own length minus 2 (a 100-byte body starting
+/// `00 62`). Larger bodies, or no `Content-Length`, stay undecided for [`load_body`].
+fn framing_from_length(len: usize, remaining: Option<u64>, max_data: usize) -> BodyFraming {
+    let Some(remaining) = remaining.and_then(|r| usize::try_from(r).ok()) else {
+        return BodyFraming::Unknown;
+    };
+    if remaining == 0 || remaining > max_data {
+        BodyFraming::Unknown
+    } else if len == remaining {
+        BodyFraming::Raw
+    } else if Some(len) == remaining.checked_add(2) {
+        BodyFraming::Standard
+    } else {
+        BodyFraming::Unknown
+    }
 }
 
 #[cfg(test)]
@@ -1550,6 +1578,44 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
             prop_assert_eq!(ends, 3);
             let cpongs = whole.1.windows(5).filter(|w| *w == CPONG).count();
             prop_assert!(cpongs > pings);
+        }
+    }
+
+    #[test]
+    fn lighttpd_small_body_starting_like_a_standard_length_is_raw() {
+        // A 100-byte lighttpd body whose first two bytes are 00 62 (= 100 - 2): only the
+        // Content-Length tells it from a standard packet of 98 bytes.
+        let mut body = vec![0x00, 0x62];
+        body.extend_from_slice(&[b'b'; 98]);
+        for (framed, expected) in [
+            (body.clone(), body.clone()),
+            (
+                {
+                    let mut std = vec![0x00, 100];
+                    std.extend_from_slice(&body);
+                    std
+                },
+                body.clone(),
+            ),
+        ] {
+            let mut c = Connection::new(AjpConfig::default());
+            let mut src = BytesMut::new();
+            src.extend_from_slice(&post("100"));
+            src.extend_from_slice(&[0x12, 0x34]);
+            src.extend_from_slice(&(framed.len() as u16).to_be_bytes());
+            src.extend_from_slice(&framed);
+            c.handle_input(&mut src).unwrap();
+            let mut got = Vec::new();
+            let mut ended = false;
+            while let Some(e) = c.poll_event() {
+                match e {
+                    Event::Body(b) => got.extend_from_slice(&b),
+                    Event::BodyEnd => ended = true,
+                    _ => {}
+                }
+            }
+            assert_eq!(got, expected);
+            assert!(ended, "the whole declared body arrived");
         }
     }
 }
