@@ -20,6 +20,12 @@ const HOP_BY_HOP: [HeaderName; 3] = [
     HeaderName::from_static("keep-alive"),
 ];
 
+/// True for headers a gateway response must not carry: hop-by-hop framing headers and a
+/// handler-set `status` (the status line is made from the response's status code).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str() == "status"
+}
+
 /// Appends the CGI head of `resp` to `dst`.
 pub fn encode_cgi_head(resp: &http::response::Parts, dst: &mut Vec<u8>) {
     let status = resp.status;
@@ -29,7 +35,7 @@ pub fn encode_cgi_head(resp: &http::response::Parts, dst: &mut Vec<u8>) {
     dst.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     dst.extend_from_slice(b"\r\n");
     for (name, value) in &resp.headers {
-        if HOP_BY_HOP.contains(name) || name.as_str() == "status" {
+        if is_hop_by_hop(name) {
             continue;
         }
         dst.extend_from_slice(name.as_str().as_bytes());

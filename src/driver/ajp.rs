@@ -18,13 +18,12 @@ use appserver_proto::limits::MAX_QUEUED_OUTPUT;
 use appserver_proto::params::{Params, ParamsBuilder};
 use appserver_proto::{Limits, ProtocolError};
 use bytes::BytesMut;
-use http::header::{CONNECTION, TRANSFER_ENCODING};
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::exchange::{self, Exchange, Progress};
-use super::{write_some, ConnError, Shared, READ_BUF_SIZE};
+use super::{awaiting_body, write_some, ConnError, Shared, READ_BUF_SIZE};
 use crate::response::plain;
 use crate::{Handler, Response};
 
@@ -67,6 +66,8 @@ where
     let mut read_closed = false;
     let mut closing = false;
     let mut deadline = Instant::now() + shared.idle_timeout;
+    let mut body_deadline = deadline;
+    let mut partial_since: Option<Instant> = None;
 
     loop {
         while let Some(event) = conn.poll_event() {
@@ -113,6 +114,12 @@ where
             && rbuf.len() < READ_BUF_SIZE;
         let room = wbuf.len() + conn.queued_output() < MAX_QUEUED_OUTPUT;
         let waiting = exchange.is_none();
+        let stalled_body = !read_closed && awaiting_body(exchange);
+        // A request head that started arriving must complete within header_timeout.
+        let idle_until = match partial_since {
+            Some(t) if waiting && !rbuf.is_empty() => deadline.min(t + shared.header_timeout),
+            _ => deadline,
+        };
 
         tokio::select! {
             written = write_some(&mut wr, &mut wbuf), if !flushed => written?,
@@ -133,7 +140,14 @@ where
                         return Ok(());
                     }
                 } else {
+                    body_deadline = Instant::now() + shared.idle_timeout;
+                    if partial_since.is_none() || rbuf.is_empty() {
+                        partial_since = Some(Instant::now());
+                    }
                     conn.handle_input(&mut rbuf)?;
+                    if rbuf.is_empty() {
+                        partial_since = None;
+                    }
                 }
             }
             progress = exchange::progress(exchange, room, peer), if !waiting => {
@@ -156,7 +170,10 @@ where
                     Progress::Failed(e) => return Err(ConnError::ResponseBody(e)),
                 }
             }
-            () = tokio::time::sleep_until(deadline), if waiting => {
+            () = tokio::time::sleep_until(body_deadline), if stalled_body => {
+                return Err(ConnError::BodyStalled(shared.idle_timeout));
+            }
+            () = tokio::time::sleep_until(idle_until), if waiting => {
                 // Apache keeps pooled connections open; an idle one costs a task, no thread,
                 // and is closed here after idle_timeout (Apache reconnects as needed).
                 return Ok(());
@@ -203,7 +220,7 @@ fn send_headers(conn: &mut Connection, resp: Response, peer: &(dyn Display + Syn
     let headers: Vec<(&[u8], &[u8])> = parts
         .headers
         .iter()
-        .filter(|(name, _)| **name != CONNECTION && **name != TRANSFER_ENCODING)
+        .filter(|(name, _)| !crate::response::is_hop_by_hop(name))
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
         .collect();
     let status = parts.status;
@@ -239,7 +256,12 @@ pub fn cgi_params(req: &ForwardRequest, limits: &Limits) -> Result<Params, Proto
     let mut p = ParamsBuilder::new(*limits);
     let a = &req.attributes;
     let query = a.query_string.as_deref().unwrap_or(b"");
-    let mut uri = req.req_uri.to_vec();
+    // lighttpd with fix-root-scriptname sends an empty req_uri for the mount's root.
+    let mut uri = if req.req_uri.is_empty() {
+        b"/".to_vec()
+    } else {
+        req.req_uri.to_vec()
+    };
     if !query.is_empty() {
         uri.push(b'?');
         uri.extend_from_slice(query);

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::exchange::{self, Exchange, Progress};
-use super::{write_some, ConnError, Shared, READ_BUF_SIZE};
+use super::{awaiting_body, write_some, ConnError, Shared, READ_BUF_SIZE};
 use crate::response::encode_cgi_head;
 use crate::Handler;
 
@@ -80,6 +80,7 @@ impl Driver {
         let mut wbuf = BytesMut::new();
         let mut read_closed = false;
         let mut closing = false;
+        let mut body_deadline = Instant::now() + shared.idle_timeout;
 
         loop {
             while let Some(event) = self.conn.poll_event() {
@@ -101,6 +102,7 @@ impl Driver {
                 && rbuf.len() < READ_BUF_SIZE;
             let room = wbuf.len() + self.conn.queued_output() < MAX_QUEUED_OUTPUT;
             let waiting = self.exchange.is_none();
+            let stalled_body = !read_closed && awaiting_body(&self.exchange);
 
             tokio::select! {
                 written = write_some(&mut wr, &mut wbuf), if !flushed => written?,
@@ -116,6 +118,7 @@ impl Driver {
                             return Ok(());
                         }
                     } else {
+                        body_deadline = Instant::now() + shared.idle_timeout;
                         if self.exchange.is_none() && !self.request_started {
                             self.request_started = true;
                             self.deadline = Instant::now() + shared.header_timeout;
@@ -131,6 +134,9 @@ impl Driver {
                         tracing::warn!(peer = %peer, "fastcgi request params not received within {}s: closing", shared.header_timeout.as_secs());
                     }
                     return Ok(());
+                }
+                () = tokio::time::sleep_until(body_deadline), if stalled_body => {
+                    return Err(ConnError::BodyStalled(shared.idle_timeout));
                 }
                 () = shared.shutdown.cancelled(), if !closing => {
                     closing = true;
@@ -458,5 +464,25 @@ mod tests {
             .unwrap();
         let (_, status) = read_response(&mut good).await;
         assert_eq!(status, ProtocolStatus::RequestComplete);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stalled_request_body_closes_after_idle_timeout() {
+        let mut io = spawn(shared(Echo, 4));
+        let mut p = ParamsBuilder::new(Limits::default());
+        p.push(b"CONTENT_LENGTH", b"10").unwrap();
+        let mut out = BytesMut::new();
+        encode_request(1, Role::Responder, false, &p.finish(), &mut out);
+        encode_stdin(1, b"12345", &mut out);
+        io.write_all(&out).await.unwrap();
+        // No more STDIN ever comes: the paused clock runs to the 5 s idle timeout.
+        let started = tokio::time::Instant::now();
+        let mut rest = Vec::new();
+        io.read_to_end(&mut rest).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(5));
+        assert!(
+            !rest.windows(2).any(|w| w == [1, 3]),
+            "no END_REQUEST for a request whose body never came"
+        );
     }
 }

@@ -43,6 +43,16 @@ pub(crate) enum ConnError {
     WriteTimeout,
     #[error("response body failed mid-stream: {0}")]
     ResponseBody(BoxError),
+    #[error("request body stalled: no bytes from the web server for {}s (idle_timeout)", .0.as_secs())]
+    BodyStalled(Duration),
+}
+
+/// True while the request in flight waits for body bytes from the web server (not for the
+/// handler to take the ones it has): the time the idle timeout guards.
+pub(crate) fn awaiting_body(exchange: &Option<exchange::Exchange>) -> bool {
+    exchange
+        .as_ref()
+        .is_some_and(|ex| !ex.body_done() && !ex.is_blocked())
 }
 
 /// Writes some of `buf` (advancing it), failing when the peer stops reading for

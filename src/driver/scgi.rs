@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::exchange::{self, Exchange, Progress};
-use super::{write_some, ConnError, Shared, READ_BUF_SIZE};
+use super::{awaiting_body, write_some, ConnError, Shared, READ_BUF_SIZE};
 use crate::response::{encode_cgi_head, plain};
 use crate::Handler;
 
@@ -53,6 +53,7 @@ where
     let mut read_closed = false;
     let mut finished = false;
     let deadline = Instant::now() + shared.header_timeout;
+    let mut body_deadline = deadline;
 
     loop {
         while let Some(event) = conn.poll_event() {
@@ -105,6 +106,7 @@ where
             && rbuf.len() < READ_BUF_SIZE;
         let room = wbuf.len() < MAX_QUEUED_OUTPUT;
         let waiting = exchange.is_none();
+        let stalled_body = !read_closed && awaiting_body(exchange);
 
         tokio::select! {
             written = write_some(&mut wr, &mut wbuf), if !wbuf.is_empty() => written?,
@@ -123,6 +125,7 @@ where
                         Err(e) => return Err(e.into()),
                     }
                 } else {
+                    body_deadline = Instant::now() + shared.idle_timeout;
                     conn.handle_input(&mut rbuf)?;
                 }
             }
@@ -145,6 +148,9 @@ where
                     }
                     Progress::Failed(e) => return Err(ConnError::ResponseBody(e)),
                 }
+            }
+            () = tokio::time::sleep_until(body_deadline), if stalled_body => {
+                return Err(ConnError::BodyStalled(shared.idle_timeout));
             }
             () = shared.shutdown.cancelled(), if waiting && rbuf.is_empty() => return Ok(()),
             () = tokio::time::sleep_until(deadline), if waiting => {
