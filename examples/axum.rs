@@ -29,6 +29,10 @@
 //! - `/redirect`: `302` to `/target`.
 //! - `/cookies`: three `Set-Cookie` headers.
 //! - `/env`, `/env/{*rest}`: the CGI variables (appserver's `Env`) as `NAME=value` lines.
+//! - `/inspect`, `/inspect/{*rest}`, any method: what the handler received, one item per line:
+//!   `method M`, `uri U`, `version V`, `header name: value` (sorted), `body-len N`,
+//!   `body-sha256 HEX`, then `env NAME=value` for every CGI variable in arrival order. The
+//!   protocol-equivalence tests compare it across FastCGI, SCGI and AJP13.
 //! - `/slow?ms=N`: waits `N` milliseconds, then answers `done`.
 
 use std::collections::HashMap;
@@ -42,7 +46,7 @@ use axum::extract::{Path, Query, Request};
 use axum::http::header::{CONTENT_TYPE, LOCATION, SET_COOKIE};
 use axum::http::StatusCode;
 use axum::response::{AppendHeaders, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -67,6 +71,8 @@ fn router() -> Router {
         .route("/cookies", get(cookies))
         .route("/env", get(env))
         .route("/env/{*rest}", get(env))
+        .route("/inspect", any(inspect))
+        .route("/inspect/{*rest}", any(inspect))
         .route("/slow", get(slow))
 }
 
@@ -131,6 +137,52 @@ async fn env(req: Request) -> Response {
         text.push('=');
         text.push_str(&String::from_utf8_lossy(value));
         text.push('\n');
+    }
+    ([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
+
+async fn inspect(req: Request) -> Response {
+    let (parts, mut body) = req.into_parts();
+    let mut text = format!(
+        "method {}\nuri {}\nversion {:?}\n",
+        parts.method, parts.uri, parts.version
+    );
+    let mut headers: Vec<String> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {}", String::from_utf8_lossy(value.as_bytes())))
+        .collect();
+    headers.sort();
+    for header in headers {
+        text.push_str(&format!("header {header}\n"));
+    }
+    let mut hasher = Sha256::new();
+    let mut len: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    len += data.len() as u64;
+                    hasher.update(&data);
+                }
+            }
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("body: {e}\n")).into_response(),
+        }
+    }
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    text.push_str(&format!("body-len {len}\nbody-sha256 {hex}\n"));
+    if let Some(env) = parts.extensions.get::<appserver::Env>() {
+        for (name, value) in env.iter() {
+            text.push_str(&format!(
+                "env {}={}\n",
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(value)
+            ));
+        }
     }
     ([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
