@@ -347,19 +347,15 @@ pub fn cgi_params(req: &ForwardRequest, limits: &Limits) -> Result<Params, Proto
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use appserver_proto::ajp::{
         encode_body_packet, encode_cping, encode_forward_request, Attributes, ClientDecoder,
         ContainerPacket,
     };
     use bytes::Bytes;
     use tokio::io::DuplexStream;
-    use tokio::sync::Semaphore;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::request::{Env, Gateway, RequestOptions};
+    use crate::request::Env;
     use crate::{Body, BoxError, Request};
 
     /// Answers with the request line, the body and a few CGI variables.
@@ -384,22 +380,7 @@ mod tests {
     }
 
     fn spawn(config: AjpConfig) -> DuplexStream {
-        let shared = Arc::new(Shared {
-            handler: Echo,
-            requests: Arc::new(Semaphore::new(8)),
-            max_requests: 8,
-            max_conns: 16,
-            options: RequestOptions::default(),
-            gateway: Gateway {
-                protocol: "ajp",
-                method: "threaded",
-            },
-            limits: Limits::default(),
-            idle_timeout: Duration::from_secs(5),
-            header_timeout: Duration::from_secs(5),
-            shutdown: CancellationToken::new(),
-            load: Arc::default(),
-        });
+        let shared = super::super::test_shared(Echo, 8, "ajp");
         let (client, server) = tokio::io::duplex(64 * 1024);
         tokio::spawn(serve(server, "test-peer", shared, config));
         client

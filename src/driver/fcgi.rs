@@ -235,30 +235,12 @@ mod tests {
     use appserver_proto::params::ParamsBuilder;
     use appserver_proto::Limits;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-    use tokio::sync::Semaphore;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::request::{Gateway, RequestOptions};
     use crate::{Body, BoxError, Request, Response};
 
     fn shared<H: Handler>(handler: H, max_requests: usize) -> Arc<Shared<H>> {
-        Arc::new(Shared {
-            handler,
-            requests: Arc::new(Semaphore::new(max_requests)),
-            max_requests: max_requests as u32,
-            max_conns: 16,
-            options: RequestOptions::default(),
-            gateway: Gateway {
-                protocol: "fcgi",
-                method: "threaded",
-            },
-            limits: Limits::default(),
-            idle_timeout: Duration::from_secs(5),
-            header_timeout: Duration::from_secs(5),
-            shutdown: CancellationToken::new(),
-            load: Arc::default(),
-        })
+        super::super::test_shared(handler, max_requests, "fcgi")
     }
 
     fn request_bytes(id: u16, keep_conn: bool, pairs: &[(&str, &str)], body: &[u8]) -> BytesMut {

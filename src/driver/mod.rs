@@ -215,3 +215,28 @@ impl Call {
         }
     }
 }
+
+/// A [`Shared`] for driver tests: `max_requests` slots, 5 s timeouts, default limits.
+#[cfg(test)]
+pub(crate) fn test_shared<H: Handler>(
+    handler: H,
+    max_requests: usize,
+    protocol: &'static str,
+) -> Arc<Shared<H>> {
+    Arc::new(Shared {
+        handler,
+        requests: Arc::new(Semaphore::new(max_requests)),
+        max_requests: u32::try_from(max_requests).unwrap_or(u32::MAX),
+        max_conns: 16,
+        options: RequestOptions::default(),
+        gateway: Gateway {
+            protocol,
+            method: "threaded",
+        },
+        limits: Limits::default(),
+        idle_timeout: Duration::from_secs(5),
+        header_timeout: Duration::from_secs(5),
+        shutdown: CancellationToken::new(),
+        load: Arc::default(),
+    })
+}

@@ -163,17 +163,12 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use appserver_proto::params::ParamsBuilder;
     use appserver_proto::scgi::encode_request;
     use appserver_proto::Limits;
     use tokio::io::DuplexStream;
-    use tokio::sync::Semaphore;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::request::{Gateway, RequestOptions};
     use crate::{Body, BoxError, Request, Response};
 
     struct Echo;
@@ -189,22 +184,7 @@ mod tests {
     }
 
     fn spawn(max_requests: usize) -> DuplexStream {
-        let shared = Arc::new(Shared {
-            handler: Echo,
-            requests: Arc::new(Semaphore::new(max_requests)),
-            max_requests: max_requests as u32,
-            max_conns: 16,
-            options: RequestOptions::default(),
-            gateway: Gateway {
-                protocol: "scgi",
-                method: "threaded",
-            },
-            limits: Limits::default(),
-            idle_timeout: Duration::from_secs(5),
-            header_timeout: Duration::from_secs(5),
-            shutdown: CancellationToken::new(),
-            load: Arc::default(),
-        });
+        let shared = super::super::test_shared(Echo, max_requests, "scgi");
         let (client, server) = tokio::io::duplex(64 * 1024);
         tokio::spawn(serve(server, "test-peer", shared));
         client
