@@ -104,7 +104,9 @@ where
         conn.poll_transmit(&mut wbuf);
 
         let flushed = wbuf.is_empty();
-        if flushed && exchange.is_none() && (conn.wants_close() || read_closed || closing) {
+        // A request that has started arriving is served even during a stop.
+        let stop = closing && rbuf.is_empty();
+        if flushed && exchange.is_none() && (conn.wants_close() || read_closed || stop) {
             let _ = wr.shutdown().await;
             return Ok(());
         }

@@ -91,7 +91,10 @@ impl Driver {
             let flushed = wbuf.is_empty();
             if flushed
                 && self.exchange.is_none()
-                && (self.conn.wants_close() || read_closed || closing)
+                && (self.conn.wants_close()
+                    || read_closed
+                    // A request that has started arriving is served even during a stop.
+                    || (closing && rbuf.is_empty() && !self.request_started))
             {
                 let _ = wr.shutdown().await;
                 return Ok(());
