@@ -186,7 +186,7 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
     std::env::remove_var(listen::REEXEC_FD_ENV);
     // Bind before forking or starting threads: errors reach the terminal, and the listener is
     // inherited by the daemon and the workers.
-    let std_listener = match reexec_fd {
+    let mut std_listener = match reexec_fd {
         Some(fd) => listen::take_reexec(config, fd).context("cannot take back the listener")?,
         None => listen::bind(config)
             .with_context(|| format!("cannot listen on {}", config.listen_description()))?,
@@ -201,6 +201,7 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
         Some(path) => Some(daemon::Pidfile::create(path)?),
         None => None,
     };
+    daemon::drop_privileges(config, &mut std_listener).context("cannot switch to user=/group=")?;
     let notify = notifier(config);
     let mut ready_pipe = ready_pipe;
     let method = config.method;

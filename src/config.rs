@@ -330,6 +330,26 @@ pub static OPTIONS: &[OptionDef] = &[
         later: None,
     },
     OptionDef {
+        name: "user",
+        metavar: "USER",
+        kind: Kind::Text,
+        default: "unchanged",
+        help: "Once the listener is bound and the pidfile written, switch to this user (a \
+               name or a numeric uid) and its groups; needs root. A unix socket appserver \
+               creates is handed to this user and group=.",
+        later: None,
+    },
+    OptionDef {
+        name: "group",
+        metavar: "GROUP",
+        kind: Kind::Text,
+        default: "primary group of user=, else unchanged",
+        help: "Switch to this group (a name or a numeric gid) along with user=; needs root. \
+               It owns the unix socket: with umask=0007 (mode 0770) the web server's group \
+               can connect.",
+        later: None,
+    },
+    OptionDef {
         name: "secret",
         metavar: "TEXT",
         kind: Kind::Text,
@@ -388,7 +408,9 @@ pub static OPTIONS: &[OptionDef] = &[
         metavar: "SECONDS",
         kind: Kind::Number { min: 1, max: 86400 },
         default: "60",
-        help: "Seconds an idle kept-alive connection is kept open.",
+        help: "Seconds an idle kept-alive connection is kept open, and the longest a \
+               request body may stall (no byte from the web server) before the \
+               connection is closed and the handler sees a truncated body.",
         later: None,
     },
     OptionDef {
@@ -606,6 +628,11 @@ pub struct Config {
     pub cgi_env: Vec<String>,
     /// `allow=` merged with `FCGI_WEB_SERVER_ADDRS`; default empty (anyone may connect).
     pub allow: AllowList,
+    /// `user=`, a name or a numeric uid, resolved when switching; default none (unchanged).
+    pub user: Option<String>,
+    /// `group=`, a name or a numeric gid, resolved when switching; default none (the primary
+    /// group of `user=`, or unchanged).
+    pub group: Option<String>,
     /// `secret=` (AJP); default none.
     pub secret: Option<String>,
     /// `packetsize=` (AJP); default 8192.
@@ -706,6 +733,8 @@ impl Config {
         if let Some(v) = env("FCGI_WEB_SERVER_ADDRS") {
             add_nets(&mut allow, "FCGI_WEB_SERVER_ADDRS", " (environment)", &v)?;
         }
+        let user = account(&args, "user")?;
+        let group = account(&args, "group")?;
         let secret = args.get("secret").map(str::to_owned);
         for name in ["secret", "packetsize"] {
             if protocol != Protocol::Ajp && args.get(name).is_some() {
@@ -753,6 +782,8 @@ impl Config {
             cgi_timeout: Duration::from_secs(number(&args, "cgi_timeout")?),
             cgi_env,
             allow,
+            user,
+            group,
             secret,
             packetsize: number_usize(&args, "packetsize")?,
             backlog: number_u32(&args, "backlog")?,
@@ -830,6 +861,22 @@ impl Config {
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `user=`/`group=`: a non-empty account name or number; looked up only when switching.
+fn account(args: &Args, name: &str) -> Result<Option<String>, ConfigError> {
+    match args.get(name) {
+        None => Ok(None),
+        Some(v)
+            if v.is_empty() || v.contains(['\0', ':', '/']) || v.contains(char::is_whitespace) =>
+        {
+            Err(ConfigError::new(
+                name,
+                format!("{v:?} is not a {name} name or number"),
+            ))
+        }
+        Some(v) => Ok(Some(v.to_owned())),
     }
 }
 
@@ -1423,6 +1470,7 @@ mod tests {
         assert_eq!(c.header_timeout, Duration::from_secs(30));
         assert_eq!(c.graceful_timeout, Duration::from_secs(30));
         assert_eq!(c.notify_socket, None);
+        assert_eq!((c.user.clone(), c.group.clone()), (None, None));
         assert_eq!(c.unsupported(), None);
         assert!(!c.app_given());
         assert_eq!(resolved(&Config::default()), resolved(&c));
@@ -1925,6 +1973,17 @@ mod tests {
         assert!(err(&["script_name=/app/"]).contains("must not end with /"));
         assert!(err(&["script_name=/"]).contains("must not end with /"));
         assert!(err(&["script_name=/a\nb"]).contains("contains a control character"));
+    }
+
+    #[test]
+    fn user_and_group_values() {
+        let c = ok(&["user=www-data", "group=33"]);
+        assert_eq!(c.user.as_deref(), Some("www-data"));
+        assert_eq!(c.group.as_deref(), Some("33"));
+        for bad in ["user=", "user=a b", "group=x:y", "group=/etc"] {
+            let e = err(&[bad]);
+            assert!(e.contains("is not a"), "{bad}: {e}");
+        }
     }
 
     #[test]

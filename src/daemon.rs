@@ -1,4 +1,4 @@
-//! Daemonizing, the pidfile, and systemd readiness.
+//! Daemonizing, the pidfile, switching to `user=`/`group=`, and systemd readiness.
 //!
 //! [`daemonize`] runs after the listener is bound and before the tokio runtime or any thread
 //! exists (threads do not survive a fork). The parent waits until the child reports that it is
@@ -24,6 +24,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{dup2, pipe2, setsid, Pid};
 
 use crate::config::Config;
+use crate::listen::StdListener;
 use crate::sys::{self, Forked};
 
 /// Mode of `outlog=`/`errlog=` files created by appserver (minus the umask): the owner writes,
@@ -108,6 +109,32 @@ pub fn reopen_logs(config: &Config) -> io::Result<()> {
     dup2(out.as_raw_fd(), 1)?;
     dup2(err.as_raw_fd(), 2)?;
     Ok(())
+}
+
+/// Switches to `user=`/`group=`: call once the listener is bound and the pidfile written,
+/// before any worker or thread exists. A unix socket appserver bound is first handed to that
+/// user and group, so that the web server's group may connect and the server may still
+/// remove it at exit. Does nothing without `user=`/`group=`, or when the process already runs
+/// as them (a prefork master re-executed by HUP).
+pub fn drop_privileges(config: &Config, listener: &mut StdListener) -> io::Result<()> {
+    let Some(account) = sys::Account::resolve(config.user.as_deref(), config.group.as_deref())?
+    else {
+        return Ok(());
+    };
+    if account.is_current() {
+        return Ok(());
+    }
+    let uid = account.user.as_ref().map(|(_, uid)| *uid);
+    listener.chown(uid, Some(account.gid)).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot hand {} to user=/group=: {e}",
+                config.listen_description()
+            ),
+        )
+    })?;
+    account.switch()
 }
 
 /// Tells systemd about a state change (`READY=1`, `STOPPING=1`) when `NOTIFY_SOCKET` is set;
@@ -220,8 +247,16 @@ impl Pidfile {
         match fs::read_to_string(path) {
             Ok(text) => {
                 if let Some(pid) = parse_pid(&text) {
-                    // Our own pid: a graceful reload (HUP) re-executed this very process.
-                    if pid != std::process::id() && sys::process_alive(pid) {
+                    // Our own pid: a graceful reload (HUP) re-executed this very process. The
+                    // file is right as it is, and after user= the process may no longer be
+                    // allowed to write in its directory.
+                    if pid == std::process::id() {
+                        return Ok(Self {
+                            path: path.to_owned(),
+                            pid,
+                        });
+                    }
+                    if sys::process_alive(pid) {
                         return Err(io::Error::new(
                             io::ErrorKind::AlreadyExists,
                             format!(

@@ -129,6 +129,31 @@ impl StdListener {
         sys::set_cloexec(fd, false)?;
         Ok(fd)
     }
+
+    /// Closes this handle on the socket and hands back the socket-file guard, if any.
+    ///
+    /// A prefork master told to stop closes its handle at once (its workers close theirs as
+    /// they stop accepting), so the socket soon refuses connections and a server started by
+    /// the seed's restart script can bind while old requests finish; the guard, dropped once
+    /// the workers are gone, still removes the file if it is ours.
+    pub fn close(self) -> Option<SocketGuard> {
+        self.guard
+    }
+
+    /// Gives the unix socket file this process created to `uid`/`gid` (`user=`/`group=`),
+    /// keeping the guard's record of the file in step (a chown changes its ctime). Does
+    /// nothing for other listeners.
+    pub fn chown(
+        &mut self,
+        uid: Option<nix::unistd::Uid>,
+        gid: Option<nix::unistd::Gid>,
+    ) -> io::Result<()> {
+        if let Some(guard) = &mut self.guard {
+            nix::unistd::chown(&guard.path, uid, gid)?;
+            guard.identity = FileIdentity::of(&guard.path)?;
+        }
+        Ok(())
+    }
 }
 
 /// Takes back the listener a reloading master kept open across `exec` (see

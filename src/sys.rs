@@ -166,6 +166,99 @@ pub(crate) fn set_umask(mask: u32) -> u32 {
     umask(Mode::from_bits_truncate(mask)).bits()
 }
 
+/// The account a server switches to after binding (`user=`, `group=`), resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Account {
+    /// The user, when `user=` was given: its name (for its supplementary groups) and uid.
+    pub(crate) user: Option<(std::ffi::CString, nix::unistd::Uid)>,
+    /// The group: `group=`, else the user's primary group.
+    pub(crate) gid: nix::unistd::Gid,
+}
+
+impl Account {
+    /// Looks up `user` and `group` (names, or numeric ids) in the system's databases;
+    /// `None` when neither is given.
+    pub(crate) fn resolve(user: Option<&str>, group: Option<&str>) -> io::Result<Option<Self>> {
+        use nix::unistd::{Gid, Group, Uid, User};
+        let not_found = |what: &str, name: &str| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{what}={name}: no such {what}"),
+            )
+        };
+        let user = match user {
+            None => None,
+            Some(name) => {
+                let found = match name.parse::<u32>() {
+                    Ok(uid) => User::from_uid(Uid::from_raw(uid))?,
+                    Err(_) => User::from_name(name)?,
+                };
+                Some(found.ok_or_else(|| not_found("user", name))?)
+            }
+        };
+        let gid = match (group, &user) {
+            (Some(name), _) => match name.parse::<u32>() {
+                Ok(gid) => Gid::from_raw(gid),
+                Err(_) => {
+                    Group::from_name(name)?
+                        .ok_or_else(|| not_found("group", name))?
+                        .gid
+                }
+            },
+            (None, Some(user)) => user.gid,
+            (None, None) => return Ok(None),
+        };
+        let user = match user {
+            Some(user) => Some((
+                std::ffi::CString::new(user.name).map_err(io::Error::other)?,
+                user.uid,
+            )),
+            None => None,
+        };
+        Ok(Some(Self { user, gid }))
+    }
+
+    /// Whether this process already runs as the account (a re-executed prefork master).
+    pub(crate) fn is_current(&self) -> bool {
+        use nix::unistd::{getegid, geteuid, getgid, getuid};
+        let uid_ok = self
+            .user
+            .as_ref()
+            .is_none_or(|(_, uid)| getuid() == *uid && geteuid() == *uid);
+        uid_ok && getgid() == self.gid && getegid() == self.gid
+    }
+
+    /// Switches the process to the account for good: supplementary groups (the user's, or
+    /// just the group), then the group, then the user, so root cannot be regained. Call
+    /// before any thread exists: the ids are per thread at the kernel level.
+    pub(crate) fn switch(&self) -> io::Result<()> {
+        use nix::unistd::{initgroups, setgid, setgroups, setuid};
+        let context = |what: String| {
+            move |e: Errno| {
+                let hint = if e == Errno::EPERM {
+                    " (only root may switch; run as root or drop user=/group=)"
+                } else {
+                    ""
+                };
+                io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}{hint}"))
+            }
+        };
+        match &self.user {
+            Some((name, _)) => initgroups(name, self.gid),
+            None => setgroups(&[self.gid]),
+        }
+        .map_err(context("cannot set the supplementary groups".to_owned()))?;
+        setgid(self.gid).map_err(context(format!("cannot switch to group {}", self.gid)))?;
+        if let Some((name, uid)) = &self.user {
+            setuid(*uid).map_err(context(format!(
+                "cannot switch to user {} ({uid})",
+                name.to_string_lossy()
+            )))?;
+        }
+        Ok(())
+    }
+}
+
 /// Whether process `pid` exists (including one owned by another user).
 pub(crate) fn process_alive(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
@@ -218,6 +311,23 @@ mod tests {
         assert!(e.to_string().starts_with("cannot fork: "), "{e}");
         tx.send(()).unwrap();
         other.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn accounts_resolve_by_name_and_number() {
+        assert_eq!(Account::resolve(None, None).unwrap(), None);
+        let root = Account::resolve(Some("root"), None).unwrap().unwrap();
+        assert_eq!(root.user.as_ref().map(|(_, uid)| uid.as_raw()), Some(0));
+        assert_eq!(root.gid.as_raw(), 0, "the user's primary group");
+        let numeric = Account::resolve(Some("0"), Some("0")).unwrap().unwrap();
+        assert_eq!(numeric, root);
+        let group_only = Account::resolve(None, Some("0")).unwrap().unwrap();
+        assert_eq!((group_only.user, group_only.gid.as_raw()), (None, 0));
+        let e = Account::resolve(Some("no-such-user-4f2a"), None).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert_eq!(e.to_string(), "user=no-such-user-4f2a: no such user");
+        let e = Account::resolve(Some("root"), Some("no-such-group-4f2a")).unwrap_err();
+        assert_eq!(e.to_string(), "group=no-such-group-4f2a: no such group");
     }
 
     #[test]

@@ -7,5 +7,10 @@
 
 mod util;
 
+mod ajp;
+mod cgi;
 mod cli;
 mod fcgi;
+mod process;
+mod protocols;
+mod scgi;

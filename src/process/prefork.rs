@@ -17,7 +17,9 @@
 //!
 //! The master keeps between `minspare` and `maxspare` idle workers, never more than
 //! `maxchildren` serving, replaces dead workers (logging how they died) and recycles a worker
-//! that reached `maxrequests` (jittered, so workers do not all restart at once).
+//! that reached `maxrequests` (jittered, so workers do not all restart at once). Missing idle
+//! workers are forked at once; surplus ones are stopped one per [`TRIM_DELAY`], once the
+//! surplus has lasted that long, so a pool under load does not fork and stop in a loop.
 //!
 //! | signal to the master | effect |
 //! |---|---|
@@ -56,6 +58,10 @@ pub const RETIRE_PIDS_ENV: &str = "APPSERVER_RETIRE_PIDS";
 /// A worker that dies this soon after it started is crashing at startup: the master waits
 /// this long before the next spawn instead of forking in a tight loop.
 pub const CRASH_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long more than `maxspare` workers must have been idle before one is stopped; then one
+/// more per period while the surplus lasts (Apache's prefork trims one child per second too).
+pub const TRIM_DELAY: Duration = Duration::from_secs(1);
 
 /// How long workers get after QUIT before they are killed.
 const QUIT_GRACE: Duration = Duration::from_secs(2);
@@ -155,7 +161,9 @@ impl Image {
 /// The prefork master.
 pub struct Master<'a> {
     config: &'a Config,
-    listener: StdListener,
+    /// Closed (`None`) once a stop begins, so the socket stops taking connections as soon as
+    /// the workers close theirs, however long their last requests take.
+    listener: Option<StdListener>,
     image: Image,
     workers: HashMap<i32, Worker>,
     minspare: usize,
@@ -166,6 +174,8 @@ pub struct Master<'a> {
     /// Workers of the previous image (after a reload), stopped once ours serve.
     retire: Vec<Pid>,
     spawn_after: Instant,
+    /// Since when more than `maxspare` workers have been idle.
+    surplus_since: Option<Instant>,
     announced: bool,
 }
 
@@ -206,7 +216,7 @@ impl<'a> Master<'a> {
             minspare: config.minspare,
             maxspare: config.maxspare,
             config,
-            listener,
+            listener: Some(listener),
             image,
             workers: HashMap::new(),
             status_rd: File::from(rd),
@@ -214,6 +224,7 @@ impl<'a> Master<'a> {
             signals,
             retire,
             spawn_after: Instant::now(),
+            surplus_since: None,
             announced: false,
         })
     }
@@ -314,21 +325,30 @@ impl<'a> Master<'a> {
             for _ in 0..(wanted - idle).min(self.config.maxchildren - serving) {
                 self.spawn(worker)?;
             }
-        } else if idle > self.maxspare {
-            let extra: Vec<i32> = self
-                .workers
-                .iter()
-                .filter(|(_, w)| w.state == State::Idle)
-                .map(|(&pid, _)| pid)
-                .take(idle - self.maxspare)
-                .collect();
-            for pid in extra {
-                tracing::debug!(
-                    "worker {pid}: above maxspare={}, stopping it",
-                    self.maxspare
-                );
-                self.send(pid, Signal::SIGTERM);
+        }
+        if idle > self.maxspare {
+            // One idle worker at a time, and only once the surplus has lasted TRIM_DELAY:
+            // under load the idle count swings with every request, and stopping workers at
+            // each swing would fork new ones a moment later, over and over.
+            let now = Instant::now();
+            let since = *self.surplus_since.get_or_insert(now);
+            if now.duration_since(since) >= TRIM_DELAY {
+                self.surplus_since = Some(now);
+                let extra = self
+                    .workers
+                    .iter()
+                    .find(|(_, w)| w.state == State::Idle)
+                    .map(|(&pid, _)| pid);
+                if let Some(pid) = extra {
+                    tracing::debug!(
+                        "worker {pid}: {idle} idle above maxspare={}, stopping it",
+                        self.maxspare
+                    );
+                    self.send(pid, Signal::SIGTERM);
+                }
             }
+        } else {
+            self.surplus_since = None;
         }
         // The previous image's workers stop once one of ours serves: no request is refused.
         if !self.retire.is_empty() && self.workers.values().any(|w| w.state == State::Idle) {
@@ -344,7 +364,11 @@ impl<'a> Master<'a> {
     }
 
     fn spawn(&mut self, worker: &mut WorkerMain<'_>) -> io::Result<()> {
+        if self.listener.is_none() {
+            return Err(io::Error::other("the listener is closed: stopping"));
+        }
         let budget = jittered(u64::from(self.config.maxrequests));
+        let master = nix::unistd::getpid();
         match sys::fork()? {
             Forked::Parent(pid) => {
                 let pid = i32::try_from(pid).unwrap_or(i32::MAX);
@@ -359,12 +383,39 @@ impl<'a> Master<'a> {
                 Ok(())
             }
             Forked::Child => {
-                // The worker gets its signals the ordinary way (tokio installs handlers).
-                let _ = SigSet::empty().thread_set_mask();
-                let code = match (
-                    self.listener.try_clone_unguarded(),
-                    self.status_wr.try_clone(),
-                ) {
+                // The control signals stay blocked (as in the master) until the worker's
+                // handlers are installed: threaded::serve unblocks them, so a TERM sent
+                // before that is a graceful stop, not death by the default action.
+                //
+                // A worker stops with its master: one whose master was killed (SIGKILL, OOM)
+                // must not serve on unsupervised. The check after covers a master that died
+                // before the request took effect.
+                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+                if nix::unistd::getppid() != master {
+                    std::process::exit(0);
+                }
+                // A daemon's workers are forked before the master reports readiness, which is
+                // when the master points its stdout/stderr at outlog=/errlog=: do it now, or
+                // workers would log to the terminal and keep the pipes of whoever started the
+                // daemon open (a script reading its output would never see the end).
+                if let Err(e) = crate::daemon::reopen_logs(self.config) {
+                    eprintln!("appserver: worker {}: {e}", std::process::id());
+                    std::process::exit(1);
+                }
+                // The fork copied the master's handle on the listener too. The worker accepts
+                // on an unguarded handle of its own and closes the copy, or a stopping worker
+                // would keep the socket open (listening, connections queuing in the backlog)
+                // until it exits. The copy's socket-file guard is the master's business:
+                // forgotten, not dropped (dropping it would probe the socket).
+                let listener = match self.listener.take() {
+                    Some(inherited) => {
+                        let own = inherited.try_clone_unguarded();
+                        std::mem::forget(inherited.close());
+                        own
+                    }
+                    None => Err(io::Error::other("the listener is closed")),
+                };
+                let code = match (listener, self.status_wr.try_clone()) {
                     (Ok(listener), Ok(status)) => {
                         let status = StatusPipe {
                             file: File::from(status),
@@ -466,7 +517,13 @@ impl<'a> Master<'a> {
     }
 
     /// Stops every worker with `sig`, waits up to `grace` for them, then kills the rest.
+    ///
+    /// The master's handle on the listener closes first: once the workers have closed theirs
+    /// (as soon as they get the signal) new connections are refused, and a new server may
+    /// bind the address, while requests in flight finish. The socket file is removed (if it
+    /// is still ours) when the workers are gone.
     fn stop(mut self, sig: Signal, grace: Duration) -> Exit {
+        let _guard = self.listener.take().and_then(StdListener::close);
         let pids: Vec<i32> = self.workers.keys().copied().collect();
         for pid in pids {
             self.send(pid, sig);
@@ -501,7 +558,10 @@ impl<'a> Master<'a> {
     /// Re-executes this binary in place (same pid), keeping the listener open and naming the
     /// current workers so the new image retires them. Returns only on failure.
     fn reexec(&mut self) -> io::Error {
-        let fd = match self.listener.keep_across_exec() {
+        let Some(listener) = &self.listener else {
+            return io::Error::other("the listener is closed: stopping");
+        };
+        let fd = match listener.keep_across_exec() {
             Ok(fd) => fd,
             Err(e) => return e,
         };
@@ -518,8 +578,7 @@ impl<'a> Master<'a> {
         // Still here: the old image keeps serving.
         std::env::remove_var(REEXEC_FD_ENV);
         std::env::remove_var(RETIRE_PIDS_ENV);
-        if let Err(e) = self
-            .listener
+        if let Err(e) = listener
             .keep_across_exec()
             .and_then(|fd| sys::set_cloexec(fd, true))
         {

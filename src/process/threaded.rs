@@ -6,18 +6,33 @@
 //! accepting, lets busy connections finish within `graceful_timeout=`, then returns.
 
 use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Protocol;
 use crate::driver::{self, Shared};
 use crate::listen::{AllowList, Listener};
-use crate::process::control::{Control, Signals};
+use crate::process::control::{Control, Signals, CONTROL_SIGNALS};
 use crate::Handler;
+
+/// How long a graceful stop waits, at most, for connections it accepted but whose first bytes
+/// were not read yet, before idle connections are closed.
+///
+/// A web server sends its request right after connecting, but the connection's task reads it
+/// only after a turn of the runtime, and a driver closes a connection that holds no request
+/// once shutdown is cancelled: a request accepted just before the stop would be lost (nginx
+/// answers 502). So a graceful stop first stops accepting, then waits until every accepted
+/// connection has read (microseconds, usually), then cancels shutdown. The bound only matters
+/// for a peer that connects and sends nothing.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(50);
 
 /// How the accept loop runs; resolved from the configuration.
 #[derive(Clone)]
@@ -54,6 +69,124 @@ impl std::fmt::Debug for ServeOptions {
     }
 }
 
+/// The accepted connections whose first bytes have not been read yet (see
+/// [`FIRST_REQUEST_GRACE`]).
+#[derive(Debug, Default)]
+struct Unread {
+    count: AtomicUsize,
+    read: Notify,
+}
+
+impl Unread {
+    /// Returns once every counted connection has read, or at `deadline`.
+    async fn wait(&self, deadline: tokio::time::Instant) {
+        loop {
+            // Registered before the check, so a read in between is not missed.
+            let read = self.read.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::select! {
+                () = read => {}
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+}
+
+/// An accepted stream that leaves the [`Unread`] count at its first completed read (data,
+/// end of file or error), or when dropped.
+struct FirstRead<S> {
+    inner: S,
+    unread: Option<Arc<Unread>>,
+}
+
+impl<S> FirstRead<S> {
+    fn new(inner: S, unread: &Arc<Unread>) -> Self {
+        unread.count.fetch_add(1, Ordering::AcqRel);
+        Self {
+            inner,
+            unread: Some(Arc::clone(unread)),
+        }
+    }
+
+    fn has_read(&mut self) {
+        if let Some(unread) = self.unread.take() {
+            unread.count.fetch_sub(1, Ordering::AcqRel);
+            unread.read.notify_waiters();
+        }
+    }
+}
+
+impl<S> Drop for FirstRead<S> {
+    fn drop(&mut self) {
+        self.has_read();
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstRead<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if polled.is_ready() {
+            this.has_read();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstRead<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Unblocks the control signals and SIGCHLD in this thread, once their handlers exist.
+///
+/// A prefork worker is forked with the master's mask, in which they are blocked (the master
+/// reads them from a signalfd), and keeps it until here: a TERM that arrives between the
+/// fork and the handlers waits, pending, and then means a graceful stop instead of death by
+/// the default action. For `method=threaded` nothing is blocked and this changes nothing.
+fn unblock_control_signals() {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for sig in CONTROL_SIGNALS.into_iter().chain([libc::SIGCHLD]) {
+        if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
+            set.add(sig);
+        }
+    }
+    if let Err(e) = set.thread_unblock() {
+        tracing::warn!("cannot unblock the control signals: {e}");
+    }
+}
+
 /// Why serving ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -72,12 +205,15 @@ pub async fn serve<H: Handler>(
     ready: impl FnOnce(),
 ) -> io::Result<Exit> {
     let mut signals = Signals::install()?;
+    unblock_control_signals();
     let conns = Arc::new(Semaphore::new(options.max_conns));
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
     ready();
 
+    let unread = Arc::new(Unread::default());
     let accept_loop = {
+        let unread = Arc::clone(&unread);
         let tracker = tracker.clone();
         let shared = Arc::clone(&shared);
         let stop = stop_accepting.clone();
@@ -109,6 +245,7 @@ pub async fn serve<H: Handler>(
                     tracing::warn!(peer = %peer, "connection refused: peer not in allow= / FCGI_WEB_SERVER_ADDRS");
                     continue;
                 }
+                let stream = FirstRead::new(stream, &unread);
                 let shared = Arc::clone(&shared);
                 let protocol = options.protocol;
                 let options = options.clone();
@@ -137,8 +274,13 @@ pub async fn serve<H: Handler>(
                 tracing::debug!("graceful stop: finishing requests in flight");
                 (options.notify)("STOPPING=1");
                 stop_accepting.cancel();
-                shared.shutdown.cancel();
                 let _ = accept_task.await;
+                // Connections accepted a moment ago read their request before idle ones are
+                // closed.
+                unread
+                    .wait(tokio::time::Instant::now() + FIRST_REQUEST_GRACE)
+                    .await;
+                shared.shutdown.cancel();
                 tracker.close();
                 match tokio::time::timeout(options.graceful_timeout, tracker.wait()).await {
                     Ok(()) => break Exit::Graceful,

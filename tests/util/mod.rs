@@ -2,6 +2,8 @@
 //! ([`command::TestCommand`]), the web servers in front of it ([`webserver`]) and the clients
 //! that talk to either ([`client`]).
 
+pub(crate) mod apache_proxy;
 pub(crate) mod client;
 pub(crate) mod command;
+pub(crate) mod lighttpd_gw;
 pub(crate) mod webserver;

@@ -1,0 +1,1581 @@
+//! Process models and the daemon's lifecycle, end to end (design.md §3 and §4).
+//!
+//! - `method=prefork` keeps its pool: `minspare`..`maxspare` idle workers, never more than
+//!   `maxchildren`, a killed worker replaced (and logged), `maxrequests` recycling.
+//! - The signals under load through real nginx: HUP (reload), TERM (graceful stop), USR1
+//!   (reopen `errlog=`).
+//! - Daemonizing with a pidfile, and the seed document's restart script run twice against a
+//!   server that is still answering a slow request.
+//! - Web-server-spawned mode: lighttpd `bin-path` and Apache mod_fcgid (the seed's
+//!   `.htaccess` and a `site.fcgi` wrapper) start and stop appserver themselves.
+//! - `user=`/`group=`, and systemd's socket activation and readiness notification.
+//!
+//! Load tests run a few client threads looping requests through nginx for a couple of
+//! seconds and count every failed request; each prints its figures (run with
+//! `--nocapture` to see them). Worker processes are observed in `/proc`: a master's live
+//! children are its workers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use crate::util::client::{http_get, try_http_request};
+use crate::util::command::{
+    appserver_bin, axum_example_bin, wait_timeout, Listen, Server, TestCommand,
+};
+use crate::util::webserver::{free_port, FcgiPass, Nginx};
+
+/// How long a pool may take to reach the size the test expects, or a process to exit.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a load runs around the event it tests.
+const LOAD_TIME: Duration = Duration::from_millis(1500);
+
+/// Client threads of a load.
+const LOAD_THREADS: usize = 4;
+
+// ---------------------------------------------------------------------------------------
+// Processes, seen through /proc.
+
+/// State letter and parent pid of `pid`, from `/proc/PID/stat`.
+fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything: parse after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// When `pid` started, in clock ticks since boot (`/proc/PID/stat` field 22).
+fn start_time(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rfind(')')
+        .and_then(|at| stat.get(at + 2..))
+        .and_then(|rest| rest.split(' ').nth(19))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// Whether `pid` runs (a zombie has exited already).
+fn alive(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+}
+
+/// The live children of `pid`: a prefork master's workers.
+fn children(pid: u32) -> BTreeSet<u32> {
+    fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| matches!(proc_stat(p), Some((state, ppid)) if ppid == pid && state != 'Z'))
+        .collect()
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held. Used where no
+/// event announces the state (a fork, an exit seen from outside the parent): polling /proc
+/// is the readiness check there.
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Connections accepted on the unix socket `path` and still open, from the kernel's table:
+/// an accepted server-side socket carries the listener's path and state 03 (connected);
+/// one still waiting in the backlog shows 02.
+fn accepted_on(path: &Path) -> usize {
+    let path = path.display().to_string();
+    fs::read_to_string("/proc/net/unix")
+        .expect("read /proc/net/unix")
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 7 && f[7] == path && f[5] == "03"
+        })
+        .count()
+}
+
+/// The `pid:` line of the info app's page.
+fn page_pid(body: &str) -> Option<u32> {
+    body.lines()
+        .find_map(|l| l.strip_prefix("pid: "))
+        .and_then(|p| p.trim().parse().ok())
+}
+
+/// A pid read from a pidfile.
+fn read_pidfile(path: &Path) -> u32 {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {text:?}: {e}", path.display()))
+}
+
+/// A background server the test did not start as its own child (a daemon, or a server a
+/// web server spawned): stopped on drop, TERM first, then KILL for it and its workers.
+struct Daemon {
+    pid: u32,
+}
+
+impl Daemon {
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid as i32), signal)
+            .unwrap_or_else(|e| panic!("kill -{signal} {}: {e}", self.pid));
+    }
+
+    /// Waits until the process is gone (or a zombie: its exit is done).
+    fn wait_gone(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || !alive(self.pid))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if !alive(self.pid) {
+            return;
+        }
+        let workers = children(self.pid);
+        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+        if !self.wait_gone(Duration::from_secs(5)) {
+            for pid in workers.into_iter().chain([self.pid]) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Runs `cmd` to completion within `timeout`, collecting its output. A daemon that left the
+/// command's stdout or stderr open (a worker holding the terminal's pipe) fails here instead
+/// of hanging the test.
+fn run_to_exit(mut cmd: Command, timeout: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(cmd.output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("{what}: {e}")),
+        Err(_) => panic!(
+            "{what} did not finish within {timeout:?}: it did not exit, or a process it \
+             left behind still holds its stdout/stderr"
+        ),
+    }
+}
+
+/// A command for a program the test runs as a daemon, in `dir`, with the environment
+/// variables that change appserver's behaviour removed.
+fn daemon_command(bin: &Path, dir: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env_remove("APPSERVER_LOG")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("FCGI_WEB_SERVER_ADDRS");
+    cmd
+}
+
+// ---------------------------------------------------------------------------------------
+// Load.
+
+/// What one request of a load came to.
+#[derive(Debug)]
+struct Outcome {
+    /// When it was sent and when it completed, since the load started.
+    start: Duration,
+    end: Duration,
+    /// The body of a 200 response, or what went wrong.
+    result: Result<String, String>,
+}
+
+/// Client threads looping `GET path` through nginx (one connection per request) until
+/// stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+    threads: Vec<thread::JoinHandle<Vec<Outcome>>>,
+    t0: Instant,
+}
+
+impl Load {
+    fn start(port: u16, path: &str, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let t0 = Instant::now();
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                let done = Arc::clone(&done);
+                let path = path.to_owned();
+                thread::spawn(move || {
+                    let mut outcomes = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let start = t0.elapsed();
+                        let result = match try_http_request(port, "GET", &path, &[], &[]) {
+                            Ok(r) if r.status == 200 => Ok(r.text()),
+                            Ok(r) => Err(format!(
+                                "status {}: {}",
+                                r.status,
+                                r.text().lines().next().unwrap_or_default()
+                            )),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        outcomes.push(Outcome {
+                            start,
+                            end: t0.elapsed(),
+                            result,
+                        });
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            done,
+            threads,
+            t0,
+        }
+    }
+
+    /// Time since the load started.
+    fn now(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    /// Waits until `n` requests have completed (so the event that follows hits a running
+    /// load).
+    fn wait_done(&self, n: usize) {
+        assert!(
+            wait_until(SETTLE_TIMEOUT, || self.done.load(Ordering::Relaxed) >= n),
+            "the load completed only {} requests in {SETTLE_TIMEOUT:?}",
+            self.done.load(Ordering::Relaxed)
+        );
+    }
+
+    /// Stops the clients and collects every outcome.
+    fn finish(self) -> Report {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut outcomes: Vec<Outcome> = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("load thread"))
+            .collect();
+        outcomes.sort_by_key(|o| o.start);
+        Report {
+            outcomes,
+            elapsed: self.t0.elapsed(),
+        }
+    }
+}
+
+/// The outcomes of a load.
+struct Report {
+    outcomes: Vec<Outcome>,
+    elapsed: Duration,
+}
+
+impl Report {
+    fn sent(&self) -> usize {
+        self.outcomes.len()
+    }
+
+    fn failures(&self) -> Vec<&Outcome> {
+        self.outcomes.iter().filter(|o| o.result.is_err()).collect()
+    }
+
+    /// Requests served per worker pid (from the info app's `pid:` line).
+    fn per_pid(&self) -> BTreeMap<u32, usize> {
+        let mut map = BTreeMap::new();
+        for body in self.outcomes.iter().filter_map(|o| o.result.as_ref().ok()) {
+            if let Some(pid) = page_pid(body) {
+                *map.entry(pid).or_insert(0) += 1;
+            }
+        }
+        map
+    }
+
+    /// Prints the figures: requests sent, failed, during which event, in how long.
+    fn print(&self, event: &str) {
+        eprintln!(
+            "load: {} requests sent, {} failed, during {event}, in {:.2?}",
+            self.sent(),
+            self.failures().len(),
+            self.elapsed
+        );
+    }
+
+    /// The first few failures, for assertion messages.
+    fn first_failures(&self) -> String {
+        self.failures()
+            .iter()
+            .take(5)
+            .map(|o| format!("  [{:?}..{:?}] {:?}\n", o.start, o.end, o.result))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Servers.
+
+/// `method=prefork` in the foreground, logging at debug level, on a unix socket in its
+/// temporary directory, with `options`.
+fn prefork(mut cmd: TestCommand, options: &[&str]) -> Server {
+    let socket = format!("socket={}", cmd.path("s.sock").display());
+    cmd.args(["runfcgi", "daemonize=false", "method=prefork", "debug=true"])
+        .arg(socket)
+        .args(options);
+    cmd.start()
+}
+
+/// The socket path of a server started on a unix socket.
+fn socket_of(server: &Server) -> PathBuf {
+    match server.listen() {
+        Listen::Unix(path) => path.clone(),
+        other => panic!("expected a unix socket, got {other:?}"),
+    }
+}
+
+/// Failure context: both sides' logs.
+fn logs(server: &Server, nginx: &Nginx) -> String {
+    format!(
+        "--- appserver stderr ---\n{}--- nginx error.log ---\n{}",
+        server.log(),
+        nginx.error_log()
+    )
+}
+
+/// One `GET path` through nginx on its own thread.
+fn request_in_background(port: u16, path: &str) -> thread::JoinHandle<Result<String, String>> {
+    let path = path.to_owned();
+    thread::spawn(
+        move || match try_http_request(port, "GET", &path, &[], &[]) {
+            Ok(r) if r.status == 200 => Ok(r.text()),
+            Ok(r) => Err(format!("status {}: {}", r.status, r.text())),
+            Err(e) => Err(e.to_string()),
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. The prefork pool.
+
+/// minspare=2, maxspare=3, maxchildren=5 with one connection per worker (`maxconns=1`, as
+/// Django's prefork served one request per process), so busy and idle are exact: the pool
+/// starts at minspare, grows to keep two idle workers beside three busy ones, stops at
+/// maxchildren with every worker busy, and shrinks back to maxspare once they are idle.
+#[test]
+fn prefork_keeps_spare_workers_within_bounds() {
+    let server = prefork(
+        TestCommand::axum(),
+        &["minspare=2", "maxspare=3", "maxchildren=5", "maxconns=1"],
+    );
+    let master = server.pid();
+    let nginx = Nginx::fastcgi(server.listen(), FcgiPass::Close);
+    let count = || children(master).len();
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || count() == 2),
+        "pool at start: {} workers, expected minspare=2\n{}",
+        count(),
+        server.log()
+    );
+
+    // Three busy workers: two idle are kept beside them, which is maxchildren.
+    let mut slow: Vec<_> = (0..3)
+        .map(|_| request_in_background(nginx.port(), "/slow?ms=2500"))
+        .collect();
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || count() == 5),
+        "with 3 busy workers: {} workers, expected 3 + minspare=2\n{}",
+        count(),
+        logs(&server, &nginx)
+    );
+    // Two more: every worker is busy, no idle one is left, and maxchildren holds.
+    slow.extend((0..2).map(|_| request_in_background(nginx.port(), "/slow?ms=1000")));
+    let socket = socket_of(&server);
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || accepted_on(&socket) == 5),
+        "5 slow requests in flight: {} accepted",
+        accepted_on(&socket)
+    );
+    let mut most = 0;
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(500) {
+        most = most.max(count());
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        most, 5,
+        "with every worker busy the pool must stay at maxchildren=5"
+    );
+
+    for (i, handle) in slow.into_iter().enumerate() {
+        let body = handle.join().expect("client thread");
+        assert_eq!(
+            body.as_deref(),
+            Ok("done\n"),
+            "slow request {i}\n{}",
+            logs(&server, &nginx)
+        );
+    }
+    // Five idle workers: two above maxspare are stopped.
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || count() == 3),
+        "all idle: {} workers, expected maxspare=3\n{}",
+        count(),
+        server.log()
+    );
+}
+
+/// A worker killed with SIGKILL under load: the master logs its pid and how it died and
+/// starts a replacement; only the request that worker held (maxconns=1: at most one) may
+/// fail, and the pool is whole again.
+#[test]
+fn prefork_replaces_a_killed_worker_under_load() {
+    let server = prefork(
+        TestCommand::appserver(),
+        &["minspare=2", "maxspare=4", "maxchildren=6", "maxconns=1"],
+    );
+    let master = server.pid();
+    let nginx = Nginx::fastcgi(server.listen(), FcgiPass::Close);
+    assert!(wait_until(SETTLE_TIMEOUT, || children(master).len() >= 2));
+
+    let load = Load::start(nginx.port(), "/", LOAD_THREADS);
+    load.wait_done(50);
+    // A worker that dies within a second of its start is taken for one crashing at startup
+    // and replaced only after a pause: let the pool age past that, then kill the oldest, so
+    // the ordinary path is tested.
+    thread::sleep(Duration::from_millis(1100));
+    let before = children(master);
+    let victim = *before
+        .iter()
+        .min_by_key(|&&p| start_time(p))
+        .expect("a worker");
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).expect("kill -9 worker");
+    let line = format!("worker {victim} was killed by SIGKILL");
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || server.log().contains(&line)),
+        "the master did not log {line:?}:\n{}",
+        server.log()
+    );
+    let killed_at = load.now();
+    // The pool is whole again: a new worker beside the survivors, the victim gone.
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || {
+            let now = children(master);
+            !now.contains(&victim) && now.len() >= 2 && now.iter().any(|p| !before.contains(p))
+        }),
+        "no replacement for worker {victim}: {:?}\n{}",
+        children(master),
+        server.log()
+    );
+    let settled = load.now();
+    thread::sleep(LOAD_TIME / 2);
+    let report = load.finish();
+    report.print(&format!(
+        "SIGKILL of worker {victim} (at {killed_at:.2?}, pool whole at {settled:.2?})"
+    ));
+    assert!(
+        report.failures().len() <= 1,
+        "{} requests failed; only the killed worker's one request may:\n{}{}",
+        report.failures().len(),
+        report.first_failures(),
+        logs(&server, &nginx)
+    );
+    // After the kill, every request that started once the pool was whole succeeded.
+    assert!(report
+        .outcomes
+        .iter()
+        .filter(|o| o.start > settled)
+        .all(|o| o.result.is_ok()));
+    // Idle again, the pool settles between minspare and maxspare.
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || (2..=4).contains(&children(master).len())),
+        "pool of {} outside minspare..maxspare\n{}",
+        children(master).len(),
+        server.log()
+    );
+}
+
+/// A master killed outright (SIGKILL: no chance to stop its workers) leaves no orphan
+/// workers serving on: the kernel sends them TERM and they exit.
+#[test]
+fn prefork_workers_stop_when_the_master_is_killed() {
+    let mut server = prefork(TestCommand::appserver(), &["minspare=3", "maxspare=3"]);
+    let master = server.pid();
+    assert!(wait_until(SETTLE_TIMEOUT, || children(master).len() == 3));
+    let workers = children(master);
+    server.signal(Signal::SIGKILL);
+    server.wait_exit(SETTLE_TIMEOUT).expect("master killed");
+    let gone = wait_until(SETTLE_TIMEOUT, || workers.iter().all(|&w| !alive(w)));
+    if !gone {
+        for &w in &workers {
+            let _ = kill(Pid::from_raw(w as i32), Signal::SIGKILL);
+        }
+    }
+    assert!(gone, "workers {workers:?} outlived their master");
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. maxrequests.
+
+/// `maxrequests=20` under load, nginx opening a connection per request: workers are
+/// recycled (many distinct pids serve, none much beyond its budget of 20 plus up to an
+/// eighth), and not one request fails.
+#[test]
+fn prefork_maxrequests_recycles_workers_without_failures() {
+    maxrequests_under_load(FcgiPass::Close);
+}
+
+/// The same with nginx keeping connections to appserver open (`keepalive`,
+/// `fastcgi_keep_conn on`): a retiring worker closes its idle kept-alive connections.
+#[test]
+fn prefork_maxrequests_with_nginx_keepalive() {
+    maxrequests_under_load(FcgiPass::KeepConn);
+}
+
+fn maxrequests_under_load(pass: FcgiPass) {
+    let server = prefork(
+        TestCommand::appserver(),
+        &[
+            "maxrequests=20",
+            "minspare=2",
+            "maxspare=4",
+            "maxchildren=8",
+        ],
+    );
+    let nginx = Nginx::fastcgi(server.listen(), pass);
+    let load = Load::start(nginx.port(), "/", LOAD_THREADS);
+    thread::sleep(LOAD_TIME);
+    let report = load.finish();
+    let per_pid = report.per_pid();
+    report.print(&format!(
+        "maxrequests=20 recycling, nginx {pass:?} ({} worker pids)",
+        per_pid.len()
+    ));
+    assert!(
+        report.failures().is_empty(),
+        "{} of {} requests failed:\n{}{}",
+        report.failures().len(),
+        report.sent(),
+        report.first_failures(),
+        logs(&server, &nginx)
+    );
+    let expected = report.sent() / 22;
+    assert!(
+        per_pid.len() >= expected.max(3),
+        "{} requests came from only {} worker pids: not recycled\n{per_pid:?}",
+        report.sent(),
+        per_pid.len()
+    );
+    // A worker finishes what it holds when it notices its budget is spent: the requests in
+    // flight then, and any arriving on its connections while it stops. A few at most.
+    let most = per_pid.values().max().copied().unwrap_or(0);
+    assert!(
+        most <= 22 + 8,
+        "a worker served {most} requests with maxrequests=20: {per_pid:?}"
+    );
+    assert!(
+        server.log().contains("reached maxrequests"),
+        "{}",
+        server.log()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. HUP.
+
+/// HUP under load: the master re-executes itself (same pid, same pidfile), new workers take
+/// over, the old ones finish and exit; not one request fails.
+#[test]
+fn prefork_hup_under_load_loses_no_request() {
+    hup_under_load(FcgiPass::Close);
+}
+
+/// The same with nginx keeping connections to appserver open.
+#[test]
+fn prefork_hup_with_nginx_keepalive() {
+    hup_under_load(FcgiPass::KeepConn);
+}
+
+fn hup_under_load(pass: FcgiPass) {
+    let cmd = TestCommand::appserver();
+    let pidfile = cmd.path("app.pid");
+    let pidfile_option = format!("pidfile={}", pidfile.display());
+    let server = prefork(
+        cmd,
+        &[&pidfile_option, "minspare=2", "maxspare=4", "maxchildren=8"],
+    );
+    let master = server.pid();
+    assert_eq!(read_pidfile(&pidfile), master);
+    let nginx = Nginx::fastcgi(server.listen(), pass);
+    assert!(wait_until(SETTLE_TIMEOUT, || children(master).len() >= 2));
+
+    let load = Load::start(nginx.port(), "/", LOAD_THREADS);
+    load.wait_done(50);
+    let old = children(master);
+    let hup_at = load.now();
+    server.signal(Signal::SIGHUP);
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || {
+            let now = children(master);
+            now.len() >= 2 && now.is_disjoint(&old)
+        }),
+        "old workers {old:?} not replaced: {:?}\n{}",
+        children(master),
+        server.log()
+    );
+    let replaced_at = load.now();
+    thread::sleep(LOAD_TIME / 2);
+    let report = load.finish();
+    report.print(&format!(
+        "HUP at {hup_at:.2?}, nginx {pass:?} (old workers replaced at {replaced_at:.2?})"
+    ));
+    assert!(
+        report.failures().is_empty(),
+        "{} of {} requests failed across HUP:\n{}{}",
+        report.failures().len(),
+        report.sent(),
+        report.first_failures(),
+        logs(&server, &nginx)
+    );
+    assert!(alive(master), "the master must survive HUP");
+    assert_eq!(
+        read_pidfile(&pidfile),
+        master,
+        "the pidfile names the same master"
+    );
+    assert_eq!(
+        server
+            .log()
+            .matches("appserver: ready: protocol=fcgi method=prefork listen=unix:")
+            .count(),
+        2,
+        "the re-executed master announces itself once more:\n{}",
+        server.log()
+    );
+    // Requests after the reload came from the new workers only.
+    let late: BTreeSet<u32> = report
+        .outcomes
+        .iter()
+        .filter(|o| o.start > replaced_at)
+        .filter_map(|o| page_pid(o.result.as_ref().ok()?))
+        .collect();
+    assert!(!late.is_empty(), "no request after the reload");
+    assert!(
+        late.is_disjoint(&old),
+        "old workers {old:?} served after the reload: {late:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. TERM.
+
+/// TERM under load: slow requests the server had accepted (seen in the kernel's socket
+/// table) are all answered, so is every request sent well before the signal; then the
+/// server exits 0 and removes its pidfile and socket.
+#[test]
+fn prefork_term_under_load_answers_accepted_requests_then_cleans_up() {
+    term_under_load("prefork");
+}
+
+/// The same for `method=threaded`.
+#[test]
+fn threaded_term_under_load_answers_accepted_requests_then_cleans_up() {
+    term_under_load("threaded");
+}
+
+fn term_under_load(method: &str) {
+    let mut cmd = TestCommand::axum();
+    let pidfile = cmd.path("app.pid");
+    let socket = cmd.path("s.sock");
+    cmd.args([
+        "runfcgi".to_owned(),
+        "daemonize=false".to_owned(),
+        format!("method={method}"),
+        format!("socket={}", socket.display()),
+        format!("pidfile={}", pidfile.display()),
+    ]);
+    let mut server = cmd.start();
+    let nginx = Nginx::fastcgi(server.listen(), FcgiPass::Close);
+
+    const SLOW: usize = 3;
+    let slow: Vec<_> = (0..SLOW)
+        .map(|_| request_in_background(nginx.port(), "/slow?ms=1500"))
+        .collect();
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || accepted_on(&socket) >= SLOW),
+        "{SLOW} slow requests not accepted: {}",
+        accepted_on(&socket)
+    );
+    let load = Load::start(nginx.port(), "/slow?ms=50", LOAD_THREADS);
+    load.wait_done(20);
+    let term_at = load.now();
+    server.signal(Signal::SIGTERM);
+    thread::sleep(Duration::from_millis(200));
+    let report = load.finish();
+    let status = server
+        .wait_exit(SETTLE_TIMEOUT)
+        .unwrap_or_else(|| panic!("still running after TERM:\n{}", server.log()));
+    report.print(&format!(
+        "TERM ({method}) at {term_at:.2?} with {SLOW} slow requests in flight"
+    ));
+
+    for (i, handle) in slow.into_iter().enumerate() {
+        assert_eq!(
+            handle.join().expect("client thread").as_deref(),
+            Ok("done\n"),
+            "slow request {i}, accepted before TERM\n{}",
+            logs(&server, &nginx)
+        );
+    }
+    // A request sent 250 ms before the signal has long been accepted (they take 50 ms).
+    let early_failures: Vec<&Outcome> = report
+        .failures()
+        .into_iter()
+        .filter(|o| o.start + Duration::from_millis(250) < term_at)
+        .collect();
+    assert!(
+        early_failures.is_empty(),
+        "requests sent before TERM failed: {early_failures:?}\n{}",
+        logs(&server, &nginx)
+    );
+    let count = |f: &dyn Fn(&Outcome) -> bool| report.outcomes.iter().filter(|o| f(o)).count();
+    eprintln!(
+        "load: {} in flight at TERM ({} failed); {} sent after TERM ({} refused: the listener \
+         is closed)",
+        count(&|o| o.start < term_at && o.end > term_at),
+        count(&|o| o.start < term_at && o.end > term_at && o.result.is_err()),
+        count(&|o| o.start > term_at),
+        count(&|o| o.start > term_at && o.result.is_err()),
+    );
+    assert!(
+        status.success(),
+        "exit after TERM: {status}\n{}",
+        server.log()
+    );
+    assert!(!pidfile.exists(), "pidfile left behind");
+    assert!(!socket.exists(), "socket file left behind");
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. The seed's restart script.
+
+/// A slow request longer than the time a new server waits for a live socket to go away
+/// (listen::IN_USE_WAIT, 3 s): the restart only works if the old server stops listening as
+/// soon as it is told to stop, not when its last request is done.
+const RESTART_SLOW_MS: u64 = 3500;
+
+/// The seed's restart script (`kill $(cat pidfile); rm -f pidfile; exec appserver runfcgi
+/// socket=... pidfile=...`), run twice in a row while the first server answers a slow
+/// request: the old servers finish their work and exit, leaving exactly one server on the
+/// socket, whose socket file and pidfile they did not remove.
+#[test]
+fn restart_script_twice_with_a_slow_request_in_flight() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("restart.sh");
+    fs::write(&script, include_str!("data/restart.sh")).expect("write restart.sh");
+    let socket = dir.path().join("mysite.sock");
+    let pidfile = dir.path().join("mysite.pid");
+    let restart = |what: &str| -> Daemon {
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script)
+            .current_dir(dir.path())
+            .env("PROJDIR", dir.path())
+            .env("APPSERVER", axum_example_bin());
+        let out = run_to_exit(cmd, SETTLE_TIMEOUT);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{what}: restart.sh {}\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid = read_pidfile(&pidfile);
+        assert_eq!(
+            stdout.trim(),
+            format!(
+                "appserver: pid {pid} serving fcgi on unix:{}",
+                socket.display()
+            ),
+            "{what}"
+        );
+        Daemon { pid }
+    };
+
+    let first = restart("first start");
+    let nginx = Nginx::fastcgi(&Listen::Unix(socket.clone()), FcgiPass::Close);
+    assert_eq!(http_get(nginx.port(), "/").text(), "Hello from axum\n");
+    let slow = request_in_background(nginx.port(), &format!("/slow?ms={RESTART_SLOW_MS}"));
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || accepted_on(&socket) >= 1),
+        "the slow request was not accepted"
+    );
+    let first_workers = children(first.pid);
+
+    let started = Instant::now();
+    let second = restart("first restart");
+    let third = restart("second restart");
+    let restarts = started.elapsed();
+    assert_ne!(second.pid, first.pid);
+    assert_ne!(third.pid, second.pid);
+    assert!(
+        alive(first.pid),
+        "the first server stopped before its slow request was done"
+    );
+
+    let body = slow.join().expect("client thread");
+    assert_eq!(
+        body.as_deref(),
+        Ok("done\n"),
+        "the first server's slow request\nnginx: {}",
+        nginx.error_log()
+    );
+    for old in [&first, &second] {
+        assert!(
+            old.wait_gone(SETTLE_TIMEOUT),
+            "old server {} still running",
+            old.pid
+        );
+    }
+    assert!(
+        first_workers.iter().all(|&w| !alive(w)),
+        "workers of the first server outlived it"
+    );
+    eprintln!(
+        "restart script: two restarts in {restarts:.2?} while a {RESTART_SLOW_MS} ms request was in flight"
+    );
+    // Exactly one server, the last, answers on the socket named in the pidfile.
+    assert!(alive(third.pid));
+    assert_eq!(read_pidfile(&pidfile), third.pid, "pidfile");
+    assert!(
+        socket.exists(),
+        "the old servers removed the new socket file"
+    );
+    for _ in 0..5 {
+        assert_eq!(http_get(nginx.port(), "/").text(), "Hello from axum\n");
+    }
+
+    third.signal(Signal::SIGTERM);
+    assert!(third.wait_gone(SETTLE_TIMEOUT), "last server did not stop");
+    assert!(!pidfile.exists() && !socket.exists(), "files left at exit");
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Daemonizing.
+
+/// `appserver runfcgi socket=... pidfile=...` (daemonize defaults to true) prints one line
+/// with the pid and the address and returns 0 once the daemon serves; `kill $(cat pidfile)`
+/// stops it, and it removes its pidfile and socket.
+#[test]
+fn prefork_daemonizes_serves_and_stops_by_pidfile() {
+    daemonize_end_to_end("prefork");
+}
+
+/// The same for `method=threaded`.
+#[test]
+fn threaded_daemonizes_serves_and_stops_by_pidfile() {
+    daemonize_end_to_end("threaded");
+}
+
+fn daemonize_end_to_end(method: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("app.sock");
+    let pidfile = dir.path().join("app.pid");
+    let mut cmd = daemon_command(&appserver_bin(), dir.path());
+    cmd.args([
+        "runfcgi".to_owned(),
+        format!("method={method}"),
+        format!("socket={}", socket.display()),
+        format!("pidfile={}", pidfile.display()),
+    ]);
+    let started = Instant::now();
+    let out = run_to_exit(cmd, SETTLE_TIMEOUT);
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let daemon = Daemon {
+        pid: read_pidfile(&pidfile),
+    };
+    assert_eq!(
+        stdout,
+        format!(
+            "appserver: pid {} serving fcgi on unix:{}\n",
+            daemon.pid,
+            socket.display()
+        ),
+        "one line with the pid and the address"
+    );
+    eprintln!("daemonize ({method}): ready and returned in {took:.2?}");
+    assert!(alive(daemon.pid));
+    assert_ne!(
+        proc_stat(daemon.pid).map(|(_, ppid)| ppid),
+        Some(std::process::id()),
+        "the daemon must be detached from the command that started it"
+    );
+
+    let probe = TestCommand::appserver()
+        .args(["probe".to_owned(), socket.display().to_string()])
+        .output(SETTLE_TIMEOUT);
+    let page = String::from_utf8_lossy(&probe.stdout).into_owned();
+    assert!(probe.status.success(), "probe: {}\n{page}", probe.status);
+    assert!(page.contains(&format!("method: {method}")), "{page}");
+    let served_by = page_pid(&page).expect("pid line");
+    let workers = children(daemon.pid);
+    if method == "prefork" {
+        assert!(
+            workers.contains(&served_by),
+            "{served_by} not in {workers:?}"
+        );
+    } else {
+        assert_eq!(served_by, daemon.pid);
+    }
+
+    let kill = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill $(cat {})", pidfile.display()))
+        .status()
+        .expect("sh");
+    assert!(kill.success());
+    assert!(daemon.wait_gone(SETTLE_TIMEOUT), "still running after kill");
+    assert!(workers.iter().all(|&w| !alive(w)), "workers outlived it");
+    assert!(!pidfile.exists(), "pidfile left behind");
+    assert!(!socket.exists(), "socket left behind");
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. USR1.
+
+/// USR1 reopens `errlog=`: after logrotate moved the file away, new lines land in a new file
+/// at the configured path, from the workers and from the master.
+#[test]
+fn prefork_usr1_reopens_errlog() {
+    usr1_reopens_errlog("prefork");
+}
+
+/// The same for `method=threaded`.
+#[test]
+fn threaded_usr1_reopens_errlog() {
+    usr1_reopens_errlog("threaded");
+}
+
+fn usr1_reopens_errlog(method: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("app.sock");
+    let pidfile = dir.path().join("app.pid");
+    let errlog = dir.path().join("app.log");
+    let rotated = dir.path().join("app.log.1");
+    let mut cmd = daemon_command(&appserver_bin(), dir.path());
+    cmd.args([
+        "runfcgi".to_owned(),
+        format!("method={method}"),
+        format!("socket={}", socket.display()),
+        format!("pidfile={}", pidfile.display()),
+        format!("errlog={}", errlog.display()),
+    ]);
+    let out = run_to_exit(cmd, SETTLE_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let daemon = Daemon {
+        pid: read_pidfile(&pidfile),
+    };
+    assert!(errlog.exists(), "errlog not created");
+
+    // What logrotate does without copytruncate: move the file, then signal.
+    fs::rename(&errlog, &rotated).expect("rotate");
+    daemon.signal(Signal::SIGUSR1);
+    let read = |p: &Path| fs::read_to_string(p).unwrap_or_default();
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || read(&errlog).contains("logs reopened")),
+        "no new {} after USR1; rotated file:\n{}",
+        errlog.display(),
+        read(&rotated)
+    );
+    if method == "prefork" {
+        // The master's own lines go to the new file too.
+        let worker = *children(daemon.pid).iter().next().expect("a worker");
+        kill(Pid::from_raw(worker as i32), Signal::SIGKILL).expect("kill worker");
+        let line = format!("worker {worker} was killed by SIGKILL");
+        assert!(
+            wait_until(SETTLE_TIMEOUT, || read(&errlog).contains(&line)),
+            "the master's line is not in the new file:\n{}\nrotated:\n{}",
+            read(&errlog),
+            read(&rotated)
+        );
+    }
+    let old = read(&rotated);
+    assert!(
+        !old.contains("logs reopened") && !old.contains("killed by"),
+        "lines after USR1 went to the rotated file:\n{old}"
+    );
+    daemon.signal(Signal::SIGTERM);
+    assert!(daemon.wait_gone(SETTLE_TIMEOUT));
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. Spawned by the web server.
+
+/// A web server that spawns appserver itself, started in the foreground as the test's child
+/// from a config in a temporary directory, and stopped by pid.
+struct Spawner {
+    name: &'static str,
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Spawner {
+    /// lighttpd with `bin-path` running `command` (tests/data/lighttpd-bin-path.conf).
+    fn lighttpd(command: &str) -> Spawner {
+        Spawner::start("lighttpd", |dir, port| {
+            fs::create_dir(dir.join("htdocs")).expect("htdocs");
+            let conf = include_str!("data/lighttpd-bin-path.conf")
+                .replace("@DIR@", &dir.display().to_string())
+                .replace("@PORT@", &port.to_string())
+                .replace("@COMMAND@", command);
+            let path = dir.join("lighttpd.conf");
+            fs::write(&path, conf).expect("write lighttpd.conf");
+            let mut cmd = Command::new(sbin("lighttpd"));
+            cmd.arg("-D").arg("-f").arg(path);
+            cmd
+        })
+    }
+
+    /// Apache with mod_fcgid serving the seed's `.htaccess` and a `site.fcgi` that runs
+    /// `appserver runfcgi method=METHOD` (tests/data/httpd-fcgid.conf).
+    fn apache_fcgid(method: &str) -> Spawner {
+        Spawner::start("apache2", |dir, port| {
+            let root = nix::unistd::geteuid().is_root();
+            // Apache's children run as www-data when the test is root: they must reach the
+            // directory, the wrapper and appserver itself.
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+            let htdocs = dir.join("htdocs");
+            for sub in ["htdocs", "fcgid", "run"] {
+                fs::create_dir(dir.join(sub)).expect("mkdir");
+                fs::set_permissions(dir.join(sub), fs::Permissions::from_mode(0o755))
+                    .expect("chmod");
+            }
+            if root {
+                let www = nix::unistd::User::from_name("www-data")
+                    .expect("getpwnam")
+                    .expect("user www-data (Debian's apache2 creates it)");
+                nix::unistd::chown(&dir.join("fcgid"), Some(www.uid), Some(www.gid))
+                    .expect("chown fcgid");
+            }
+            let bin = reachable_appserver(dir);
+            fs::write(
+                htdocs.join(".htaccess"),
+                include_str!("data/fcgid.htaccess"),
+            )
+            .expect("write .htaccess");
+            let wrapper = htdocs.join("site.fcgi");
+            fs::write(
+                &wrapper,
+                include_str!("data/site.fcgi")
+                    .replace("@APPSERVER@", &bin.display().to_string())
+                    .replace("@METHOD@", method),
+            )
+            .expect("write site.fcgi");
+            fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod");
+            let user = if root {
+                "User www-data\nGroup www-data"
+            } else {
+                ""
+            };
+            let conf = include_str!("data/httpd-fcgid.conf")
+                .replace("@DIR@", &dir.display().to_string())
+                .replace("@PORT@", &port.to_string())
+                .replace("@USER@", user);
+            let path = dir.join("httpd.conf");
+            fs::write(&path, conf).expect("write httpd.conf");
+            let mut cmd = Command::new(sbin("apache2"));
+            cmd.arg("-f").arg(path).arg("-DFOREGROUND");
+            cmd
+        })
+    }
+
+    fn start(name: &'static str, setup: impl Fn(&Path, u16) -> Command) -> Spawner {
+        let mut last = String::new();
+        // A port picked by binding port 0 can be taken before the server binds it.
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = free_port();
+            let mut cmd = setup(dir.path(), port);
+            let output = fs::File::create(dir.path().join("stderr.log")).expect("stderr.log");
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::from(output.try_clone().expect("dup")))
+                .stderr(Stdio::from(output))
+                .env_remove("RUST_LOG")
+                .env_remove("APPSERVER_LOG");
+            let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+            let mut spawner = Spawner {
+                name,
+                child: Some(child),
+                port,
+                dir,
+            };
+            let up = wait_until(SETTLE_TIMEOUT, || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    || spawner
+                        .child
+                        .as_mut()
+                        .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+            });
+            if up && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return spawner;
+            }
+            last = spawner.logs();
+            spawner.stop();
+        }
+        panic!("{name} did not start:\n{last}");
+    }
+
+    /// Stops the web server (TERM, which stops what it spawned) and waits for it.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let status = wait_timeout(&mut child, SETTLE_TIMEOUT);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        status
+    }
+
+    /// The web server's error log and standard error (where spawned programs log).
+    fn logs(&self) -> String {
+        let read = |name: &str| fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!(
+            "--- {} error.log ---\n{}--- stderr ---\n{}",
+            self.name,
+            read("error.log"),
+            read("stderr.log")
+        )
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `/usr/sbin/NAME`, where Debian installs the web servers (not on a normal user's PATH).
+fn sbin(name: &str) -> PathBuf {
+    let path = PathBuf::from("/usr/sbin").join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: run scripts/test, which installs it",
+        path.display()
+    );
+    path
+}
+
+/// The appserver binary, copied into `dir` unless every directory on its path lets others
+/// through and the file lets others run it (Apache's user must).
+fn reachable_appserver(dir: &Path) -> PathBuf {
+    let bin = appserver_bin();
+    let others_may =
+        |p: &Path, bits: u32| fs::metadata(p).is_ok_and(|m| m.permissions().mode() & bits == bits);
+    let reachable = others_may(&bin, 0o005)
+        && bin
+            .ancestors()
+            .skip(1)
+            .all(|d| d.as_os_str().is_empty() || others_may(d, 0o001));
+    if reachable {
+        return bin;
+    }
+    let copy = dir.join("appserver");
+    fs::copy(&bin, &copy).expect("copy appserver");
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod");
+    copy
+}
+
+/// lighttpd's `bin-path` spawns appserver with the listening socket on fd 0; requests under
+/// the mount are served with lighttpd's SCRIPT_NAME/PATH_INFO split; when lighttpd stops, it
+/// sends TERM and appserver (and for prefork, every worker) stops gracefully and exits.
+#[test]
+fn lighttpd_bin_path_spawns_threaded() {
+    lighttpd_bin_path("threaded");
+}
+
+/// The same with `method=prefork`: the master serves fd 0 through its workers.
+#[test]
+fn lighttpd_bin_path_spawns_prefork() {
+    lighttpd_bin_path("prefork");
+}
+
+fn lighttpd_bin_path(method: &str) {
+    let command = format!(
+        "{} runfcgi method={method} debug=true",
+        appserver_bin().display()
+    );
+    let mut lighttpd = Spawner::lighttpd(&command);
+    let mut pids = BTreeSet::new();
+    for i in 0..5 {
+        let resp = http_get(lighttpd.port, &format!("/mysite/page/{i}?n={i}"));
+        let body = resp.text();
+        assert_eq!(resp.status, 200, "{body}\n{}", lighttpd.logs());
+        assert!(body.contains(&format!("method: {method}")), "{body}");
+        assert!(body.contains("SCRIPT_NAME=/mysite\n"), "{body}");
+        assert!(body.contains(&format!("PATH_INFO=/page/{i}\n")), "{body}");
+        assert!(body.contains(&format!("QUERY_STRING=n={i}\n")), "{body}");
+        pids.insert(page_pid(&body).expect("pid line"));
+    }
+    let lighttpd_pid = lighttpd.child.as_ref().expect("running").id();
+    // The process lighttpd spawned: the server itself, or the prefork master of the worker.
+    let served_by = *pids.iter().next().expect("a pid");
+    let spawned = if method == "prefork" {
+        proc_stat(served_by).expect("worker").1
+    } else {
+        served_by
+    };
+    assert_eq!(
+        proc_stat(spawned).map(|(_, ppid)| ppid),
+        Some(lighttpd_pid),
+        "appserver {spawned} is not lighttpd's child"
+    );
+    let workers = children(spawned);
+
+    // lighttpd's own exit status after TERM varies (0, or 1 when stopped right after its
+    // start) and says nothing about appserver: what matters is how appserver stopped.
+    assert!(lighttpd.stop().is_some(), "lighttpd did not stop");
+    let server = Daemon { pid: spawned };
+    assert!(
+        server.wait_gone(SETTLE_TIMEOUT),
+        "appserver {spawned} outlived lighttpd\n{}",
+        lighttpd.logs()
+    );
+    assert!(workers.iter().all(|&w| !alive(w)), "workers outlived it");
+    let log = lighttpd.logs();
+    assert!(
+        log.contains(&format!("listen=fd0 pid={spawned}")),
+        "appserver did not announce the fd 0 listener:\n{log}"
+    );
+    assert!(log.contains("graceful stop"), "no graceful stop:\n{log}");
+    assert!(
+        !log.contains("panicked") && !log.contains(" ERROR "),
+        "errors while stopping:\n{log}"
+    );
+    if method == "prefork" {
+        for w in &workers {
+            assert!(
+                log.contains(&format!("worker {w} exited with status 0")),
+                "worker {w} did not exit cleanly:\n{log}"
+            );
+        }
+    }
+}
+
+/// Apache mod_fcgid runs `site.fcgi` (a shell script exec'ing appserver) through the seed's
+/// `.htaccess` rewrite, as Apache's user; requests are served, and when Apache stops,
+/// mod_fcgid reports that appserver exited with return code 0.
+#[test]
+fn mod_fcgid_spawns_site_fcgi_threaded() {
+    mod_fcgid_site("threaded");
+}
+
+/// The same with `method=prefork`.
+#[test]
+fn mod_fcgid_spawns_site_fcgi_prefork() {
+    mod_fcgid_site("prefork");
+}
+
+fn mod_fcgid_site(method: &str) {
+    let mut apache = Spawner::apache_fcgid(method);
+    let mut served_by = BTreeSet::new();
+    for i in 0..5 {
+        let resp = http_get(apache.port, &format!("/some/path/{i}?q={i}"));
+        let body = resp.text();
+        assert_eq!(resp.status, 200, "{body}\n{}", apache.logs());
+        assert!(body.contains(&format!("method: {method}")), "{body}");
+        assert!(
+            body.contains(&format!("PATH_INFO=/some/path/{i}\n")),
+            "{body}"
+        );
+        assert!(
+            body.contains(&format!("REDIRECT_URL=/some/path/{i}\n")),
+            "{body}"
+        );
+        assert!(body.contains("/htdocs/site.fcgi\n"), "{body}");
+        served_by.insert(page_pid(&body).expect("pid line"));
+    }
+    let spawned: BTreeSet<u32> = served_by
+        .iter()
+        .map(|&p| {
+            if method == "prefork" {
+                proc_stat(p).expect("worker").1
+            } else {
+                p
+            }
+        })
+        .collect();
+    if nix::unistd::geteuid().is_root() {
+        let www = nix::unistd::User::from_name("www-data")
+            .expect("getpwnam")
+            .expect("www-data");
+        for &pid in served_by.iter().chain(&spawned) {
+            let (uid, _, _) = ids_of(&pid.to_string());
+            assert_eq!(uid, www.uid.as_raw(), "appserver {pid} not www-data");
+        }
+    }
+    let workers: BTreeSet<u32> = spawned.iter().flat_map(|&p| children(p)).collect();
+
+    assert!(apache.stop().is_some(), "apache did not stop");
+    let log = apache.logs();
+    for &pid in &spawned {
+        assert!(
+            wait_until(SETTLE_TIMEOUT, || !alive(pid)),
+            "appserver {pid} outlived Apache"
+        );
+        // mod_fcgid's process manager waits for what it spawned and says how it ended.
+        let line = format!(
+            "site.fcgi({pid}) exit(shutting down), terminated by calling exit(), return code: 0"
+        );
+        assert!(log.contains(&line), "no {line:?} in:\n{log}");
+    }
+    assert!(workers.iter().all(|&w| !alive(w)), "workers outlived it");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. user= and group=.
+
+/// `Uid:`/`Gid:` (effective) and `Groups:` of `/proc/TASK/status` (`PID` or
+/// `PID/task/TID`).
+fn ids_of(task: &str) -> (u32, u32, String) {
+    let status = fs::read_to_string(format!("/proc/{task}/status")).expect("proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let effective = |line: String| {
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("effective id")
+    };
+    (
+        effective(field("Uid:")),
+        effective(field("Gid:")),
+        field("Groups:").trim().to_owned(),
+    )
+}
+
+/// As root, `user=nobody group=nogroup` with prefork: the socket is bound as root and handed
+/// to that account, then the master and every worker run as it (no root group left), also
+/// after a HUP re-executed the master; TERM still removes the pidfile and socket. Not root,
+/// the switch is refused with a message and nothing is left behind.
+#[test]
+fn prefork_switches_user_and_group_after_binding() {
+    switch_user("prefork");
+}
+
+/// The same with `method=threaded`: every thread of the one process runs as the account.
+#[test]
+fn threaded_switches_user_and_group_after_binding() {
+    switch_user("threaded");
+}
+
+fn switch_user(method: &str) {
+    use std::os::unix::fs::MetadataExt;
+
+    let mut cmd = TestCommand::appserver();
+    let dir = cmd.path("");
+    let socket = cmd.path("s.sock");
+    let pidfile = cmd.path("app.pid");
+    cmd.args([
+        "runfcgi".to_owned(),
+        "daemonize=false".to_owned(),
+        format!("method={method}"),
+        format!("socket={}", socket.display()),
+        format!("pidfile={}", pidfile.display()),
+    ]);
+    if !nix::unistd::geteuid().is_root() {
+        let out = cmd.arg("user=root").output(SETTLE_TIMEOUT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("only root may switch"), "{stderr}");
+        assert!(!socket.exists() && !pidfile.exists(), "files left behind");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("getpwnam")
+        .expect("user nobody");
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .expect("getgrnam")
+        .map_or(nobody.gid, |g| g.gid);
+    // The server removes its socket and pidfile at exit as nobody: its directory must let it.
+    nix::unistd::chown(&dir, Some(nobody.uid), Some(nogroup)).expect("chown");
+    cmd.arg("user=nobody")
+        .arg(format!("group={}", nogroup.as_raw()));
+    let mut server = cmd.start();
+    let master = server.pid();
+    let account = (nobody.uid.as_raw(), nogroup.as_raw());
+
+    let meta = fs::metadata(&socket).expect("socket");
+    assert_eq!((meta.uid(), meta.gid()), account, "socket owner");
+    // Every thread of the process: ids are per thread for the kernel.
+    let check = |pid: u32| {
+        let tasks: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("tasks")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        for task in tasks {
+            let (uid, gid, groups) = ids_of(&format!("{pid}/task/{task}"));
+            assert_eq!((uid, gid), account, "process {pid} thread {task}");
+            assert!(
+                !groups.split_whitespace().any(|g| g == "0"),
+                "process {pid} kept root's group: Groups: {groups}"
+            );
+        }
+    };
+    let probe = |what: &str| -> u32 {
+        let out = TestCommand::appserver()
+            .args(["probe".to_owned(), socket.display().to_string()])
+            .output(SETTLE_TIMEOUT);
+        let page = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{what}: {page}\n{}", server.log());
+        page_pid(&page).expect("pid line")
+    };
+    check(probe("first request"));
+    check(master);
+    if method == "prefork" {
+        assert!(wait_until(SETTLE_TIMEOUT, || children(master).len() >= 2));
+        let before = children(master);
+        before.iter().copied().for_each(check);
+        // The re-executed master is already the account: it neither switches again (it
+        // could not) nor rewrites the pidfile.
+        server.signal(Signal::SIGHUP);
+        assert!(
+            wait_until(SETTLE_TIMEOUT, || {
+                let now = children(master);
+                now.len() >= 2 && now.is_disjoint(&before)
+            }),
+            "no new workers after HUP:\n{}",
+            server.log()
+        );
+        check(master);
+        children(master).into_iter().for_each(check);
+        check(probe("after HUP"));
+        assert_eq!(read_pidfile(&pidfile), master);
+    }
+
+    server.signal(Signal::SIGTERM);
+    let status = server.wait_exit(SETTLE_TIMEOUT).expect("exit after TERM");
+    assert!(status.success(), "{status}\n{}", server.log());
+    assert!(!pidfile.exists(), "pidfile left behind");
+    assert!(!socket.exists(), "socket left behind");
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. systemd: socket activation and readiness (Type=notify).
+
+/// Started the way systemd starts `docs/systemd/appserver.service` with its `.socket`: the
+/// listening socket on fd 3 (`LISTEN_FDS=1`, `LISTEN_PID`), `NOTIFY_SOCKET` set. appserver
+/// stays in the foreground, serves fd 3, says `READY=1` (with its pid as `MAINPID`), around
+/// a HUP `RELOADING=1` then `READY=1` again, `STOPPING=1` on TERM, exits 0, and leaves the
+/// socket file (systemd's) alone.
+#[test]
+fn systemd_socket_activation_and_notify() {
+    use std::os::unix::net::{UnixDatagram, UnixListener};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    notify
+        .set_read_timeout(Some(SETTLE_TIMEOUT))
+        .expect("timeout");
+    let socket = dir.path().join("app.sock");
+    let listener = UnixListener::bind(&socket).expect("bind");
+    // systemd sets LISTEN_PID to the pid it execs: `exec` keeps the shell's pid. The
+    // listener arrives on fd 0 and is moved to fd 3, where systemd puts it.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "export LISTEN_PID=$$ LISTEN_FDS=1; \
+             exec \"$0\" runfcgi method=prefork debug=true 3<&0 0</dev/null",
+        )
+        .arg(appserver_bin())
+        .current_dir(dir.path())
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env_remove("APPSERVER_LOG")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            fs::File::create(dir.path().join("stderr.log")).expect("log"),
+        ))
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let daemon = Daemon { pid };
+    let log = || fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+    let next = |what: &str| -> String {
+        let mut buf = [0u8; 256];
+        let n = notify
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no {what} notification: {e}\n{}", log()));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next("READY"), format!("READY=1\nMAINPID={pid}\n"));
+    assert!(log().contains("listen=fd3"), "{}", log());
+
+    let probe = || {
+        TestCommand::appserver()
+            .args(["probe".to_owned(), socket.display().to_string()])
+            .output(SETTLE_TIMEOUT)
+    };
+    let out = probe();
+    assert!(out.status.success(), "probe\n{}", log());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("method: prefork"));
+
+    daemon.signal(Signal::SIGHUP);
+    assert_eq!(next("RELOADING"), format!("RELOADING=1\nMAINPID={pid}\n"));
+    assert_eq!(next("READY after HUP"), format!("READY=1\nMAINPID={pid}\n"));
+    assert!(probe().status.success(), "probe after HUP\n{}", log());
+
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(next("STOPPING"), format!("STOPPING=1\nMAINPID={pid}\n"));
+    let status = wait_timeout(&mut child, SETTLE_TIMEOUT).expect("exit after TERM");
+    assert!(status.success(), "{status}\n{}", log());
+    assert!(
+        socket.exists(),
+        "the socket belongs to systemd: it must stay"
+    );
+}
