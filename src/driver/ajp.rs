@@ -533,4 +533,14 @@ mod tests {
             .unwrap();
         assert_eq!(response(&mut io, b"").await.0, 200);
     }
+
+    #[tokio::test]
+    async fn empty_req_uri_is_the_root() {
+        // lighttpd with fix-root-scriptname sends a null req_uri for the mount's root.
+        let mut io = spawn(AjpConfig::default());
+        io.write_all(&forward("GET", "", None, None)).await.unwrap();
+        let (status, text, _) = response(&mut io, b"").await;
+        assert_eq!(status, 200);
+        assert!(text.starts_with("GET /?q=1 "), "{text}");
+    }
 }
