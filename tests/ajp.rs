@@ -1,9 +1,10 @@
 //! AJP13 end to end: the axum example behind Apache's mod_proxy_ajp and lighttpd's mod_ajp13.
 //!
-//! Apache runs the case set of tests/fcgi.rs (shared with tests/scgi.rs) with `secret=` and
-//! `ping=1`, so every request is preceded by a CPING on a pooled connection. On top of it:
-//! a chunked upload (no Content-Length: Apache de-chunks and appserver asks for every packet),
-//! 100 sequential requests on one reused connection, and a wrong or missing secret → 403.
+//! Apache runs the case set of util::cases (as tests/fcgi.rs and tests/scgi.rs do) with
+//! `secret=` and `ping=1`, so every request is preceded by a CPING on a pooled connection. On
+//! top of it: a chunked upload (no Content-Length: Apache de-chunks and appserver asks for
+//! every packet), 100 sequential requests on one reused connection, and a wrong or missing
+//! secret → 403.
 //!
 //! lighttpd's mod_ajp13 is a smaller client (protocols.md §3.6, §6): no connection reuse, body
 //! packets without the inner length, only the first path segment as `req_uri`, and no secret
@@ -12,20 +13,19 @@
 use std::io::Read;
 use std::process::{Command, Stdio};
 
-use crate::scgi::{axum_server, env_lines, env_value, gateway_suite, EnvShape, Stack};
+use crate::scgi::axum_server;
 use crate::util::apache_proxy::ApacheProxy;
-use crate::util::client::{http_get, http_request, sha256_hex, PatternReader};
-use crate::util::lighttpd_gw::LighttpdGw;
+use crate::util::cases::{env_lines, env_value, gateway_suite, get_hello, EnvShape, Stack};
+use crate::util::client::{http_get, http_request, pattern_bytes, sha256_hex};
+use crate::util::command::tcp_peers;
+use crate::util::lighttpd_gw::{self, LighttpdGw};
 
 /// The secret appserver and Apache share in these tests.
 const SECRET: &str = "s3cret-4f1c";
 
 fn apache_ajp() -> Stack {
     let server = axum_server("ajp", false, &[&format!("secret={SECRET}")]);
-    let front = Box::new(ApacheProxy::ajp(
-        server.listen(),
-        &format!("secret={SECRET} ping=1"),
-    ));
+    let front = ApacheProxy::ajp(server.listen(), &format!("secret={SECRET} ping=1")).into();
     Stack { server, front }
 }
 
@@ -47,10 +47,7 @@ gateway_suite!(
 fn apache_chunked_upload() {
     let stack = apache_ajp();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut body = vec![0; (8 << 20) + 12_345];
-    PatternReader::new(body.len() as u64)
-        .read_exact(&mut body)
-        .unwrap();
+    let body = pattern_bytes((8 << 20) + 12_345);
     let file = dir.path().join("upload.bin");
     std::fs::write(&file, &body).unwrap();
     let head_file = dir.path().join("head.txt");
@@ -132,22 +129,6 @@ fn chunked_inspect(port: u16) -> (u16, String) {
     (status.parse().unwrap_or(0), body.to_owned())
 }
 
-/// The remote ends of established TCP connections to `port` on loopback, from
-/// `/proc/net/tcp`: which web-server connections appserver holds open.
-fn peers_of(port: u16) -> Vec<String> {
-    let local = format!(":{port:04X}");
-    std::fs::read_to_string("/proc/net/tcp")
-        .expect("read /proc/net/tcp")
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            // local_address ends in our port; st 01 = ESTABLISHED
-            (f.len() > 3 && f[1].ends_with(&local) && f[3] == "01").then(|| f[2].to_owned())
-        })
-        .collect()
-}
-
 /// 100 requests one after another travel on one AJP connection: Apache pools it (one child
 /// process, so one pool), CPINGs it before each request (`ping=1`), and appserver keeps it
 /// open after every END_RESPONSE (reuse=1). A server that closed it, or answered a CPING
@@ -158,14 +139,8 @@ fn apache_100_sequential_requests_reuse_one_connection() {
     let port = stack.server.listen().tcp().port();
     let mut first_peer = None;
     for i in 0..100 {
-        let resp = http_get(stack.port(), "/");
-        assert_eq!(
-            (resp.status, resp.text().as_str()),
-            (200, "Hello from axum\n"),
-            "request {i}\n{}",
-            stack.logs()
-        );
-        let peers = peers_of(port);
+        get_hello(&stack, i);
+        let peers = tcp_peers("/proc/net/tcp", port);
         assert_eq!(
             peers.len(),
             1,
@@ -228,7 +203,7 @@ fn apache_wrong_or_missing_secret_is_403() {
 /// [`lighttpd_sends_no_secret_over_http`]); appserver listens on loopback.
 fn lighttpd_ajp() -> Stack {
     let server = axum_server("ajp", false, &[]);
-    let front = Box::new(LighttpdGw::ajp13(server.listen()));
+    let front = LighttpdGw::ajp13(server.listen()).into();
     Stack { server, front }
 }
 
@@ -281,10 +256,7 @@ fn lighttpd_get() {
 #[test]
 fn lighttpd_post() {
     let stack = lighttpd_ajp();
-    let mut big = vec![0; 100_000];
-    PatternReader::new(big.len() as u64)
-        .read_exact(&mut big)
-        .unwrap();
+    let big = pattern_bytes(100_000);
     for body in [&b""[..], &b"hello from lighttpd"[..], &big] {
         let resp = http_request(
             stack.port(),
@@ -317,10 +289,7 @@ fn lighttpd_post() {
 #[test]
 fn lighttpd_post_with_ambiguous_first_packet_is_refused_not_corrupted() {
     let stack = lighttpd_ajp();
-    let mut body = vec![0; 20_000];
-    PatternReader::new(body.len() as u64)
-        .read_exact(&mut body)
-        .unwrap();
+    let mut body = pattern_bytes(20_000);
     body[..2].copy_from_slice(&[0x1f, 0xfa]);
     let (status, text) = post_with_deadline(stack.port(), &body)
         .unwrap_or_else(|e| panic!("POST: {e}\n{}", stack.logs()));
@@ -343,10 +312,7 @@ fn lighttpd_post_with_ambiguous_first_packet_is_refused_not_corrupted() {
 #[test]
 fn lighttpd_post_small_binary_body_framed_by_content_length() {
     let stack = lighttpd_ajp();
-    let mut body = vec![0; 100];
-    PatternReader::new(body.len() as u64)
-        .read_exact(&mut body)
-        .unwrap();
+    let mut body = pattern_bytes(100);
     body[..2].copy_from_slice(&[0x00, 0x62]);
     for body in [body, vec![0, 0]] {
         let (status, text) = post_with_deadline(stack.port(), &body)
@@ -391,10 +357,7 @@ fn post_with_deadline(port: u16, body: &[u8]) -> std::io::Result<(u16, String)> 
 #[test]
 fn lighttpd_sends_no_secret_over_http() {
     let server = axum_server("ajp", false, &["secret=lighttpd-secret"]);
-    let addr = server.listen().tcp();
-    let gateway = crate::util::lighttpd_gw::AJP13_SERVER
-        .replace("@HOST@", &addr.ip().to_string())
-        .replace("@PORT@", &addr.port().to_string());
+    let gateway = lighttpd_gw::gateway(lighttpd_gw::AJP13_SERVER, server.listen());
     let lighttpd = LighttpdGw::start(
         r#""mod_setenv", "mod_ajp13""#,
         &format!("setenv.add-environment = ( \"AJP13_SECRET\" => \"lighttpd-secret\" )\n{gateway}"),

@@ -6,20 +6,19 @@
 //! TCP, each with `fastcgi_keep_conn on` behind an `upstream { keepalive 8; }` (nginx reuses
 //! connections, FCGI_KEEP_CONN set) and without (one connection per request).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::process::Stdio;
-use std::sync::{Arc, Barrier};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use sha2::{Digest, Sha256};
 
+use crate::util::cases::{self, env_lines, env_value, Stack};
 use crate::util::client::{
-    cgi_params, fcgi_get, fcgi_request, hex, http_get, http_request, pattern_matches, sha256_hex,
-    try_http_request, PatternReader, Stream,
+    cgi_params, fcgi_get, fcgi_request, hex, http_get, http_request, pattern_bytes,
+    pattern_matches, sha256_hex, PatternReader, Stream,
 };
 use crate::util::command::{Server, TestCommand};
 use crate::util::webserver::{FcgiPass, Nginx};
@@ -51,52 +50,21 @@ fn axum_server(transport: Transport) -> Server {
 }
 
 /// The axum example behind nginx.
-fn axum_behind_nginx(transport: Transport, pass: FcgiPass) -> (Server, Nginx) {
+fn axum_behind_nginx(transport: Transport, pass: FcgiPass) -> Stack {
     let server = axum_server(transport);
-    let nginx = Nginx::fastcgi(server.listen(), pass);
-    (server, nginx)
-}
-
-/// Failure context: both sides' logs.
-fn logs(server: &Server, nginx: &Nginx) -> String {
-    format!(
-        "--- appserver stderr ---\n{}--- nginx error.log ---\n{}",
-        server.log(),
-        nginx.error_log()
-    )
-}
-
-/// Parses `/env` output into (name, value) lines.
-fn env_lines(body: &str) -> Vec<(String, String)> {
-    body.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(n, v)| (n.to_owned(), v.to_owned()))
-        .collect()
-}
-
-fn env_value<'a>(lines: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    lines
-        .iter()
-        .rev()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
+    let front = Nginx::fastcgi(server.listen(), pass).into();
+    Stack { server, front }
 }
 
 /// GET with a query string and a non-ASCII percent-encoded path: REQUEST_URI and
 /// QUERY_STRING arrive raw, DOCUMENT_URI decoded (protocols.md §6), and the request model
 /// sees the method. Three times, so a keep-alive configuration reuses its connection.
 fn env_raw_uri(transport: Transport, pass: FcgiPass) {
-    let (server, nginx) = axum_behind_nginx(transport, pass);
+    let stack = axum_behind_nginx(transport, pass);
     let uri = "/env/caf%C3%A9/a%20b?q=caf%C3%A9&x=1%2B1&empty=";
     for _ in 0..3 {
-        let resp = http_get(nginx.port(), uri);
-        assert_eq!(
-            resp.status,
-            200,
-            "{}\n{}",
-            resp.text(),
-            logs(&server, &nginx)
-        );
+        let resp = http_get(stack.port(), uri);
+        assert_eq!(resp.status, 200, "{}\n{}", resp.text(), stack.logs());
         let lines = env_lines(&resp.text());
         assert_eq!(env_value(&lines, "REQUEST_URI"), Some(uri), "{lines:?}");
         assert_eq!(
@@ -115,119 +83,34 @@ fn env_raw_uri(transport: Transport, pass: FcgiPass) {
     }
 }
 
-/// An 8 MiB upload reaches the app whole: its SHA-256 and length come back.
-fn echo_8mib(transport: Transport, pass: FcgiPass) {
-    let (server, nginx) = axum_behind_nginx(transport, pass);
-    let mut body = vec![0; 8 << 20];
-    PatternReader::new(body.len() as u64)
-        .read_exact(&mut body)
-        .unwrap();
-    let resp = http_request(
-        nginx.port(),
-        "POST",
-        "/echo",
-        &[("Content-Type", "application/octet-stream")],
-        &body,
-    );
-    assert_eq!(
-        resp.status,
-        200,
-        "{}\n{}",
-        resp.text(),
-        logs(&server, &nginx)
-    );
-    assert_eq!(resp.header("x-body-len"), Some("8388608"));
-    assert_eq!(resp.text(), sha256_hex(&body));
-}
-
-/// A 32 MiB streamed response arrives whole and in order.
-fn bytes_32mib(transport: Transport, pass: FcgiPass) {
-    let (server, nginx) = axum_behind_nginx(transport, pass);
-    let n: usize = 32 << 20;
-    let resp = http_get(nginx.port(), &format!("/bytes/{n}"));
-    assert_eq!(resp.status, 200, "{}", logs(&server, &nginx));
-    assert_eq!(
-        resp.header("content-type"),
-        Some("application/octet-stream")
-    );
-    assert_eq!(resp.body.len(), n, "{}", logs(&server, &nginx));
-    let mut expected = vec![0; n];
-    PatternReader::new(n as u64)
-        .read_exact(&mut expected)
-        .unwrap();
-    assert_eq!(sha256_hex(&resp.body), sha256_hex(&expected));
-}
-
-/// An app's 404 is the client's 404.
-fn status_404(transport: Transport, pass: FcgiPass) {
-    let (server, nginx) = axum_behind_nginx(transport, pass);
-    let resp = http_get(nginx.port(), "/status/404");
-    assert_eq!(
-        resp.status,
-        404,
-        "{}\n{}",
-        resp.text(),
-        logs(&server, &nginx)
-    );
-    assert_eq!(resp.text(), "status 404\n");
-    let resp = http_get(nginx.port(), "/status/503");
-    assert_eq!(resp.status, 503, "{}", logs(&server, &nginx));
-}
-
-/// A redirect keeps its status and Location.
-fn redirect_302(transport: Transport, pass: FcgiPass) {
-    let (server, nginx) = axum_behind_nginx(transport, pass);
-    let resp = http_get(nginx.port(), "/redirect");
-    assert_eq!(
-        resp.status,
-        302,
-        "{}\n{}",
-        resp.text(),
-        logs(&server, &nginx)
-    );
-    assert_eq!(resp.header("location"), Some("/target"));
-}
-
-/// Three Set-Cookie headers stay three headers, in order.
-fn three_cookies(transport: Transport, pass: FcgiPass) {
-    let (server, nginx) = axum_behind_nginx(transport, pass);
-    let resp = http_get(nginx.port(), "/cookies");
-    assert_eq!(resp.status, 200, "{}", logs(&server, &nginx));
-    assert_eq!(resp.headers_all("set-cookie"), ["a=1", "b=2", "c=3"]);
-}
-
 /// Many requests one after another: with keep-alive nginx reuses upstream connections, so a
 /// server that leaves bytes after END_REQUEST or closes a kept connection shows up here.
 fn sequential_20(transport: Transport, pass: FcgiPass) {
-    let (server, nginx) = axum_behind_nginx(transport, pass);
+    let stack = axum_behind_nginx(transport, pass);
     for i in 0..20 {
-        let resp = http_get(nginx.port(), "/");
-        assert_eq!(
-            (resp.status, resp.text().as_str()),
-            (200, "Hello from axum\n"),
-            "request {i}\n{}",
-            logs(&server, &nginx)
-        );
+        cases::get_hello(&stack, i);
     }
     if let FcgiPass::KeepConn = pass {
         // Sequential requests reuse one cached connection, which appserver must keep open
         // after END_REQUEST (FCGI_KEEP_CONN). A server that closed it would leave 0.
         assert_eq!(
-            server.open_connections(),
+            stack.server.open_connections(),
             1,
             "kept-alive upstream connections after 20 sequential requests\n{}",
-            logs(&server, &nginx)
+            stack.logs()
         );
     }
     // An upstream error that nginx retried on a fresh connection would still look like a
     // success to the client; its error log tells.
-    let errors = nginx.error_log();
+    let errors = stack.front.error_log();
     assert!(
         !errors.contains("upstream"),
         "nginx logged upstream trouble:\n{errors}"
     );
 }
 
+/// The nginx case set for one configuration as module `$name`: this file's [`env_raw_uri`]
+/// and [`sequential_20`], and the cases every web server runs ([`cases::common_cases!`]).
 macro_rules! nginx_suite {
     ($name:ident, $transport:expr, $pass:expr) => {
         mod $name {
@@ -238,30 +121,7 @@ macro_rules! nginx_suite {
                 super::env_raw_uri($transport, $pass)
             }
 
-            #[test]
-            fn echo_8mib() {
-                super::echo_8mib($transport, $pass)
-            }
-
-            #[test]
-            fn bytes_32mib() {
-                super::bytes_32mib($transport, $pass)
-            }
-
-            #[test]
-            fn status_404() {
-                super::status_404($transport, $pass)
-            }
-
-            #[test]
-            fn redirect_302() {
-                super::redirect_302($transport, $pass)
-            }
-
-            #[test]
-            fn three_cookies() {
-                super::three_cookies($transport, $pass)
-            }
+            cases::common_cases!(axum_behind_nginx($transport, $pass));
 
             #[test]
             fn sequential_20() {
@@ -276,72 +136,39 @@ nginx_suite!(nginx_unix_close, Transport::Unix, FcgiPass::Close);
 nginx_suite!(nginx_tcp_keepalive, Transport::Tcp, FcgiPass::KeepConn);
 nginx_suite!(nginx_tcp_close, Transport::Tcp, FcgiPass::Close);
 
-/// 200 requests at once, each held 200 ms by the app, all answered: none refused by a short
-/// accept backlog (nginx's unix-socket connect does not wait), none lost.
-fn concurrent_200(transport: Transport, pass: FcgiPass) {
-    const N: usize = 200;
-    let (server, nginx) = axum_behind_nginx(transport, pass);
-    let port = nginx.port();
-    let barrier = Arc::new(Barrier::new(N));
-    let started = Instant::now();
-    let handles: Vec<_> = (0..N)
-        .map(|i| {
-            let barrier = Arc::clone(&barrier);
-            thread::spawn(move || {
-                barrier.wait();
-                match try_http_request(port, "GET", "/slow?ms=200", &[], &[]) {
-                    Ok(r) if r.status == 200 && r.text() == "done\n" => Ok(()),
-                    Ok(r) => Err(format!("request {i}: {} {:?}", r.status, r.text())),
-                    Err(e) => Err(format!("request {i}: {e}")),
-                }
-            })
-        })
-        .collect();
-    let errors: Vec<String> = handles
-        .into_iter()
-        .filter_map(|h| h.join().expect("client thread").err())
-        .collect();
-    eprintln!(
-        "{N} concurrent requests ({transport:?}, {pass:?}): {} errors in {:?}",
-        errors.len(),
-        started.elapsed()
-    );
-    assert!(
-        errors.is_empty(),
-        "{} of {N} failed, first: {:?}\n{}",
-        errors.len(),
-        &errors[..errors.len().min(5)],
-        logs(&server, &nginx)
-    );
-}
-
 #[test]
 fn concurrent_200_unix_keepalive() {
-    concurrent_200(Transport::Unix, FcgiPass::KeepConn);
+    cases::concurrent_200(&axum_behind_nginx(Transport::Unix, FcgiPass::KeepConn));
 }
 
 #[test]
 fn concurrent_200_unix_close() {
-    concurrent_200(Transport::Unix, FcgiPass::Close);
+    cases::concurrent_200(&axum_behind_nginx(Transport::Unix, FcgiPass::Close));
 }
 
 #[test]
 fn concurrent_200_tcp_keepalive() {
-    concurrent_200(Transport::Tcp, FcgiPass::KeepConn);
+    cases::concurrent_200(&axum_behind_nginx(Transport::Tcp, FcgiPass::KeepConn));
 }
 
 /// A marker in the server's environment that must never reach a response.
 const ENV_MARKER: (&str, &str) = ("APPSERVER_TEST_PROCESS_SECRET", "proc-env-7f3a9c");
 
+/// The plain `appserver` binary (the default info app) in the foreground, with
+/// [`ENV_MARKER`] in its environment.
+fn info_server(transport: Transport) -> Server {
+    let mut cmd = TestCommand::appserver();
+    cmd.args(["runfcgi", "daemonize=false"])
+        .env(ENV_MARKER.0, ENV_MARKER.1);
+    listen_on(&mut cmd, transport);
+    cmd.start()
+}
+
 /// The default info app through nginx: protocol fcgi, the request's own variables, and none
 /// of the process environment.
 #[test]
 fn info_app_behind_nginx_shows_request_not_process_env() {
-    let mut cmd = TestCommand::appserver();
-    cmd.args(["runfcgi", "daemonize=false"])
-        .env(ENV_MARKER.0, ENV_MARKER.1);
-    listen_on(&mut cmd, Transport::Unix);
-    let server = cmd.start();
+    let server = info_server(Transport::Unix);
     let nginx = Nginx::fastcgi(server.listen(), FcgiPass::KeepConn);
     let resp = http_request(
         nginx.port(),
@@ -351,7 +178,7 @@ fn info_app_behind_nginx_shows_request_not_process_env() {
         &[],
     );
     let body = resp.text();
-    assert_eq!(resp.status, 200, "{body}\n{}", logs(&server, &nginx));
+    assert_eq!(resp.status, 200, "{body}\n{}", cases::logs(&server, &nginx));
     assert!(
         body.to_lowercase().contains("protocol") && body.contains("fcgi"),
         "no protocol in:\n{body}"
@@ -372,11 +199,7 @@ fn info_app_behind_nginx_shows_request_not_process_env() {
 /// `cgi-fcgi` from libfcgi, a second independent client: the info app answers it.
 #[test]
 fn cgi_fcgi_client_gets_info_page() {
-    let mut cmd = TestCommand::appserver();
-    cmd.args(["runfcgi", "daemonize=false"])
-        .env(ENV_MARKER.0, ENV_MARKER.1);
-    listen_on(&mut cmd, Transport::Tcp);
-    let server = cmd.start();
+    let server = info_server(Transport::Tcp);
     let out = cgi_fcgi(
         &server,
         &[
@@ -602,9 +425,5 @@ fn direct_keep_conn_two_requests_one_connection() {
         &mut |chunk| hasher.update(chunk),
     );
     assert_eq!(resp.body_len, 200_000);
-    let mut expected = vec![0; 200_000];
-    PatternReader::new(200_000)
-        .read_exact(&mut expected)
-        .unwrap();
-    assert_eq!(hex(&hasher.finalize()), sha256_hex(&expected));
+    assert_eq!(hex(&hasher.finalize()), sha256_hex(&pattern_bytes(200_000)));
 }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -27,13 +27,13 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tempfile::TempDir;
 
+use crate::util::cases;
 use crate::util::client::{http_get, try_http_request};
 use crate::util::command::{
-    appserver_bin, axum_example_bin, wait_timeout, Listen, Server, TestCommand,
+    appserver_bin, axum_example_bin, unix_accepted, wait_timeout, Listen, Server, TestCommand,
 };
-use crate::util::webserver::{free_port, FcgiPass, Nginx};
+use crate::util::webserver::{sbin, FcgiPass, Nginx, WebServer};
 
 /// How long a pool may take to reach the size the test expects, or a process to exit.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,22 +96,6 @@ fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Connections accepted on the unix socket `path` and still open, from the kernel's table:
-/// an accepted server-side socket carries the listener's path and state 03 (connected);
-/// one still waiting in the backlog shows 02.
-fn accepted_on(path: &Path) -> usize {
-    let path = path.display().to_string();
-    fs::read_to_string("/proc/net/unix")
-        .expect("read /proc/net/unix")
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 7 && f[7] == path && f[5] == "03"
-        })
-        .count()
 }
 
 /// The `pid:` line of the info app's page.
@@ -195,6 +179,36 @@ fn daemon_command(bin: &Path, dir: &Path) -> Command {
         .env_remove("NOTIFY_SOCKET")
         .env_remove("FCGI_WEB_SERVER_ADDRS");
     cmd
+}
+
+/// `appserver runfcgi method=METHOD` as a daemon in `dir` (daemonize defaults to true), on
+/// `dir/app.sock` with pidfile `dir/app.pid`: (command, socket, pidfile).
+fn daemon_with_pidfile(dir: &Path, method: &str) -> (Command, PathBuf, PathBuf) {
+    let socket = dir.join("app.sock");
+    let pidfile = dir.join("app.pid");
+    let mut cmd = daemon_command(&appserver_bin(), dir);
+    cmd.args([
+        "runfcgi".to_owned(),
+        format!("method={method}"),
+        format!("socket={}", socket.display()),
+        format!("pidfile={}", pidfile.display()),
+    ]);
+    (cmd, socket, pidfile)
+}
+
+/// Adds `runfcgi daemonize=false method=METHOD` on `s.sock` with pidfile `app.pid`, both in
+/// the command's temporary directory: (socket, pidfile).
+fn foreground_with_pidfile(cmd: &mut TestCommand, method: &str) -> (PathBuf, PathBuf) {
+    let socket = cmd.path("s.sock");
+    let pidfile = cmd.path("app.pid");
+    cmd.args([
+        "runfcgi".to_owned(),
+        "daemonize=false".to_owned(),
+        format!("method={method}"),
+        format!("socket={}", socket.display()),
+        format!("pidfile={}", pidfile.display()),
+    ]);
+    (socket, pidfile)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -359,15 +373,6 @@ fn socket_of(server: &Server) -> PathBuf {
     }
 }
 
-/// Failure context: both sides' logs.
-fn logs(server: &Server, nginx: &Nginx) -> String {
-    format!(
-        "--- appserver stderr ---\n{}--- nginx error.log ---\n{}",
-        server.log(),
-        nginx.error_log()
-    )
-}
-
 /// One `GET path` through nginx on its own thread.
 fn request_in_background(port: u16, path: &str) -> thread::JoinHandle<Result<String, String>> {
     let path = path.to_owned();
@@ -411,15 +416,15 @@ fn prefork_keeps_spare_workers_within_bounds() {
         wait_until(SETTLE_TIMEOUT, || count() == 5),
         "with 3 busy workers: {} workers, expected 3 + minspare=2\n{}",
         count(),
-        logs(&server, &nginx)
+        cases::logs(&server, &nginx)
     );
     // Two more: every worker is busy, no idle one is left, and maxchildren holds.
     slow.extend((0..2).map(|_| request_in_background(nginx.port(), "/slow?ms=1000")));
     let socket = socket_of(&server);
     assert!(
-        wait_until(SETTLE_TIMEOUT, || accepted_on(&socket) == 5),
+        wait_until(SETTLE_TIMEOUT, || unix_accepted(&socket) == 5),
         "5 slow requests in flight: {} accepted",
-        accepted_on(&socket)
+        unix_accepted(&socket)
     );
     let mut most = 0;
     let watch = Instant::now();
@@ -438,7 +443,7 @@ fn prefork_keeps_spare_workers_within_bounds() {
             body.as_deref(),
             Ok("done\n"),
             "slow request {i}\n{}",
-            logs(&server, &nginx)
+            cases::logs(&server, &nginx)
         );
     }
     // Five idle workers: two above maxspare are stopped.
@@ -503,7 +508,7 @@ fn prefork_replaces_a_killed_worker_under_load() {
         "{} requests failed; only the killed worker's one request may:\n{}{}",
         report.failures().len(),
         report.first_failures(),
-        logs(&server, &nginx)
+        cases::logs(&server, &nginx)
     );
     // After the kill, every request that started once the pool was whole succeeded.
     assert!(report
@@ -582,7 +587,7 @@ fn maxrequests_under_load(pass: FcgiPass) {
         report.failures().len(),
         report.sent(),
         report.first_failures(),
-        logs(&server, &nginx)
+        cases::logs(&server, &nginx)
     );
     let expected = report.sent() / 22;
     assert!(
@@ -660,7 +665,7 @@ fn hup_under_load(pass: FcgiPass) {
         report.failures().len(),
         report.sent(),
         report.first_failures(),
-        logs(&server, &nginx)
+        cases::logs(&server, &nginx)
     );
     assert!(alive(master), "the master must survive HUP");
     assert_eq!(
@@ -710,15 +715,7 @@ fn threaded_term_under_load_answers_accepted_requests_then_cleans_up() {
 
 fn term_under_load(method: &str) {
     let mut cmd = TestCommand::axum();
-    let pidfile = cmd.path("app.pid");
-    let socket = cmd.path("s.sock");
-    cmd.args([
-        "runfcgi".to_owned(),
-        "daemonize=false".to_owned(),
-        format!("method={method}"),
-        format!("socket={}", socket.display()),
-        format!("pidfile={}", pidfile.display()),
-    ]);
+    let (socket, pidfile) = foreground_with_pidfile(&mut cmd, method);
     let mut server = cmd.start();
     let nginx = Nginx::fastcgi(server.listen(), FcgiPass::Close);
 
@@ -727,9 +724,9 @@ fn term_under_load(method: &str) {
         .map(|_| request_in_background(nginx.port(), "/slow?ms=1500"))
         .collect();
     assert!(
-        wait_until(SETTLE_TIMEOUT, || accepted_on(&socket) >= SLOW),
+        wait_until(SETTLE_TIMEOUT, || unix_accepted(&socket) >= SLOW),
         "{SLOW} slow requests not accepted: {}",
-        accepted_on(&socket)
+        unix_accepted(&socket)
     );
     let load = Load::start(nginx.port(), "/slow?ms=50", LOAD_THREADS);
     load.wait_done(20);
@@ -749,7 +746,7 @@ fn term_under_load(method: &str) {
             handle.join().expect("client thread").as_deref(),
             Ok("done\n"),
             "slow request {i}, accepted before TERM\n{}",
-            logs(&server, &nginx)
+            cases::logs(&server, &nginx)
         );
     }
     // A request sent 250 ms before the signal has long been accepted (they take 50 ms).
@@ -761,7 +758,7 @@ fn term_under_load(method: &str) {
     assert!(
         early_failures.is_empty(),
         "requests sent before TERM failed: {early_failures:?}\n{}",
-        logs(&server, &nginx)
+        cases::logs(&server, &nginx)
     );
     let count = |f: &dyn Fn(&Outcome) -> bool| report.outcomes.iter().filter(|o| f(o)).count();
     eprintln!(
@@ -831,7 +828,7 @@ fn restart_script_twice_with_a_slow_request_in_flight() {
     assert_eq!(http_get(nginx.port(), "/").text(), "Hello from axum\n");
     let slow = request_in_background(nginx.port(), &format!("/slow?ms={RESTART_SLOW_MS}"));
     assert!(
-        wait_until(SETTLE_TIMEOUT, || accepted_on(&socket) >= 1),
+        wait_until(SETTLE_TIMEOUT, || unix_accepted(&socket) >= 1),
         "the slow request was not accepted"
     );
     let first_workers = children(first.pid);
@@ -903,15 +900,7 @@ fn threaded_daemonizes_serves_and_stops_by_pidfile() {
 
 fn daemonize_end_to_end(method: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("app.sock");
-    let pidfile = dir.path().join("app.pid");
-    let mut cmd = daemon_command(&appserver_bin(), dir.path());
-    cmd.args([
-        "runfcgi".to_owned(),
-        format!("method={method}"),
-        format!("socket={}", socket.display()),
-        format!("pidfile={}", pidfile.display()),
-    ]);
+    let (cmd, socket, pidfile) = daemon_with_pidfile(dir.path(), method);
     let started = Instant::now();
     let out = run_to_exit(cmd, SETTLE_TIMEOUT);
     let took = started.elapsed();
@@ -989,18 +978,10 @@ fn threaded_usr1_reopens_errlog() {
 
 fn usr1_reopens_errlog(method: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("app.sock");
-    let pidfile = dir.path().join("app.pid");
     let errlog = dir.path().join("app.log");
     let rotated = dir.path().join("app.log.1");
-    let mut cmd = daemon_command(&appserver_bin(), dir.path());
-    cmd.args([
-        "runfcgi".to_owned(),
-        format!("method={method}"),
-        format!("socket={}", socket.display()),
-        format!("pidfile={}", pidfile.display()),
-        format!("errlog={}", errlog.display()),
-    ]);
+    let (mut cmd, _socket, pidfile) = daemon_with_pidfile(dir.path(), method);
+    cmd.arg(format!("errlog={}", errlog.display()));
     let out = run_to_exit(cmd, SETTLE_TIMEOUT);
     assert!(
         out.status.success(),
@@ -1047,160 +1028,73 @@ fn usr1_reopens_errlog(method: &str) {
 // ---------------------------------------------------------------------------------------
 // 8. Spawned by the web server.
 
-/// A web server that spawns appserver itself, started in the foreground as the test's child
-/// from a config in a temporary directory, and stopped by pid.
-struct Spawner {
-    name: &'static str,
-    child: Option<Child>,
-    port: u16,
-    dir: TempDir,
+/// lighttpd with `bin-path` running `command` (tests/data/lighttpd-bin-path.conf): it spawns
+/// appserver itself, and stops it when it stops.
+fn lighttpd_with_bin_path(command: &str) -> WebServer {
+    WebServer::start("lighttpd", |dir, port| {
+        fs::create_dir(dir.join("htdocs")).expect("htdocs");
+        let conf = include_str!("data/lighttpd-bin-path.conf")
+            .replace("@DIR@", &dir.display().to_string())
+            .replace("@PORT@", &port.to_string())
+            .replace("@COMMAND@", command);
+        let path = dir.join("lighttpd.conf");
+        fs::write(&path, conf).expect("write lighttpd.conf");
+        let mut cmd = Command::new(sbin("lighttpd"));
+        cmd.arg("-D").arg("-f").arg(path);
+        cmd
+    })
 }
 
-impl Spawner {
-    /// lighttpd with `bin-path` running `command` (tests/data/lighttpd-bin-path.conf).
-    fn lighttpd(command: &str) -> Spawner {
-        Spawner::start("lighttpd", |dir, port| {
-            fs::create_dir(dir.join("htdocs")).expect("htdocs");
-            let conf = include_str!("data/lighttpd-bin-path.conf")
-                .replace("@DIR@", &dir.display().to_string())
-                .replace("@PORT@", &port.to_string())
-                .replace("@COMMAND@", command);
-            let path = dir.join("lighttpd.conf");
-            fs::write(&path, conf).expect("write lighttpd.conf");
-            let mut cmd = Command::new(sbin("lighttpd"));
-            cmd.arg("-D").arg("-f").arg(path);
-            cmd
-        })
-    }
-
-    /// Apache with mod_fcgid serving the seed's `.htaccess` and a `site.fcgi` that runs
-    /// `appserver runfcgi method=METHOD` (tests/data/httpd-fcgid.conf).
-    fn apache_fcgid(method: &str) -> Spawner {
-        Spawner::start("apache2", |dir, port| {
-            let root = nix::unistd::geteuid().is_root();
-            // Apache's children run as www-data when the test is root: they must reach the
-            // directory, the wrapper and appserver itself.
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod");
-            let htdocs = dir.join("htdocs");
-            for sub in ["htdocs", "fcgid", "run"] {
-                fs::create_dir(dir.join(sub)).expect("mkdir");
-                fs::set_permissions(dir.join(sub), fs::Permissions::from_mode(0o755))
-                    .expect("chmod");
-            }
-            if root {
-                let www = nix::unistd::User::from_name("www-data")
-                    .expect("getpwnam")
-                    .expect("user www-data (Debian's apache2 creates it)");
-                nix::unistd::chown(&dir.join("fcgid"), Some(www.uid), Some(www.gid))
-                    .expect("chown fcgid");
-            }
-            let bin = reachable_appserver(dir);
-            fs::write(
-                htdocs.join(".htaccess"),
-                include_str!("data/fcgid.htaccess"),
-            )
-            .expect("write .htaccess");
-            let wrapper = htdocs.join("site.fcgi");
-            fs::write(
-                &wrapper,
-                include_str!("data/site.fcgi")
-                    .replace("@APPSERVER@", &bin.display().to_string())
-                    .replace("@METHOD@", method),
-            )
-            .expect("write site.fcgi");
-            fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod");
-            let user = if root {
-                "User www-data\nGroup www-data"
-            } else {
-                ""
-            };
-            let conf = include_str!("data/httpd-fcgid.conf")
-                .replace("@DIR@", &dir.display().to_string())
-                .replace("@PORT@", &port.to_string())
-                .replace("@USER@", user);
-            let path = dir.join("httpd.conf");
-            fs::write(&path, conf).expect("write httpd.conf");
-            let mut cmd = Command::new(sbin("apache2"));
-            cmd.arg("-f").arg(path).arg("-DFOREGROUND");
-            cmd
-        })
-    }
-
-    fn start(name: &'static str, setup: impl Fn(&Path, u16) -> Command) -> Spawner {
-        let mut last = String::new();
-        // A port picked by binding port 0 can be taken before the server binds it.
-        for _ in 0..3 {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let port = free_port();
-            let mut cmd = setup(dir.path(), port);
-            let output = fs::File::create(dir.path().join("stderr.log")).expect("stderr.log");
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::from(output.try_clone().expect("dup")))
-                .stderr(Stdio::from(output))
-                .env_remove("RUST_LOG")
-                .env_remove("APPSERVER_LOG");
-            let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-            let mut spawner = Spawner {
-                name,
-                child: Some(child),
-                port,
-                dir,
-            };
-            let up = wait_until(SETTLE_TIMEOUT, || {
-                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-                    || spawner
-                        .child
-                        .as_mut()
-                        .is_some_and(|c| c.try_wait().ok().flatten().is_some())
-            });
-            if up && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return spawner;
-            }
-            last = spawner.logs();
-            spawner.stop();
+/// Apache with mod_fcgid serving the seed's `.htaccess` and a `site.fcgi` that runs
+/// `appserver runfcgi method=METHOD` (tests/data/httpd-fcgid.conf).
+fn apache_fcgid(method: &str) -> WebServer {
+    WebServer::start("Apache", |dir, port| {
+        let root = nix::unistd::geteuid().is_root();
+        // Apache's children run as www-data when the test is root: they must reach the
+        // directory, the wrapper and appserver itself.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let htdocs = dir.join("htdocs");
+        for sub in ["htdocs", "fcgid", "run"] {
+            fs::create_dir(dir.join(sub)).expect("mkdir");
+            fs::set_permissions(dir.join(sub), fs::Permissions::from_mode(0o755)).expect("chmod");
         }
-        panic!("{name} did not start:\n{last}");
-    }
-
-    /// Stops the web server (TERM, which stops what it spawned) and waits for it.
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let status = wait_timeout(&mut child, SETTLE_TIMEOUT);
-        if status.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if root {
+            let www = nix::unistd::User::from_name("www-data")
+                .expect("getpwnam")
+                .expect("user www-data (Debian's apache2 creates it)");
+            nix::unistd::chown(&dir.join("fcgid"), Some(www.uid), Some(www.gid))
+                .expect("chown fcgid");
         }
-        status
-    }
-
-    /// The web server's error log and standard error (where spawned programs log).
-    fn logs(&self) -> String {
-        let read = |name: &str| fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-        format!(
-            "--- {} error.log ---\n{}--- stderr ---\n{}",
-            self.name,
-            read("error.log"),
-            read("stderr.log")
+        let bin = reachable_appserver(dir);
+        fs::write(
+            htdocs.join(".htaccess"),
+            include_str!("data/fcgid.htaccess"),
         )
-    }
-}
-
-impl Drop for Spawner {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// `/usr/sbin/NAME`, where Debian installs the web servers (not on a normal user's PATH).
-fn sbin(name: &str) -> PathBuf {
-    let path = PathBuf::from("/usr/sbin").join(name);
-    assert!(
-        path.is_file(),
-        "{} not found: run scripts/test, which installs it",
-        path.display()
-    );
-    path
+        .expect("write .htaccess");
+        let wrapper = htdocs.join("site.fcgi");
+        fs::write(
+            &wrapper,
+            include_str!("data/site.fcgi")
+                .replace("@APPSERVER@", &bin.display().to_string())
+                .replace("@METHOD@", method),
+        )
+        .expect("write site.fcgi");
+        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let user = if root {
+            "User www-data\nGroup www-data"
+        } else {
+            ""
+        };
+        let conf = include_str!("data/httpd-fcgid.conf")
+            .replace("@DIR@", &dir.display().to_string())
+            .replace("@PORT@", &port.to_string())
+            .replace("@USER@", user);
+        let path = dir.join("httpd.conf");
+        fs::write(&path, conf).expect("write httpd.conf");
+        let mut cmd = Command::new(sbin("apache2"));
+        cmd.arg("-f").arg(path).arg("-DFOREGROUND");
+        cmd
+    })
 }
 
 /// The appserver binary, copied into `dir` unless every directory on its path lets others
@@ -1242,19 +1136,19 @@ fn lighttpd_bin_path(method: &str) {
         "{} runfcgi method={method} debug=true",
         appserver_bin().display()
     );
-    let mut lighttpd = Spawner::lighttpd(&command);
+    let mut lighttpd = lighttpd_with_bin_path(&command);
     let mut pids = BTreeSet::new();
     for i in 0..5 {
-        let resp = http_get(lighttpd.port, &format!("/mysite/page/{i}?n={i}"));
+        let resp = http_get(lighttpd.port(), &format!("/mysite/page/{i}?n={i}"));
         let body = resp.text();
-        assert_eq!(resp.status, 200, "{body}\n{}", lighttpd.logs());
+        assert_eq!(resp.status, 200, "{body}\n{}", lighttpd.error_log());
         assert!(body.contains(&format!("method: {method}")), "{body}");
         assert!(body.contains("SCRIPT_NAME=/mysite\n"), "{body}");
         assert!(body.contains(&format!("PATH_INFO=/page/{i}\n")), "{body}");
         assert!(body.contains(&format!("QUERY_STRING=n={i}\n")), "{body}");
         pids.insert(page_pid(&body).expect("pid line"));
     }
-    let lighttpd_pid = lighttpd.child.as_ref().expect("running").id();
+    let lighttpd_pid = lighttpd.pid();
     // The process lighttpd spawned: the server itself, or the prefork master of the worker.
     let served_by = *pids.iter().next().expect("a pid");
     let spawned = if method == "prefork" {
@@ -1276,10 +1170,10 @@ fn lighttpd_bin_path(method: &str) {
     assert!(
         server.wait_gone(SETTLE_TIMEOUT),
         "appserver {spawned} outlived lighttpd\n{}",
-        lighttpd.logs()
+        lighttpd.error_log()
     );
     assert!(workers.iter().all(|&w| !alive(w)), "workers outlived it");
-    let log = lighttpd.logs();
+    let log = lighttpd.error_log();
     assert!(
         log.contains(&format!("listen=fd0 pid={spawned}")),
         "appserver did not announce the fd 0 listener:\n{log}"
@@ -1314,12 +1208,12 @@ fn mod_fcgid_spawns_site_fcgi_prefork() {
 }
 
 fn mod_fcgid_site(method: &str) {
-    let mut apache = Spawner::apache_fcgid(method);
+    let mut apache = apache_fcgid(method);
     let mut served_by = BTreeSet::new();
     for i in 0..5 {
-        let resp = http_get(apache.port, &format!("/some/path/{i}?q={i}"));
+        let resp = http_get(apache.port(), &format!("/some/path/{i}?q={i}"));
         let body = resp.text();
-        assert_eq!(resp.status, 200, "{body}\n{}", apache.logs());
+        assert_eq!(resp.status, 200, "{body}\n{}", apache.error_log());
         assert!(body.contains(&format!("method: {method}")), "{body}");
         assert!(
             body.contains(&format!("PATH_INFO=/some/path/{i}\n")),
@@ -1354,7 +1248,7 @@ fn mod_fcgid_site(method: &str) {
     let workers: BTreeSet<u32> = spawned.iter().flat_map(|&p| children(p)).collect();
 
     assert!(apache.stop().is_some(), "apache did not stop");
-    let log = apache.logs();
+    let log = apache.error_log();
     for &pid in &spawned {
         assert!(
             wait_until(SETTLE_TIMEOUT, || !alive(pid)),
@@ -1417,15 +1311,7 @@ fn switch_user(method: &str) {
 
     let mut cmd = TestCommand::appserver();
     let dir = cmd.path("");
-    let socket = cmd.path("s.sock");
-    let pidfile = cmd.path("app.pid");
-    cmd.args([
-        "runfcgi".to_owned(),
-        "daemonize=false".to_owned(),
-        format!("method={method}"),
-        format!("socket={}", socket.display()),
-        format!("pidfile={}", pidfile.display()),
-    ]);
+    let (socket, pidfile) = foreground_with_pidfile(&mut cmd, method);
     if !nix::unistd::geteuid().is_root() {
         let out = cmd.arg("user=root").output(SETTLE_TIMEOUT);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -206,6 +206,14 @@ pub(crate) fn pattern_fill(offset: u64, buf: &mut [u8]) {
     }
 }
 
+/// The first `len` bytes of the pattern, as one buffer (what a [`PatternReader`] of `len`
+/// bytes produces).
+pub(crate) fn pattern_bytes(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0; len];
+    pattern_fill(0, &mut bytes);
+    bytes
+}
+
 /// True when `data` is the pattern starting at stream offset `offset`.
 pub(crate) fn pattern_matches(offset: u64, data: &[u8]) -> bool {
     let period = period();

@@ -341,31 +341,9 @@ impl Server {
                 } else {
                     "/proc/net/tcp6"
                 };
-                let port = format!(":{:04X}", addr.port());
-                std::fs::read_to_string(table)
-                    .expect("read /proc/net/tcp")
-                    .lines()
-                    .skip(1)
-                    .filter(|l| {
-                        let f: Vec<&str> = l.split_whitespace().collect();
-                        // local_address ends in our port; st 01 = ESTABLISHED
-                        f.len() > 3 && f[1].ends_with(&port) && f[3] == "01"
-                    })
-                    .count()
+                tcp_peers(table, addr.port()).len()
             }
-            Listen::Unix(path) => {
-                let path = path.display().to_string();
-                std::fs::read_to_string("/proc/net/unix")
-                    .expect("read /proc/net/unix")
-                    .lines()
-                    .skip(1)
-                    .filter(|l| {
-                        let f: Vec<&str> = l.split_whitespace().collect();
-                        // accepted sockets carry the listener's path; st 03 = connected
-                        f.len() > 7 && f[7] == path && f[5] == "03"
-                    })
-                    .count()
-            }
+            Listen::Unix(path) => unix_accepted(path),
             Listen::Fd0 => panic!("open_connections needs an address"),
         }
     }
@@ -422,6 +400,38 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The remote ends (as the kernel's `table` writes them, `/proc/net/tcp` or `/proc/net/tcp6`)
+/// of the established TCP connections whose local port is `port`.
+pub(crate) fn tcp_peers(table: &str, port: u16) -> Vec<String> {
+    let port = format!(":{port:04X}");
+    std::fs::read_to_string(table)
+        .expect("read /proc/net/tcp")
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local_address ends in our port; st 01 = ESTABLISHED
+            (f.len() > 3 && f[1].ends_with(&port) && f[3] == "01").then(|| f[2].to_owned())
+        })
+        .collect()
+}
+
+/// Connections accepted on the unix socket `path` and still open, from `/proc/net/unix`: an
+/// accepted server-side socket carries the listener's path and state 03 (connected); one
+/// still waiting in the backlog shows 02.
+pub(crate) fn unix_accepted(path: &Path) -> usize {
+    let path = path.display().to_string();
+    std::fs::read_to_string("/proc/net/unix")
+        .expect("read /proc/net/unix")
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 7 && f[7] == path && f[5] == "03"
+        })
+        .count()
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {

@@ -4,22 +4,15 @@
 //! process of the test (`lighttpd -D -f CONF`).
 //!
 //! Every file lighttpd writes (pid, error log, buffered request bodies) is in that directory,
-//! so it runs as any user, root included. Readiness is a successful connect to the port; the
-//! server is stopped (TERM, then KILL) by pid on drop.
+//! so it runs as any user, root included. Starting, readiness and stopping are
+//! [`WebServer`]'s.
 
-use std::fs::File;
-use std::net::TcpStream;
+use std::ops::Deref;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tempfile::TempDir;
-
-use super::command::{wait_timeout, Listen};
-use super::webserver::free_port;
+use super::command::Listen;
+use super::webserver::{sbin, WebServer};
 
 /// The config template: `@DIR@`, `@PORT@`, `@MODULES@` and `@GATEWAY@` are filled in.
 const LIGHTTPD_CONF: &str = include_str!("../data/lighttpd-gw.conf");
@@ -42,28 +35,9 @@ pub(crate) const AJP13_SERVER: &str = r#"ajp13.server = ( "/" => ((
     "check-local" => "disable",
 )) )"#;
 
-/// How long lighttpd may take to accept connections.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The lighttpd binary. A missing web server fails the test: `scripts/test` installs it.
-pub(crate) fn lighttpd_bin() -> PathBuf {
-    let bin = PathBuf::from("/usr/sbin/lighttpd");
-    if !bin.is_file() {
-        panic!(
-            "lighttpd not found at {}: run scripts/test, which installs it (Debian package lighttpd)",
-            bin.display()
-        );
-    }
-    bin
-}
-
 /// A running lighttpd; stopped (TERM, then KILL) on drop.
 #[derive(Debug)]
-pub(crate) struct LighttpdGw {
-    child: Option<Child>,
-    port: u16,
-    dir: TempDir,
-}
+pub(crate) struct LighttpdGw(WebServer);
 
 impl LighttpdGw {
     /// lighttpd passing every request to appserver at `listen` over SCGI ([`SCGI_SERVER`]).
@@ -86,100 +60,43 @@ impl LighttpdGw {
     /// lighttpd loading `modules` (a quoted, comma-separated list) with the `gateway`
     /// directive.
     pub(crate) fn start(modules: &str, gateway: &str) -> LighttpdGw {
-        let bin = lighttpd_bin();
-        let mut last_error = String::new();
-        // A port picked by binding port 0 can be taken before lighttpd binds it; rare, so a
-        // few attempts are plenty.
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().expect("tempdir");
+        let bin = sbin("lighttpd");
+        LighttpdGw(WebServer::start("lighttpd", |dir, port| {
             for sub in ["htdocs", "upload"] {
-                std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
+                std::fs::create_dir(dir.join(sub)).expect("mkdir");
             }
-            let port = free_port();
             let conf = LIGHTTPD_CONF
-                .replace("@DIR@", &dir.path().display().to_string())
+                .replace("@DIR@", &dir.display().to_string())
                 .replace("@PORT@", &port.to_string())
                 .replace("@MODULES@", modules)
                 .replace("@GATEWAY@", gateway);
-            let conf_path = dir.path().join("lighttpd.conf");
+            let conf_path = dir.join("lighttpd.conf");
             std::fs::write(&conf_path, conf).expect("write lighttpd.conf");
-            // Errors before server.errorlog is open (bad config, port taken) go to stderr.
-            let startup = File::create(dir.path().join("startup.log")).expect("startup.log");
-            let child = Command::new(&bin)
-                .arg("-D")
-                .arg("-f")
-                .arg(&conf_path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(startup))
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-            let mut lighttpd = LighttpdGw {
-                child: Some(child),
-                port,
-                dir,
-            };
-            match lighttpd.wait_ready() {
-                Ok(()) => return lighttpd,
-                Err(e) => last_error = e,
-            }
-            if !last_error.contains("Address already in use") {
-                break;
-            }
-        }
-        panic!("lighttpd did not start: {last_error}");
-    }
-
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            let child = self.child.as_mut().expect("lighttpd child");
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return Err(format!("exited with {status}; logs:\n{}", self.error_log()));
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "not accepting on port {} after {START_TIMEOUT:?}; logs:\n{}",
-                    self.port,
-                    self.error_log()
-                ));
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// The loopback port lighttpd listens on.
-    pub(crate) fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Startup output and the error log so far.
-    pub(crate) fn error_log(&self) -> String {
-        let read =
-            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-        format!("{}{}", read("startup.log"), read("error.log"))
+            let mut cmd = Command::new(&bin);
+            cmd.arg("-D").arg("-f").arg(&conf_path);
+            cmd
+        }))
     }
 }
 
-impl Drop for LighttpdGw {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            if wait_timeout(&mut child, Duration::from_secs(5)).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+impl Deref for LighttpdGw {
+    type Target = WebServer;
+
+    fn deref(&self) -> &WebServer {
+        &self.0
     }
 }
 
-/// `template` with appserver's TCP address filled in. lighttpd could use a unix socket
-/// (`"socket" => PATH`); the tests use TCP like the Apache ones, so the cases compare.
-fn gateway(template: &str, listen: &Listen) -> String {
+impl From<LighttpdGw> for WebServer {
+    fn from(lighttpd: LighttpdGw) -> WebServer {
+        lighttpd.0
+    }
+}
+
+/// `template` ([`SCGI_SERVER`], [`AJP13_SERVER`]) with appserver's TCP address filled in.
+/// lighttpd could use a unix socket (`"socket" => PATH`); the tests use TCP like the Apache
+/// ones, so the cases compare.
+pub(crate) fn gateway(template: &str, listen: &Listen) -> String {
     let addr = listen.tcp();
     template
         .replace("@HOST@", &addr.ip().to_string())

@@ -1,12 +1,16 @@
-//! Real web servers in front of appserver: [`Nginx`], started from a config written into a
-//! temporary directory, on a free loopback port, as a child process of the test.
+//! Real web servers as child processes of the test: [`WebServer`], which starts one from a
+//! config written into a temporary directory, on a free loopback port, waits until it accepts
+//! connections and stops it by pid; and [`Nginx`] in front of appserver on top of it (Apache
+//! and lighttpd are in `apache_proxy` and `lighttpd_gw`).
 //!
-//! Every file nginx writes (pid, logs, temp paths) is in that directory, so it runs as any
-//! user and two tests never share anything. Readiness is a successful connect to its port.
+//! Every file a web server writes (pid, logs, temp paths) is in that directory, so it runs as
+//! any user and two tests never share anything.
 
+use std::fs::File;
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,8 +24,12 @@ use super::command::{wait_timeout, Listen};
 /// blocks) and `@SERVER@` (locations) are filled in.
 const NGINX_CONF: &str = include_str!("../data/nginx.conf");
 
-/// How long nginx may take to accept connections.
+/// How long a web server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a web server may take to exit after TERM (stopping what it spawned first)
+/// before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The nginx binary: `nginx` on PATH, else `/usr/sbin/nginx` (not on a normal user's PATH).
 /// A missing web server fails the test: `scripts/test` installs it.
@@ -56,11 +64,7 @@ pub(crate) enum FcgiPass {
 
 /// A running nginx; stopped (TERM, then KILL) on drop.
 #[derive(Debug)]
-pub(crate) struct Nginx {
-    child: Option<Child>,
-    port: u16,
-    dir: TempDir,
-}
+pub(crate) struct Nginx(WebServer);
 
 impl Nginx {
     /// nginx with `location /` passed to appserver at `listen` the way real configs do it:
@@ -84,64 +88,119 @@ impl Nginx {
     /// nginx with the given http-level directives and server-level locations.
     pub(crate) fn start(http: &str, server: &str) -> Nginx {
         let bin = nginx_bin();
-        let mut last_error = String::new();
-        // A port picked by binding port 0 can be taken by someone else before nginx binds it;
-        // that is rare, so a few attempts are plenty.
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let port = free_port();
+        Nginx(WebServer::start("nginx", |dir, port| {
             let conf = NGINX_CONF
-                .replace("@DIR@", &dir.path().display().to_string())
+                .replace("@DIR@", &dir.display().to_string())
                 .replace("@PORT@", &port.to_string())
                 .replace("@HTTP@", http)
                 .replace("@SERVER@", server);
-            let conf_path = dir.path().join("nginx.conf");
+            let conf_path = dir.join("nginx.conf");
             std::fs::write(&conf_path, conf).expect("write nginx.conf");
-            let child = Command::new(&bin)
-                .arg("-p")
-                .arg(dir.path())
+            let mut cmd = Command::new(&bin);
+            cmd.arg("-p")
+                .arg(dir)
                 .arg("-c")
                 .arg(&conf_path)
                 .arg("-e")
-                .arg(dir.path().join("error.log"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-            let mut nginx = Nginx {
-                child: Some(child),
-                port,
-                dir,
-            };
-            match nginx.wait_ready() {
-                Ok(()) => return nginx,
+                .arg(dir.join("error.log"));
+            cmd
+        }))
+    }
+}
+
+impl Deref for Nginx {
+    type Target = WebServer;
+
+    fn deref(&self) -> &WebServer {
+        &self.0
+    }
+}
+
+impl From<Nginx> for WebServer {
+    fn from(nginx: Nginx) -> WebServer {
+        nginx.0
+    }
+}
+
+/// A web server running as a child process of the test, from a config in its own temporary
+/// directory, on a free loopback port: the one place that starts, waits for and stops nginx,
+/// Apache and lighttpd ([`Nginx`], [`ApacheProxy`](super::apache_proxy::ApacheProxy),
+/// [`LighttpdGw`](super::lighttpd_gw::LighttpdGw), and the ones that spawn appserver
+/// themselves).
+///
+/// Ready once its port accepts a connection. Its stdout and stderr go to `output.log` in the
+/// directory: startup errors (bad config, port taken) before its error log is open, and what
+/// a program it spawns writes. Stopped (TERM, then KILL) by pid on drop.
+#[derive(Debug)]
+pub(crate) struct WebServer {
+    name: &'static str,
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl WebServer {
+    /// Starts `name` on a free port: `setup` gets a fresh temporary directory and the port,
+    /// writes the config there and returns the command to run in the foreground. A port picked
+    /// by binding port 0 can be taken by someone else before the server binds it; that is rare,
+    /// so a few attempts are plenty. Any other failure fails the test at once.
+    pub(crate) fn start(
+        name: &'static str,
+        mut setup: impl FnMut(&Path, u16) -> Command,
+    ) -> WebServer {
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = free_port();
+            let cmd = setup(dir.path(), port);
+            let mut server = WebServer::spawn(name, cmd, port, dir);
+            match server.wait_ready() {
+                Ok(()) => return server,
                 Err(e) => last_error = e,
             }
             if !last_error.contains("Address already in use") {
                 break;
             }
         }
-        panic!("nginx did not start: {last_error}");
+        panic!("{name} did not start: {last_error}");
     }
 
+    /// Runs `cmd` with its output in `dir/output.log`, and without the variables that change
+    /// how an appserver it spawns logs.
+    fn spawn(name: &'static str, mut cmd: Command, port: u16, dir: TempDir) -> WebServer {
+        let output = File::create(dir.path().join("output.log")).expect("output.log");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(output.try_clone().expect("dup output.log")))
+            .stderr(Stdio::from(output))
+            .env_remove("RUST_LOG")
+            .env_remove("APPSERVER_LOG");
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        WebServer {
+            name,
+            child: Some(child),
+            port,
+            dir,
+        }
+    }
+
+    /// Waits until the port accepts a connection; an error with the logs if the server exits
+    /// first or takes longer than [`START_TIMEOUT`].
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return Ok(());
             }
-            let child = self.child.as_mut().expect("nginx child");
+            let child = self.child.as_mut().expect("web server child");
             if let Some(status) = child.try_wait().expect("try_wait") {
                 self.child = None;
-                return Err(format!(
-                    "exited with {status}; error.log:\n{}",
-                    self.error_log()
-                ));
+                return Err(format!("exited with {status}; logs:\n{}", self.error_log()));
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "not accepting on port {} after {START_TIMEOUT:?}; error.log:\n{}",
+                    "not accepting on port {} after {START_TIMEOUT:?}; logs:\n{}",
                     self.port,
                     self.error_log()
                 ));
@@ -150,27 +209,59 @@ impl Nginx {
         }
     }
 
-    /// The loopback port nginx listens on.
+    /// What the server is (`nginx`, `Apache`, `lighttpd`), for messages.
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The loopback port it listens on.
     pub(crate) fn port(&self) -> u16 {
         self.port
     }
 
-    /// The error log so far (nginx logs upstream failures there).
+    /// Its pid; panics once it has been stopped.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("web server running").id()
+    }
+
+    /// Its output and its error log so far (upstream and proxy failures are logged there).
     pub(crate) fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!("{}{}", read("output.log"), read("error.log"))
+    }
+
+    /// Stops the server: TERM (a server stops what it spawned first), KILL after
+    /// [`STOP_TIMEOUT`]. Its exit status if it exited on TERM; `None` if it was killed or
+    /// had been stopped already.
+    pub(crate) fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let status = wait_timeout(&mut child, STOP_TIMEOUT);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        status
     }
 }
 
-impl Drop for Nginx {
+impl Drop for WebServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            if wait_timeout(&mut child, Duration::from_secs(5)).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        self.stop();
     }
+}
+
+/// `/usr/sbin/NAME`, where Debian installs the web servers (not on a normal user's PATH). A
+/// missing web server fails the test: `scripts/test` installs it.
+pub(crate) fn sbin(name: &str) -> PathBuf {
+    let path = PathBuf::from("/usr/sbin").join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: run scripts/test, which installs it (Debian package {name})",
+        path.display()
+    );
+    path
 }
 
 /// A loopback port that was free a moment ago.
