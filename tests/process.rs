@@ -589,7 +589,10 @@ fn maxrequests_under_load(pass: FcgiPass) {
         report.first_failures(),
         cases::logs(&server, &nginx)
     );
-    let expected = report.sent() / 22;
+    // Each worker's budget is 20 plus up to an eighth (jitter), plus the few requests it
+    // finishes while stopping (bounded below): no worker serves more than 30, so at least
+    // sent / 30 workers must have served. (sent / 22 was flaky: overshoot averages ~0.3.)
+    let expected = report.sent() / 30;
     assert!(
         per_pid.len() >= expected.max(3),
         "{} requests came from only {} worker pids: not recycled\n{per_pid:?}",
