@@ -7,7 +7,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,6 +33,15 @@ use crate::Handler;
 /// connection has read (microseconds, usually), then cancels shutdown. The bound only matters
 /// for a peer that connects and sends nothing.
 pub const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(50);
+
+/// How long a stopping accept loop waits for the next queued connection before it concludes
+/// the listen backlog is empty: long enough for the runtime to see readiness the kernel has
+/// already signalled, short enough not to delay a stop.
+pub const BACKLOG_DRAIN_WAIT: Duration = Duration::from_millis(5);
+
+/// The longest a stopping accept loop keeps taking queued connections: under steady load the
+/// backlog never empties, and a stop must still happen.
+pub const BACKLOG_DRAIN_LIMIT: Duration = Duration::from_millis(200);
 
 /// How the accept loop runs; resolved from the configuration.
 #[derive(Clone)]
@@ -212,24 +221,66 @@ pub async fn serve<H: Handler>(
     ready();
 
     let unread = Arc::new(Unread::default());
+    // Set before a stop that closes the listener for good (a signal), so the backlog is
+    // drained; a retiring prefork worker leaves it to the workers that keep accepting.
+    let drain = Arc::new(AtomicBool::new(false));
     let accept_loop = {
+        let drain = Arc::clone(&drain);
         let unread = Arc::clone(&unread);
         let tracker = tracker.clone();
         let shared = Arc::clone(&shared);
         let stop = stop_accepting.clone();
         let options = options.clone();
         async move {
+            // When the listener is about to close (a signalled graceful stop, not a worker
+            // retiring while others keep accepting), the connections already waiting in the
+            // listen backlog are still taken and served for up to BACKLOG_DRAIN_LIMIT (the
+            // kernel accepted them; closing the listener would reset them and the web server
+            // would answer 502), then the loop ends.
+            let mut draining = false;
+            let mut drain_until = tokio::time::Instant::now();
             loop {
-                let permit = tokio::select! {
-                    p = Arc::clone(&conns).acquire_owned() => match p {
+                let permit = if draining {
+                    match Arc::clone(&conns).try_acquire_owned() {
                         Ok(p) => p,
                         Err(_) => return,
-                    },
-                    () = stop.cancelled() => return,
+                    }
+                } else {
+                    tokio::select! {
+                        p = Arc::clone(&conns).acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => return,
+                        },
+                        () = stop.cancelled() => {
+                            if !drain.load(Ordering::Acquire) {
+                                return;
+                            }
+                            draining = true;
+                            drain_until = tokio::time::Instant::now() + BACKLOG_DRAIN_LIMIT;
+                            continue;
+                        }
+                    }
                 };
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    () = stop.cancelled() => return,
+                let accepted = if draining {
+                    if tokio::time::Instant::now() >= drain_until {
+                        return;
+                    }
+                    match tokio::time::timeout(BACKLOG_DRAIN_WAIT, listener.accept()).await {
+                        Ok(a) => a,
+                        Err(_) => return,
+                    }
+                } else {
+                    tokio::select! {
+                        a = listener.accept() => a,
+                        () = stop.cancelled() => {
+                            if !drain.load(Ordering::Acquire) {
+                                return;
+                            }
+                            draining = true;
+                            drain_until = tokio::time::Instant::now() + BACKLOG_DRAIN_LIMIT;
+                            continue;
+                        }
+                    }
                 };
                 let (stream, peer) = match accepted {
                     Ok(s) => s,
@@ -237,6 +288,9 @@ pub async fn serve<H: Handler>(
                         // EMFILE and friends: back off instead of spinning; the backlog
                         // holds the connection until descriptors free up.
                         tracing::error!("accept failed: {e}");
+                        if draining {
+                            return;
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -265,14 +319,15 @@ pub async fn serve<H: Handler>(
     let accept_task = tokio::spawn(accept_loop);
 
     let exit = loop {
-        let control = tokio::select! {
-            c = signals.recv() => c,
-            () = options.retire.cancelled() => Control::GracefulStop,
+        let (control, signalled) = tokio::select! {
+            c = signals.recv() => (c, true),
+            () = options.retire.cancelled() => (Control::GracefulStop, false),
         };
         match control {
             Control::GracefulStop => {
                 tracing::debug!("graceful stop: finishing requests in flight");
                 (options.notify)("STOPPING=1");
+                drain.store(signalled, Ordering::Release);
                 stop_accepting.cancel();
                 let _ = accept_task.await;
                 // Connections accepted a moment ago read their request before idle ones are
