@@ -35,11 +35,11 @@
 //! - [`handler`]: the [`Handler`] trait and the `tower::Service` and blocking adapters.
 //! - [`body`], [`request`], [`response`]: the protocol-agnostic request model.
 //! - [`driver`]: the only socket IO, one module per protocol.
-//! - [`process`]: process models (threaded) and the signal vocabulary.
+//! - [`process`]: process models (prefork, threaded) and the signal vocabulary.
 //! - [`listen`]: TCP, unix sockets and the listener inherited on fd 0.
 //! - [`config`]: the `runfcgi` option table, parsing and validation.
 //! - [`daemon`]: daemonizing and the pidfile.
-//! - [`apps`]: built-in apps (`info`).
+//! - [`apps`]: built-in apps (`info`, `cgi`).
 //! - [`probe`]: the `appserver probe` client.
 //! - [`cli`]: the command line shared by `appserver` and your own binaries.
 //! - `sys`: the only `unsafe` code (fork, fd handling), each block justified.
