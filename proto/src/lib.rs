@@ -39,3 +39,15 @@ pub mod fuzzing;
 pub use error::ProtocolError;
 pub use limits::Limits;
 pub use params::Params;
+
+/// Moves queued output into the caller's buffer: hands the buffer over when the caller's is
+/// empty (no copy; `out` keeps the caller's capacity), appends otherwise. The
+/// `poll_transmit` of every connection.
+fn transmit(out: &mut bytes::BytesMut, dst: &mut bytes::BytesMut) {
+    if dst.is_empty() {
+        std::mem::swap(dst, out);
+    } else {
+        dst.extend_from_slice(out);
+        out.clear();
+    }
+}

@@ -193,15 +193,7 @@ fn start<H: Handler>(
     peer: &(dyn Display + Sync),
 ) -> Exchange {
     let Some(admission) = shared.try_admit() else {
-        tracing::warn!(
-            peer = %peer,
-            "maxchildren={} requests in flight: answering 503",
-            shared.max_requests
-        );
-        return Exchange::respond(
-            plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
-            None,
-        );
+        return Exchange::overloaded(shared, peer);
     };
     match cgi_params(req, limits) {
         Ok(params) => Exchange::start(shared, admission, params, peer),

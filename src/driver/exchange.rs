@@ -95,6 +95,20 @@ impl Exchange {
         }
     }
 
+    /// The answer beyond `maxchildren` for protocols without an overload signal (SCGI, AJP):
+    /// a 503 and a log line naming the peer.
+    pub(crate) fn overloaded<H: Handler>(shared: &Shared<H>, peer: &(dyn Display + Sync)) -> Self {
+        tracing::warn!(
+            peer = %peer,
+            "maxchildren={} requests in flight: answering 503",
+            shared.max_requests
+        );
+        Self::respond(
+            plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+            None,
+        )
+    }
+
     /// An exchange that answers `resp` without calling the handler; the request body is
     /// read and discarded.
     pub(crate) fn respond(resp: Response, admission: Option<Admission>) -> Self {

@@ -12,13 +12,12 @@ use appserver_proto::limits::MAX_QUEUED_OUTPUT;
 use appserver_proto::scgi::{Connection, Event};
 use appserver_proto::ProtocolError;
 use bytes::BytesMut;
-use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::exchange::{self, Exchange, Progress};
 use super::{awaiting_body, write_some, ConnError, Shared, READ_BUF_SIZE};
-use crate::response::{encode_cgi_head, plain};
+use crate::response::encode_cgi_head;
 use crate::Handler;
 
 /// Serves one SCGI connection: reads the request, answers it, closes.
@@ -68,17 +67,7 @@ where
                     }
                     *exchange = Some(match shared.try_admit() {
                         Some(admission) => Exchange::start(shared, admission, params, peer),
-                        None => {
-                            tracing::warn!(
-                                peer = %peer,
-                                "maxchildren={} requests in flight: answering 503",
-                                shared.max_requests
-                            );
-                            Exchange::respond(
-                                plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
-                                None,
-                            )
-                        }
+                        None => Exchange::overloaded(shared, peer),
                     });
                 }
                 Event::Body(data) => {

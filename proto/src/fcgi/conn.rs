@@ -309,13 +309,7 @@ impl Connection {
 
     /// Appends all queued output to `dst` and empties the queue.
     pub fn poll_transmit(&mut self, dst: &mut BytesMut) {
-        if dst.is_empty() {
-            // Hand the buffer over instead of copying it; `out` keeps dst's capacity.
-            mem::swap(dst, &mut self.out);
-        } else {
-            dst.extend_from_slice(&self.out);
-            self.out.clear();
-        }
+        crate::transmit(&mut self.out, dst);
     }
 
     /// Bytes of queued output.
