@@ -51,3 +51,45 @@ fn transmit(out: &mut bytes::BytesMut, dst: &mut bytes::BytesMut) {
         out.clear();
     }
 }
+
+/// A number in decimal ASCII without allocating: SCGI's netstring lengths and
+/// `CONTENT_LENGTH`, FastCGI's `FCGI_MAX_CONNS`/`FCGI_MAX_REQS` values.
+struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    fn new(mut n: u64) -> Self {
+        let mut digits = [b'0'; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            // n % 10 < 10, so the cast cannot truncate.
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        Self { digits, start }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_covers_zero_and_the_extremes() {
+        assert_eq!(Decimal::new(0).as_bytes(), b"0");
+        assert_eq!(Decimal::new(10).as_bytes(), b"10");
+        assert_eq!(Decimal::new(1_048_576).as_bytes(), b"1048576");
+        assert_eq!(Decimal::new(u64::from(u32::MAX)).as_bytes(), b"4294967295");
+        assert_eq!(Decimal::new(u64::MAX).as_bytes(), b"18446744073709551615");
+    }
+}

@@ -27,7 +27,7 @@ use std::mem;
 use bytes::{Bytes, BytesMut};
 
 use crate::limits::FCGI_HEADER_LEN;
-use crate::{Limits, Params, ProtocolError};
+use crate::{Decimal, Limits, Params, ProtocolError};
 
 use super::decode::{ParamsDecoder, Record, RecordDecoder};
 use super::encode::{
@@ -424,8 +424,8 @@ impl Connection {
 
     /// Answers `FCGI_GET_VALUES` with the known names, each at most once, in request order.
     fn answer_get_values(&mut self, content: &[u8]) -> Result<(), ProtocolError> {
-        let max_conns = Decimal::new(self.config.max_conns);
-        let max_reqs = Decimal::new(self.config.max_reqs);
+        let max_conns = Decimal::new(u64::from(self.config.max_conns));
+        let max_reqs = Decimal::new(u64::from(self.config.max_reqs));
         let mut answered: [(&[u8], &[u8]); 3] = [(b"", b""); 3];
         let mut count = 0;
         for pair in Pairs::new(content) {
@@ -636,33 +636,6 @@ fn unexpected(expected: &'static str, got: RecordType, request_id: u16) -> Proto
         expected,
         got: got.to_string(),
         request_id,
-    }
-}
-
-/// A `u32` in decimal ASCII without allocating (`FCGI_MAX_CONNS` values).
-struct Decimal {
-    digits: [u8; 10],
-    start: usize,
-}
-
-impl Decimal {
-    fn new(mut n: u32) -> Self {
-        let mut digits = [b'0'; 10];
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            // n % 10 < 10, so the cast cannot truncate.
-            digits[start] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        Self { digits, start }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.digits[self.start..]
     }
 }
 

@@ -7,7 +7,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::Params;
+use crate::{Decimal, Params};
 
 /// Appends a complete SCGI request head: the netstring whose block starts with
 /// `CONTENT_LENGTH` = `body_len`, then `SCGI` = `1`, then every pair of `params` in order
@@ -30,7 +30,7 @@ use crate::Params;
 ///
 /// When a name in `params` is empty or a name or value contains NUL: neither can be framed.
 pub fn encode_request(params: &Params, body_len: u64, dst: &mut BytesMut) {
-    let digits = itoa_buf(body_len);
+    let digits = Decimal::new(body_len);
     let content_length = digits.as_bytes();
     let kept = || {
         params
@@ -45,7 +45,7 @@ pub fn encode_request(params: &Params, body_len: u64, dst: &mut BytesMut) {
         );
         block_len += pair_len(name, value);
     }
-    let prefix = itoa_buf(block_len as u64);
+    let prefix = Decimal::new(block_len as u64);
     dst.reserve(prefix.as_bytes().len() + 2 + block_len);
     dst.put_slice(prefix.as_bytes());
     dst.put_u8(b':');
@@ -59,7 +59,7 @@ pub fn encode_request(params: &Params, body_len: u64, dst: &mut BytesMut) {
 
 /// Appends `block` as a netstring: `len:block,`. For tests that build malformed blocks.
 pub fn encode_netstring(block: &[u8], dst: &mut BytesMut) {
-    let prefix = itoa_buf(block.len() as u64);
+    let prefix = Decimal::new(block.len() as u64);
     dst.reserve(prefix.as_bytes().len() + block.len() + 2);
     dst.put_slice(prefix.as_bytes());
     dst.put_u8(b':');
@@ -78,43 +78,9 @@ fn put_pair(name: &[u8], value: &[u8], dst: &mut BytesMut) {
     dst.put_u8(0);
 }
 
-/// A `u64` in decimal ASCII without allocating.
-struct Decimal {
-    digits: [u8; 20],
-    start: usize,
-}
-
-impl Decimal {
-    fn as_bytes(&self) -> &[u8] {
-        &self.digits[self.start..]
-    }
-}
-
-fn itoa_buf(mut n: u64) -> Decimal {
-    let mut digits = [b'0'; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        // n % 10 < 10, so the cast cannot truncate.
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    Decimal { digits, start }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decimal_edges() {
-        assert_eq!(itoa_buf(0).as_bytes(), b"0");
-        assert_eq!(itoa_buf(1_048_576).as_bytes(), b"1048576");
-        assert_eq!(itoa_buf(u64::MAX).as_bytes(), b"18446744073709551615");
-    }
 
     #[test]
     fn request_drops_caller_content_length_and_scgi() {

@@ -873,13 +873,6 @@ fn params_limits_at_and_over_through_the_connection() {
     }
 }
 
-#[test]
-fn decimal_formatting() {
-    assert_eq!(Decimal::new(0).as_bytes(), b"0");
-    assert_eq!(Decimal::new(10).as_bytes(), b"10");
-    assert_eq!(Decimal::new(u32::MAX).as_bytes(), b"4294967295");
-}
-
 /// Captured from nginx (see `proto/testdata/README.md`).
 const NGINX_GET: &[u8] = include_bytes!("../../../testdata/fcgi-nginx-get.bin");
 const NGINX_POST: &[u8] = include_bytes!("../../../testdata/fcgi-nginx-post.bin");
