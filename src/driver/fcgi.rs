@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::exchange::{self, Exchange, Progress};
 use super::{awaiting_body, write_some, ConnError, Shared, READ_BUF_SIZE};
-use crate::response::encode_cgi_head;
+use crate::response::into_cgi;
 use crate::Handler;
 
 /// Serves one FastCGI connection until the web server closes it, the protocol says to close,
@@ -200,9 +200,7 @@ impl Driver {
         match progress {
             Progress::BodyMoved => {}
             Progress::Response(resp) => {
-                let (parts, body) = resp.into_parts();
-                let mut head = Vec::with_capacity(256);
-                encode_cgi_head(&parts, &mut head);
+                let (head, body) = into_cgi(resp);
                 self.conn.send_stdout(self.id, &head);
                 if let Some(ex) = self.exchange.as_mut() {
                     ex.stream(body);

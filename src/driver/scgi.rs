@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::exchange::{self, Exchange, Progress};
 use super::{awaiting_body, write_some, ConnError, Shared, READ_BUF_SIZE};
-use crate::response::encode_cgi_head;
+use crate::response::into_cgi;
 use crate::Handler;
 
 /// Serves one SCGI connection: reads the request, answers it, closes.
@@ -122,9 +122,7 @@ where
                 match progress {
                     Progress::BodyMoved => {}
                     Progress::Response(resp) => {
-                        let (parts, body) = resp.into_parts();
-                        let mut head = Vec::with_capacity(256);
-                        encode_cgi_head(&parts, &mut head);
+                        let (head, body) = into_cgi(resp);
                         wbuf.extend_from_slice(&head);
                         if let Some(ex) = exchange.as_mut() {
                             ex.stream(body);
