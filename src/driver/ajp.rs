@@ -39,12 +39,8 @@ pub async fn serve<S, H>(
     H: Handler,
 {
     let mut exchange = None;
-    if let Err(e) = run(io, &peer, &shared, config, &mut exchange).await {
-        tracing::warn!(peer = %peer, "ajp connection closed: {e}");
-    }
-    if let Some(ex) = exchange.take() {
-        ex.cancel();
-    }
+    let result = run(io, &peer, &shared, config, &mut exchange).await;
+    super::finish("ajp", &peer, result, exchange);
 }
 
 async fn run<S, H>(

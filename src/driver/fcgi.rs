@@ -30,12 +30,8 @@ where
     H: Handler,
 {
     let mut driver = Driver::new(&shared);
-    if let Err(e) = driver.run(io, &peer, &shared).await {
-        tracing::warn!(peer = %peer, "fastcgi connection closed: {e}");
-    }
-    if let Some(ex) = driver.exchange.take() {
-        ex.cancel();
-    }
+    let result = driver.run(io, &peer, &shared).await;
+    super::finish("fastcgi", &peer, result, driver.exchange.take());
 }
 
 struct Driver {

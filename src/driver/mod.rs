@@ -47,6 +47,23 @@ pub(crate) enum ConnError {
     BodyStalled(Duration),
 }
 
+/// Ends a connection's task: logs why it closed early (naming the protocol and the peer) and
+/// cancels a request still in flight, so its handler stops and a body reader sees a
+/// truncated body.
+pub(crate) fn finish(
+    protocol: &str,
+    peer: &(dyn std::fmt::Display + Sync),
+    result: Result<(), ConnError>,
+    exchange: Option<exchange::Exchange>,
+) {
+    if let Err(e) = result {
+        tracing::warn!(peer = %peer, "{protocol} connection closed: {e}");
+    }
+    if let Some(ex) = exchange {
+        ex.cancel();
+    }
+}
+
 /// True while the request in flight waits for body bytes from the web server (not for the
 /// handler to take the ones it has): the time the idle timeout guards.
 pub(crate) fn awaiting_body(exchange: &Option<exchange::Exchange>) -> bool {

@@ -27,12 +27,8 @@ where
     H: Handler,
 {
     let mut exchange = None;
-    if let Err(e) = run(io, &peer, &shared, &mut exchange).await {
-        tracing::warn!(peer = %peer, "scgi connection closed: {e}");
-    }
-    if let Some(ex) = exchange.take() {
-        ex.cancel();
-    }
+    let result = run(io, &peer, &shared, &mut exchange).await;
+    super::finish("scgi", &peer, result, exchange);
 }
 
 async fn run<S, H>(
