@@ -531,40 +531,23 @@ impl Inner {
         let head = tokio::select! {
             head = read_head(&mut stdout) => head,
             () = tokio::time::sleep_until(deadline) => {
-                tracing::warn!(
-                    script = %log.script, request = %log.request,
-                    "no CGI header within cgi_timeout={}s: stopping its process group",
-                    self.timeout.as_secs()
-                );
-                run.terminate().await;
-                return Ok(Outcome::error(StatusCode::GATEWAY_TIMEOUT));
+                let why = format!("no CGI header within cgi_timeout={}s", self.timeout.as_secs());
+                return Ok(run.refuse(StatusCode::GATEWAY_TIMEOUT, &why).await);
             }
-            () = failed.cancelled() => {
-                run.terminate().await;
-                return Err("the request body failed before the script answered".into());
-            }
+            () = failed.cancelled() => return Err(run.body_failed().await),
         };
         let (head, leftover) = match head {
             Ok(head) => head,
             Err(e) => {
-                let status = run.terminate().await;
-                let exit = status.map(|s| format!(" ({s})")).unwrap_or_default();
-                tracing::warn!(
-                    script = %log.script, request = %log.request,
-                    "bad CGI response: {e}{exit}: answering 502"
-                );
-                return Ok(Outcome::error(StatusCode::BAD_GATEWAY));
+                let why = format!("bad CGI response: {e}");
+                return Ok(run.refuse(StatusCode::BAD_GATEWAY, &why).await);
             }
         };
         let head = match parse_head(&head) {
             Ok(head) => head,
             Err(e) => {
-                run.terminate().await;
-                tracing::warn!(
-                    script = %log.script, request = %log.request,
-                    "bad CGI response: {e}: answering 502"
-                );
-                return Ok(Outcome::error(StatusCode::BAD_GATEWAY));
+                let why = format!("bad CGI response: {e}");
+                return Ok(run.refuse(StatusCode::BAD_GATEWAY, &why).await);
             }
         };
         let status = match (head.status, &head.location) {
@@ -592,27 +575,18 @@ impl Inner {
                     Ok(0) => stdout_open = false,
                     Ok(_) => {}
                     Err(e) => {
-                        run.terminate().await;
-                        tracing::warn!(
-                            script = %log.script, request = %log.request,
-                            "reading its output: {e}: answering 502"
-                        );
-                        return Ok(Outcome::error(StatusCode::BAD_GATEWAY));
+                        let why = format!("reading its output: {e}");
+                        return Ok(run.refuse(StatusCode::BAD_GATEWAY, &why).await);
                     }
                 },
                 () = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(
-                        script = %log.script, request = %log.request,
-                        "input not consumed within cgi_timeout={}s: stopping its process group",
+                    let why = format!(
+                        "input not consumed within cgi_timeout={}s",
                         self.timeout.as_secs()
                     );
-                    run.terminate().await;
-                    return Ok(Outcome::error(StatusCode::GATEWAY_TIMEOUT));
+                    return Ok(run.refuse(StatusCode::GATEWAY_TIMEOUT, &why).await);
                 }
-                () = failed.cancelled() => {
-                    run.terminate().await;
-                    return Err("the request body failed before the script answered".into());
-                }
+                () = failed.cancelled() => return Err(run.body_failed().await),
             }
         }
         if early.len() >= MAX_EARLY_OUTPUT {
@@ -999,6 +973,26 @@ struct Run {
 }
 
 impl Run {
+    /// Gives up on the script: stops its process group, logs `why` with the script, the
+    /// request and how the script ended, and answers `status` (502, 504).
+    async fn refuse(self, status: StatusCode, why: &str) -> Outcome {
+        let log = Arc::clone(&self.log);
+        let ended = self.terminate().await;
+        let exit = ended.map(|s| format!(" ({s})")).unwrap_or_default();
+        tracing::warn!(
+            script = %log.script, request = %log.request,
+            "{why}{exit}: process group stopped, answering {}",
+            status.as_u16()
+        );
+        Outcome::error(status)
+    }
+
+    /// The request body failed (client abort): stops the script's group.
+    async fn body_failed(self) -> BoxError {
+        self.terminate().await;
+        "the request body failed before the script answered".into()
+    }
+
     /// Stops the whole group now (TERM, KILL after [`KILL_GRACE`]) and waits for the script;
     /// returns how it ended.
     async fn terminate(mut self) -> Option<ExitStatus> {
