@@ -237,48 +237,38 @@ pub async fn serve<H: Handler>(
             // listen backlog are still taken and served for up to BACKLOG_DRAIN_LIMIT (the
             // kernel accepted them; closing the listener would reset them and the web server
             // would answer 502), then the loop ends.
-            let mut draining = false;
-            let mut drain_until = tokio::time::Instant::now();
+            let mut drain_until: Option<tokio::time::Instant> = None;
             loop {
-                let permit = if draining {
-                    match Arc::clone(&conns).try_acquire_owned() {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    }
-                } else {
-                    tokio::select! {
-                        p = Arc::clone(&conns).acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => return,
-                        },
-                        () = stop.cancelled() => {
-                            if !drain.load(Ordering::Acquire) {
-                                return;
-                            }
-                            draining = true;
-                            drain_until = tokio::time::Instant::now() + BACKLOG_DRAIN_LIMIT;
-                            continue;
-                        }
-                    }
-                };
-                let accepted = if draining {
-                    if tokio::time::Instant::now() >= drain_until {
+                if drain_until.is_none() && stop.is_cancelled() {
+                    if !drain.load(Ordering::Acquire) {
                         return;
                     }
-                    match tokio::time::timeout(BACKLOG_DRAIN_WAIT, listener.accept()).await {
-                        Ok(a) => a,
-                        Err(_) => return,
+                    drain_until = Some(tokio::time::Instant::now() + BACKLOG_DRAIN_LIMIT);
+                }
+                let (permit, accepted) = match drain_until {
+                    Some(until) => {
+                        let Ok(permit) = Arc::clone(&conns).try_acquire_owned() else {
+                            return;
+                        };
+                        if tokio::time::Instant::now() >= until {
+                            return;
+                        }
+                        match tokio::time::timeout(BACKLOG_DRAIN_WAIT, listener.accept()).await {
+                            Ok(a) => (permit, a),
+                            Err(_) => return,
+                        }
                     }
-                } else {
-                    tokio::select! {
-                        a = listener.accept() => a,
-                        () = stop.cancelled() => {
-                            if !drain.load(Ordering::Acquire) {
-                                return;
-                            }
-                            draining = true;
-                            drain_until = tokio::time::Instant::now() + BACKLOG_DRAIN_LIMIT;
-                            continue;
+                    None => {
+                        let permit = tokio::select! {
+                            p = Arc::clone(&conns).acquire_owned() => match p {
+                                Ok(p) => p,
+                                Err(_) => return,
+                            },
+                            () = stop.cancelled() => continue,
+                        };
+                        tokio::select! {
+                            a = listener.accept() => (permit, a),
+                            () = stop.cancelled() => continue,
                         }
                     }
                 };
@@ -288,7 +278,7 @@ pub async fn serve<H: Handler>(
                         // EMFILE and friends: back off instead of spinning; the backlog
                         // holds the connection until descriptors free up.
                         tracing::error!("accept failed: {e}");
-                        if draining {
+                        if drain_until.is_some() {
                             return;
                         }
                         tokio::time::sleep(Duration::from_millis(100)).await;
