@@ -129,8 +129,7 @@ pub fn build(
 
     let (script_name, path_info) = resolve_script_name(&params, options.script_name.as_deref());
     let uri = request_uri(&params, &script_name, &path_info)?;
-    params.set(b"SCRIPT_NAME", &script_name);
-    params.set(b"PATH_INFO", &path_info);
+    params.set_all(&[(b"SCRIPT_NAME", &script_name), (b"PATH_INFO", &path_info)]);
 
     let version = match params.get(b"SERVER_PROTOCOL") {
         Some(b"HTTP/1.0") => Version::HTTP_10,

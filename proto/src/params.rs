@@ -99,24 +99,37 @@ impl Params {
 
     /// Sets `name` to `value`: the last pair of that name takes the new value in place, or a
     /// new pair is appended. Used by the server for derived variables (`SCRIPT_NAME`,
-    /// `PATH_INFO`); it copies the buffer once, which the decode path never does.
+    /// `PATH_INFO`); see [`set_all`](Self::set_all).
     pub fn set(&mut self, name: &[u8], value: &[u8]) {
-        let mut buf = BytesMut::with_capacity(self.buf.len() + name.len() + value.len());
+        self.set_all(&[(name, value)]);
+    }
+
+    /// Sets every `(name, value)` like [`set`](Self::set), copying the buffer at most once
+    /// for all of them and not at all when every value is already what is asked: the decode
+    /// path never copies, and a request's derived variables cost one copy together.
+    pub fn set_all(&mut self, pairs: &[(&[u8], &[u8])]) {
+        if pairs.iter().all(|(n, v)| self.get(n) == Some(*v)) {
+            return;
+        }
+        let extra: usize = pairs.iter().map(|(n, v)| n.len() + v.len()).sum();
+        let mut buf = BytesMut::with_capacity(self.buf.len() + extra);
         buf.extend_from_slice(&self.buf);
-        let value_start = buf.len();
-        buf.extend_from_slice(value);
-        let value_range = value_start..buf.len();
-        if let Some(i) = self
-            .spans
-            .iter()
-            .rposition(|s| &self.buf[s.name.start as usize..s.name.end as usize] == name)
-        {
-            self.spans[i].value = value_range.start as u32..value_range.end as u32;
-        } else {
-            let name_start = buf.len();
-            buf.extend_from_slice(name);
-            self.spans
-                .push(Span::new(name_start..buf.len(), value_range));
+        for (name, value) in pairs {
+            let value_start = buf.len();
+            buf.extend_from_slice(value);
+            let value_range = value_start..buf.len();
+            if let Some(i) = self
+                .spans
+                .iter()
+                .rposition(|s| &buf[s.name.start as usize..s.name.end as usize] == *name)
+            {
+                self.spans[i].value = value_range.start as u32..value_range.end as u32;
+            } else {
+                let name_start = buf.len();
+                buf.extend_from_slice(name);
+                self.spans
+                    .push(Span::new(name_start..buf.len(), value_range));
+            }
         }
         self.buf = buf.freeze();
     }
@@ -255,6 +268,18 @@ mod tests {
         assert_eq!(p.get_str("HTTP_X"), None);
         assert_eq!(p.len(), 4);
         assert_eq!(p.iter().next(), Some((&b"REQUEST_METHOD"[..], &b"GET"[..])));
+    }
+
+    #[test]
+    fn set_all_copies_once_and_not_at_all_when_unchanged() {
+        let mut p = sample();
+        let before = p.buf.as_ptr();
+        p.set_all(&[(b"QUERY_STRING", b""), (b"HTTP_X", b"\xff\x00raw")]);
+        assert_eq!(p.buf.as_ptr(), before, "no copy when nothing changes");
+        p.set_all(&[(b"SCRIPT_NAME", b"/app"), (b"PATH_INFO", b"/x")]);
+        assert_eq!(p.get(b"SCRIPT_NAME"), Some(&b"/app"[..]));
+        assert_eq!(p.get(b"PATH_INFO"), Some(&b"/x"[..]));
+        assert_eq!(p.len(), 6);
     }
 
     #[test]
