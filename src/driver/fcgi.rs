@@ -464,4 +464,60 @@ mod tests {
             "no END_REQUEST for a request whose body never came"
         );
     }
+
+    /// An endless response body that counts what the driver pulled from it.
+    struct Endless(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl http_body::Body for Endless {
+        type Data = bytes::Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+            self.0
+                .fetch_add(FRAME, std::sync::atomic::Ordering::Relaxed);
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                &[b'x'; FRAME],
+            )))))
+        }
+    }
+
+    const FRAME: usize = 16 * 1024;
+
+    struct Stream(Arc<std::sync::atomic::AtomicUsize>);
+    impl Handler for Stream {
+        async fn call(&self, _req: Request) -> Result<Response, BoxError> {
+            Ok(Response::new(Body::new(Endless(Arc::clone(&self.0)))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_stops_the_response_body_at_max_queued_output() {
+        use appserver_proto::limits::MAX_QUEUED_OUTPUT;
+        let pulled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(serve(
+            server,
+            "test-peer",
+            super::super::test_shared(Stream(Arc::clone(&pulled)), 4, "fcgi"),
+        ));
+        client
+            .write_all(&request_bytes(1, false, &[], b""))
+            .await
+            .unwrap();
+        // The client never reads: give the driver every chance to run ahead.
+        for _ in 0..10_000 {
+            tokio::task::yield_now().await;
+        }
+        let pulled = pulled.load(std::sync::atomic::Ordering::Relaxed);
+        // At the limit: the output queue, the duplex pipe and the frame that crossed it.
+        assert!(pulled >= MAX_QUEUED_OUTPUT, "pulled only {pulled}");
+        assert!(
+            pulled <= MAX_QUEUED_OUTPUT + 64 * 1024 + 2 * FRAME,
+            "pulled {pulled} bytes from a body nobody reads"
+        );
+        drop(client);
+    }
 }
