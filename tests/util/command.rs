@@ -5,6 +5,7 @@
 //! to wait for it. After that line a thread keeps draining stderr into a buffer, so a chatty
 //! server never blocks on a full pipe and tests can assert on its log lines.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -406,16 +407,17 @@ impl Drop for Server {
 /// of the established TCP connections whose local port is `port`.
 pub(crate) fn tcp_peers(table: &str, port: u16) -> Vec<String> {
     let port = format!(":{port:04X}");
-    std::fs::read_to_string(table)
-        .expect("read /proc/net/tcp")
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            // local_address ends in our port; st 01 = ESTABLISHED
-            (f.len() > 3 && f[1].ends_with(&port) && f[3] == "01").then(|| f[2].to_owned())
-        })
-        .collect()
+    stable_rows(table, |f| {
+        // local_address ends in our port; st 01 = ESTABLISHED
+        (f.len() > 3 && f[1].ends_with(&port) && f[3] == "01").then(|| format!("{} {}", f[1], f[2]))
+    })
+    .into_iter()
+    .map(|row| {
+        row.split_once(' ')
+            .map(|(_, remote)| remote.to_owned())
+            .unwrap_or(row)
+    })
+    .collect()
 }
 
 /// Connections accepted on the unix socket `path` and still open, from `/proc/net/unix`: an
@@ -423,16 +425,42 @@ pub(crate) fn tcp_peers(table: &str, port: u16) -> Vec<String> {
 /// still waiting in the backlog shows 02.
 pub(crate) fn unix_accepted(path: &Path) -> usize {
     let path = path.display().to_string();
-    std::fs::read_to_string("/proc/net/unix")
-        .expect("read /proc/net/unix")
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 7 && f[7] == path && f[5] == "03"
-        })
-        .count()
+    stable_rows("/proc/net/unix", |f| {
+        // the inode (column 6) tells two connections on one path apart
+        (f.len() > 7 && f[7] == path && f[5] == "03").then(|| f[6].to_owned())
+    })
+    .len()
 }
+
+/// The distinct rows of a kernel socket table that `pick` keys, from a consistent view.
+///
+/// The kernel writes these tables a page per `read()` and walks its hash tables afresh for
+/// each page, so while other sockets come and go one read can list a socket twice or miss
+/// it. The table is therefore read until two reads in a row agree, and keys are deduplicated.
+fn stable_rows(table: &str, pick: impl Fn(&[&str]) -> Option<String>) -> BTreeSet<String> {
+    let read = || -> BTreeSet<String> {
+        std::fs::read_to_string(table)
+            .unwrap_or_else(|e| panic!("read {table}: {e}"))
+            .lines()
+            .skip(1)
+            .filter_map(|l| pick(&l.split_whitespace().collect::<Vec<_>>()))
+            .collect()
+    };
+    let mut last = read();
+    for _ in 0..MAX_TABLE_READS {
+        let next = read();
+        if next == last {
+            return next;
+        }
+        last = next;
+    }
+    last
+}
+
+/// Reads of a socket table before taking the last one as it is. Each read takes
+/// microseconds; only a table that changes on every read (heavy load) exhausts this, and
+/// callers that look at a busy table poll it anyway.
+const MAX_TABLE_READS: usize = 100;
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
