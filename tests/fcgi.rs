@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use sha2::{Digest, Sha256};
 
+use crate::util::apache_proxy::ApacheProxy;
 use crate::util::cases::{self, env_lines, env_value, Stack};
 use crate::util::client::{
     cgi_params, fcgi_get, fcgi_request, hex, http_get, http_request, pattern_bytes,
@@ -135,6 +136,25 @@ nginx_suite!(nginx_unix_keepalive, Transport::Unix, FcgiPass::KeepConn);
 nginx_suite!(nginx_unix_close, Transport::Unix, FcgiPass::Close);
 nginx_suite!(nginx_tcp_keepalive, Transport::Tcp, FcgiPass::KeepConn);
 nginx_suite!(nginx_tcp_close, Transport::Tcp, FcgiPass::Close);
+
+/// The axum example behind Apache's mod_proxy_fcgi, over TCP (Apache's `www-data` workers
+/// cannot reach a socket in the test's root-owned tempdir).
+fn axum_behind_apache() -> Stack {
+    let server = axum_server(Transport::Tcp);
+    let front = ApacheProxy::fcgi(server.listen()).into();
+    Stack { server, front }
+}
+
+// Apache mod_proxy_fcgi (`ProxyPass "/" "fcgi://..."`, as php-fpm sites have it): SCRIPT_NAME
+// is the whole decoded path and no PATH_INFO is sent; a GET carries no CONTENT_LENGTH.
+cases::gateway_suite!(
+    apache,
+    axum_behind_apache(),
+    cases::EnvShape {
+        script_name: "/env/caf\u{e9}/a b",
+        content_length: None,
+    }
+);
 
 #[test]
 fn concurrent_200_unix_keepalive() {

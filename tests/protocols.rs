@@ -31,7 +31,7 @@ use bytes::{Bytes, BytesMut};
 use nix::sys::signal::Signal;
 
 use crate::scgi::{axum_server, NGINX_SCGI_LOCATION};
-use crate::util::apache_proxy::{AJP_PROXY_PASS, SCGI_PROXY_PASS};
+use crate::util::apache_proxy::{AJP_PROXY_PASS, FCGI_PROXY_PASS, SCGI_PROXY_PASS};
 use crate::util::client::{fcgi_request, sha256_hex, PatternReader, Stream, IO_TIMEOUT};
 use crate::util::command::{Server, TestCommand};
 use crate::util::lighttpd_gw::{AJP13_SERVER, SCGI_SERVER};
@@ -895,6 +895,11 @@ fn docs_show_the_configs_the_interop_tests_use() {
             "location / {\ninclude /etc/nginx/fastcgi_params;\nfastcgi_pass appserver;\nfastcgi_keep_conn on;\n}"
                 .to_owned(),
         ),
+        (
+            "fastcgi.md",
+            &fastcgi,
+            FCGI_PROXY_PASS.replace("@ADDR@", "127.0.0.1:8000"),
+        ),
     ];
     for (name, doc, snippet) in checks {
         assert!(
@@ -903,6 +908,12 @@ fn docs_show_the_configs_the_interop_tests_use() {
         );
     }
     // The module lines the Apache and lighttpd harnesses load.
+    for module in ["proxy_module", "proxy_fcgi_module"] {
+        assert!(
+            fastcgi.contains(module),
+            "fastcgi.md does not load {module}"
+        );
+    }
     for module in ["proxy_module", "proxy_scgi_module"] {
         assert!(scgi.contains(module), "scgi.md does not load {module}");
     }

@@ -1,5 +1,5 @@
-//! Apache httpd as a reverse proxy in front of appserver: [`ApacheProxy`], mod_proxy_scgi or
-//! mod_proxy_ajp, started from `tests/data/apache-proxy.conf` in a temporary directory on a
+//! Apache httpd as a reverse proxy in front of appserver: [`ApacheProxy`], mod_proxy_fcgi,
+//! mod_proxy_scgi or mod_proxy_ajp, started from `tests/data/apache-proxy.conf` in a temporary directory on a
 //! free loopback port, as a child process of the test (`apache2 -f CONF -DFOREGROUND`).
 //!
 //! Every file Apache writes (pid, logs, mutexes, runtime files) is in that directory. When the
@@ -17,6 +17,10 @@ use super::webserver::{sbin, WebServer};
 /// The config template: `@DIR@`, `@PORT@`, `@USER@` and `@PROXY@` are filled in.
 const APACHE_CONF: &str = include_str!("../data/apache-proxy.conf");
 
+/// The FastCGI mapping the tests use, as php-fpm sites configure mod_proxy_fcgi; `@ADDR@` is
+/// appserver's `host:port`.
+pub(crate) const FCGI_PROXY_PASS: &str = r#"ProxyPass "/" "fcgi://@ADDR@/""#;
+
 /// The SCGI mapping the tests use; `@ADDR@` is appserver's `host:port`. The whole site goes to
 /// the app, so the app sees the paths clients asked for (see docs/protocols/scgi.md for
 /// mounting under a prefix).
@@ -31,6 +35,12 @@ pub(crate) const AJP_PROXY_PASS: &str = r#"ProxyPass "/" "ajp://@ADDR@/" @OPTION
 pub(crate) struct ApacheProxy(WebServer);
 
 impl ApacheProxy {
+    /// Apache passing every request to appserver at `listen` over FastCGI
+    /// ([`FCGI_PROXY_PASS`]).
+    pub(crate) fn fcgi(listen: &Listen) -> ApacheProxy {
+        ApacheProxy::start(&FCGI_PROXY_PASS.replace("@ADDR@", &addr(listen)))
+    }
+
     /// Apache passing every request to appserver at `listen` over SCGI
     /// ([`SCGI_PROXY_PASS`]).
     pub(crate) fn scgi(listen: &Listen) -> ApacheProxy {
