@@ -23,6 +23,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
+use crate::util::apache_proxy::ApacheProxy;
 use crate::util::client::{
     cgi_params, fcgi_get, http_get, http_request, sha256_hex, HttpResponse, PatternReader, Stream,
 };
@@ -450,6 +451,90 @@ fn non_ascii_path() {
     assert_eq!(var(&env, "SCRIPT_NAME"), Some("/cgi/caf\u{e9}.sh"));
     assert_eq!(var(&env, "PATH_INFO"), Some("/\u{fc} x"));
     assert_eq!(var(&env, "QUERY_STRING"), Some("caf%C3%A9"));
+}
+
+/// The same script behind Apache over each protocol, as Apache sites configure them:
+/// mod_proxy_fcgi sends `SCRIPT_FILENAME` as a `proxy:fcgi://` URL with the path info still
+/// on it (and no PATH_INFO), which appserver splits off; over SCGI and AJP (`secret=`) no
+/// SCRIPT_FILENAME arrives and `docroot=` walks the path. Every way, the script sees the same
+/// split, the query raw, and its request body.
+#[test]
+fn apache_runs_the_script_over_fastcgi_scgi_and_ajp() {
+    let docroot = Docroot::new();
+    let root = docroot.root();
+    let docroot_arg = format!("docroot={}", root.display());
+    let real = std::fs::canonicalize(&root).unwrap();
+    for protocol in ["fcgi", "scgi", "ajp"] {
+        let mut cmd = TestCommand::appserver();
+        cmd.args([
+            "runfcgi",
+            "app=cgi",
+            "daemonize=false",
+            "host=127.0.0.1",
+            "port=0",
+        ])
+        .args([format!("protocol={protocol}"), docroot_arg.clone()]);
+        if protocol == "ajp" {
+            cmd.arg("secret=cgi-secret");
+        }
+        let server = cmd.start();
+        let addr = server.listen().tcp();
+        let apache = match protocol {
+            "fcgi" => ApacheProxy::start(&format!(
+                r#"ProxyPass "/cgi/" "fcgi://{addr}{}/cgi/""#,
+                root.display()
+            )),
+            "scgi" => ApacheProxy::scgi(server.listen()),
+            _ => ApacheProxy::ajp(server.listen(), "secret=cgi-secret"),
+        };
+        let logs = || {
+            format!(
+                "{}
+{}",
+                server.log(),
+                apache.error_log()
+            )
+        };
+        let resp = http_request(
+            apache.port(),
+            "POST",
+            "/cgi/env.sh/extra/caf%C3%A9?q=caf%C3%A9&x=%20",
+            &[("Content-Type", "text/plain")],
+            b"posted body",
+        );
+        assert_eq!(
+            resp.status,
+            200,
+            "{protocol}: {}
+{}",
+            resp.text(),
+            logs()
+        );
+        let (env, stdin) = script_env(&resp);
+        let filename = real.join("cgi/env.sh").display().to_string();
+        for (name, want) in [
+            ("REQUEST_METHOD", "POST"),
+            ("SCRIPT_NAME", "/cgi/env.sh"),
+            ("PATH_INFO", "/extra/caf\u{e9}"),
+            ("QUERY_STRING", "q=caf%C3%A9&x=%20"),
+            ("SCRIPT_FILENAME", &filename),
+            ("CONTENT_LENGTH", "11"),
+            ("CONTENT_TYPE", "text/plain"),
+            ("GATEWAY_INTERFACE", "CGI/1.1"),
+        ] {
+            assert_eq!(var(&env, name), Some(want), "{protocol}: {name}\n{env:?}");
+        }
+        assert_eq!(stdin, "posted body", "{protocol}");
+        let resp = http_get(apache.port(), "/cgi/missing.sh/x");
+        assert_eq!(
+            resp.status,
+            404,
+            "{protocol}: {}
+{}",
+            resp.text(),
+            logs()
+        );
+    }
 }
 
 // --- safety

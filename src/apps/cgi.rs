@@ -22,6 +22,7 @@
 //! and every script is waited for, so no zombie is left. What this module must not do: run a
 //! shell, hand the process environment to scripts, or follow a request out of `docroot=`.
 
+use std::borrow::Cow;
 use std::ffi::{OsStr, OsString};
 use std::future::Future as _;
 use std::io;
@@ -331,14 +332,11 @@ impl Inner {
         }
         let sent = vars
             .get(b"SCRIPT_FILENAME")
-            .filter(|f| !f.is_empty())
-            .map(<[u8]>::to_vec);
+            .and_then(sent_filename)
+            .map(Cow::into_owned);
         let path = match (sent, &self.docroot) {
-            (Some(sent), docroot) => {
-                let file = strip_proxy_prefix(&sent).to_vec();
-                if file.len() != sent.len() {
-                    vars.set(b"SCRIPT_FILENAME", &file);
-                }
+            (Some(file), docroot) => {
+                vars.set(b"SCRIPT_FILENAME", &file);
                 let path = PathBuf::from(OsStr::from_bytes(&file));
                 if !path.is_absolute() {
                     return Err(Refusal::new(
@@ -358,7 +356,7 @@ impl Inner {
                         ));
                     }
                 }
-                path
+                split_path_info(path, vars)
             }
             (None, Some(root)) => root.walk(vars)?,
             (None, None) => {
@@ -724,20 +722,60 @@ fn stat_refusal(path: &Path, e: &io::Error) -> Refusal {
     }
 }
 
-/// Apache's mod_proxy_fcgi (default `ProxyFCGIBackendType FPM`) sends `SCRIPT_FILENAME` as
-/// `proxy:fcgi://HOST:PORT/path`: the file is `/path`.
-fn strip_proxy_prefix(filename: &[u8]) -> &[u8] {
-    let Some(rest) = filename.strip_prefix(b"proxy:") else {
-        return filename;
-    };
-    let Some(at) = rest.windows(3).position(|w| w == b"://") else {
-        return filename;
-    };
-    let authority = &rest[at + 3..];
-    match authority.iter().position(|&b| b == b'/') {
-        Some(slash) => &authority[slash..],
-        None => filename,
+/// The file a web server's `SCRIPT_FILENAME` names, if it names one.
+///
+/// Apache's mod_proxy_fcgi (default `ProxyFCGIBackendType FPM`) sends
+/// `proxy:fcgi://HOST:PORT/path`, the path still percent-encoded, and sites point it at the
+/// file system as PHP-FPM expects (`ProxyPass /cgi-bin/ fcgi://HOST:PORT/srv/cgi-bin/`): the
+/// file is the decoded `/path`. Other `proxy:` URLs (mod_proxy_scgi sends
+/// `proxy:scgi://HOST:PORT/` + the request path) name no file: `None`, as when nothing was
+/// sent, and `docroot=` walks the request path instead.
+fn sent_filename(sent: &[u8]) -> Option<Cow<'_, [u8]>> {
+    if sent.is_empty() {
+        return None;
     }
+    let Some(url) = sent.strip_prefix(b"proxy:") else {
+        return Some(Cow::Borrowed(sent));
+    };
+    let authority = url.strip_prefix(b"fcgi://")?;
+    let slash = authority.iter().position(|&b| b == b'/')?;
+    Some(Cow::Owned(percent_decode(&authority[slash..])))
+}
+
+/// Splits trailing path info off a `SCRIPT_FILENAME` that names a path below a file, as
+/// PHP-FPM's `cgi.fix_pathinfo` does: Apache's mod_proxy_fcgi sends
+/// `/srv/cgi-bin/x.sh/a/b` for `/cgi-bin/x.sh/a/b` (and `SCRIPT_NAME=/cgi-bin/x.sh/a/b`, no
+/// `PATH_INFO`). The first file along the path is the script; the rest becomes `PATH_INFO`
+/// when the web server sent none, and is taken off the end of `SCRIPT_NAME`. A path that
+/// exists, or does not exist at all, is returned unchanged for the usual checks.
+fn split_path_info(path: PathBuf, vars: &mut Vars) -> PathBuf {
+    match std::fs::metadata(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {}
+        _ => return path,
+    }
+    let full = path.as_os_str().as_bytes();
+    let mut end = 0;
+    let file = loop {
+        let Some(slash) = full[end + 1..].iter().position(|&b| b == b'/') else {
+            return path;
+        };
+        end += 1 + slash;
+        match std::fs::metadata(OsStr::from_bytes(&full[..end])) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => break &full[..end],
+            Err(_) => return path,
+        }
+    };
+    let info = &full[end..];
+    if vars.get(b"PATH_INFO").is_none_or(<[u8]>::is_empty) {
+        vars.set(b"PATH_INFO", info);
+    }
+    if let Some(name) = vars.get(b"SCRIPT_NAME").and_then(|n| n.strip_suffix(info)) {
+        let name = name.to_vec();
+        vars.set(b"SCRIPT_NAME", &name);
+    }
+    vars.set(b"SCRIPT_FILENAME", file);
+    PathBuf::from(OsStr::from_bytes(file))
 }
 
 /// Whether a request variable may enter a script's environment.
@@ -1255,17 +1293,20 @@ mod tests {
     // --- choosing the script
 
     #[test]
-    fn apache_proxy_prefix_is_stripped() {
+    fn apache_proxy_urls_name_a_file_only_for_fastcgi() {
+        let file = |sent: &[u8]| sent_filename(sent).map(Cow::into_owned);
         assert_eq!(
-            strip_proxy_prefix(b"proxy:fcgi://127.0.0.1:9000/srv/cgi/x.sh"),
-            b"/srv/cgi/x.sh"
+            file(b"proxy:fcgi://127.0.0.1:9000/srv/cgi/x.sh"),
+            Some(b"/srv/cgi/x.sh".to_vec())
         );
-        assert_eq!(strip_proxy_prefix(b"proxy:fcgi://[::1]:9000/x"), b"/x");
-        assert_eq!(strip_proxy_prefix(b"/srv/x.sh"), b"/srv/x.sh");
         assert_eq!(
-            strip_proxy_prefix(b"proxy:fcgi://host"),
-            b"proxy:fcgi://host"
+            file(b"proxy:fcgi://[::1]:9000/a%20b/caf%C3%A9"),
+            Some("/a b/caf\u{e9}".as_bytes().to_vec())
         );
+        assert_eq!(file(b"/srv/x%20.sh"), Some(b"/srv/x%20.sh".to_vec()));
+        assert_eq!(file(b"proxy:fcgi://host"), None);
+        assert_eq!(file(b"proxy:scgi://127.0.0.1:9000/cgi/x.sh"), None);
+        assert_eq!(file(b""), None);
     }
 
     /// A docroot with a script, a subdirectory, and things that must not run.
@@ -1408,6 +1449,58 @@ mod tests {
             v.get(b"SCRIPT_FILENAME"),
             Some(t.root.join("sub/run.sh").as_os_str().as_bytes())
         );
+        // Encoded as mod_proxy_fcgi sends it; an encoded `..` is still a climb out.
+        for (encoded, expect) in [
+            ("sub/run%2Esh", Ok(())),
+            (
+                "sub/%2E%2E/%2E%2E/outside/evil.sh",
+                Err(StatusCode::FORBIDDEN),
+            ),
+        ] {
+            let proxied = format!("proxy:fcgi://h:1{}/{encoded}", t.root.display());
+            let mut v = vars(&[("SCRIPT_FILENAME", &proxied)]);
+            assert_eq!(
+                cgi.inner.resolve(&mut v).map(|_| ()).map_err(|r| r.status),
+                expect,
+                "{encoded}"
+            );
+        }
+    }
+
+    /// mod_proxy_fcgi's `SCRIPT_FILENAME` for `/sub/run.sh/a b/c`: the script is
+    /// `sub/run.sh`, the rest becomes PATH_INFO and leaves SCRIPT_NAME.
+    #[test]
+    fn trailing_path_info_is_split_off_script_filename() {
+        let t = tree();
+        let cgi = docroot_gateway(&t.root);
+        let run = t.root.join("sub/run.sh");
+        let proxied = format!("proxy:fcgi://h:1{}/a%20b/c", run.display());
+        let mut v = vars(&[
+            ("SCRIPT_FILENAME", &proxied),
+            ("SCRIPT_NAME", "/sub/run.sh/a b/c"),
+        ]);
+        let script = cgi.inner.resolve(&mut v).unwrap();
+        assert_eq!(script.exec, run.canonicalize().unwrap());
+        assert_eq!(get(&v, "SCRIPT_FILENAME"), run.to_str());
+        assert_eq!(get(&v, "PATH_INFO"), Some("/a b/c"));
+        assert_eq!(get(&v, "SCRIPT_NAME"), Some("/sub/run.sh"));
+
+        // PATH_INFO the web server sent is kept.
+        let filename = format!("{}/x", run.display());
+        let mut v = vars(&[("SCRIPT_FILENAME", &filename), ("PATH_INFO", "/given")]);
+        cgi.inner.resolve(&mut v).unwrap();
+        assert_eq!(get(&v, "PATH_INFO"), Some("/given"));
+
+        // Below a directory, or below nothing: not found, as before.
+        for missing in ["sub/missing/x", "missing/x"] {
+            let filename = format!("{}/{missing}", t.root.display());
+            let mut v = vars(&[("SCRIPT_FILENAME", &filename)]);
+            assert_eq!(
+                cgi.inner.resolve(&mut v).map(|_| ()).map_err(|r| r.status),
+                Err(StatusCode::NOT_FOUND),
+                "{missing}"
+            );
+        }
     }
 
     #[test]
