@@ -8,7 +8,7 @@
 //! and NUL, so no response splitting can pass through here.
 
 use http::header::{CONNECTION, TRANSFER_ENCODING};
-use http::{HeaderName, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::{Body, Response};
 
@@ -26,13 +26,69 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name.as_str() == "status"
 }
 
+/// A reason phrase other than the standard one for a response's status, carried as a
+/// response extension: `Status: 403 Access Denied by Policy`. Without it a response gets its
+/// status's standard phrase. The CGI gateway keeps a script's own phrase this way.
+///
+/// ```
+/// use appserver::response::ReasonPhrase;
+///
+/// let mut resp = appserver::Response::new(appserver::Body::empty());
+/// *resp.status_mut() = http::StatusCode::FORBIDDEN;
+/// resp.extensions_mut().insert(ReasonPhrase::new("Access Denied").unwrap());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReasonPhrase(HeaderValue);
+
+/// Occurs when a reason phrase is empty or holds a byte HTTP does not allow in one (a control
+/// character such as CR or LF).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid reason phrase: empty, or a control character in it")]
+pub struct InvalidReasonPhrase;
+
+impl ReasonPhrase {
+    /// A reason phrase of visible characters, spaces and tabs (RFC 9112 §4: `reason-phrase`);
+    /// bytes from 0x80 up are accepted as obs-text.
+    pub fn new(phrase: impl AsRef<[u8]>) -> Result<ReasonPhrase, InvalidReasonPhrase> {
+        let phrase = phrase.as_ref();
+        if phrase.is_empty()
+            || phrase
+                .iter()
+                .any(|&b| b != b'\t' && (b < 0x20 || b == 0x7f))
+        {
+            return Err(InvalidReasonPhrase);
+        }
+        HeaderValue::from_bytes(phrase)
+            .map(ReasonPhrase)
+            .map_err(|_| InvalidReasonPhrase)
+    }
+
+    /// The phrase's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// The reason phrase `resp` goes out with: its [`ReasonPhrase`], else its status's standard
+/// one.
+pub fn reason(resp: &http::response::Parts) -> &[u8] {
+    match resp.extensions.get::<ReasonPhrase>() {
+        Some(phrase) => phrase.as_bytes(),
+        None => resp
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    }
+}
+
 /// Appends the CGI head of `resp` to `dst`.
 pub fn encode_cgi_head(resp: &http::response::Parts, dst: &mut Vec<u8>) {
     let status = resp.status;
     dst.extend_from_slice(b"Status: ");
     dst.extend_from_slice(status.as_str().as_bytes());
     dst.push(b' ');
-    dst.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    dst.extend_from_slice(reason(resp));
     dst.extend_from_slice(b"\r\n");
     for (name, value) in &resp.headers {
         if is_hop_by_hop(name) {
@@ -87,6 +143,27 @@ mod tests {
             out,
             b"Status: 302 Found\r\nlocation: /target\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_reason_phrase_extension_replaces_the_standard_one() {
+        let mut resp = http::Response::builder().status(403).body(()).unwrap();
+        resp.extensions_mut()
+            .insert(ReasonPhrase::new("Access Denied \u{e9}t\u{e9}").unwrap());
+        let mut head = Vec::new();
+        encode_cgi_head(&resp.into_parts().0, &mut head);
+        assert_eq!(
+            head,
+            "Status: 403 Access Denied \u{e9}t\u{e9}\r\n\r\n".as_bytes()
+        );
+    }
+
+    #[test]
+    fn reason_phrases_refuse_control_characters_and_emptiness() {
+        for bad in [&b""[..], b"Split\r\nSet-Cookie: x=1", b"Nul\0", b"Del\x7f"] {
+            assert!(ReasonPhrase::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(ReasonPhrase::new("Tab\tand space ok").is_ok());
     }
 
     #[test]

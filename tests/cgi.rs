@@ -487,14 +487,7 @@ fn apache_runs_the_script_over_fastcgi_scgi_and_ajp() {
             "scgi" => ApacheProxy::scgi(server.listen()),
             _ => ApacheProxy::ajp(server.listen(), "secret=cgi-secret"),
         };
-        let logs = || {
-            format!(
-                "{}
-{}",
-                server.log(),
-                apache.error_log()
-            )
-        };
+        let logs = || format!("{}\n{}", server.log(), apache.error_log());
         let resp = http_request(
             apache.port(),
             "POST",
@@ -502,14 +495,7 @@ fn apache_runs_the_script_over_fastcgi_scgi_and_ajp() {
             &[("Content-Type", "text/plain")],
             b"posted body",
         );
-        assert_eq!(
-            resp.status,
-            200,
-            "{protocol}: {}
-{}",
-            resp.text(),
-            logs()
-        );
+        assert_eq!(resp.status, 200, "{protocol}: {}\n{}", resp.text(), logs());
         let (env, stdin) = script_env(&resp);
         let filename = real.join("cgi/env.sh").display().to_string();
         for (name, want) in [
@@ -526,13 +512,13 @@ fn apache_runs_the_script_over_fastcgi_scgi_and_ajp() {
         }
         assert_eq!(stdin, "posted body", "{protocol}");
         let resp = http_get(apache.port(), "/cgi/missing.sh/x");
+        assert_eq!(resp.status, 404, "{protocol}: {}\n{}", resp.text(), logs());
+        // The script's own reason phrase reaches the client (SEND_HEADERS carries it in AJP).
+        let resp = http_get(apache.port(), "/cgi/status.sh");
         assert_eq!(
-            resp.status,
-            404,
-            "{protocol}: {}
-{}",
-            resp.text(),
-            logs()
+            (resp.status, resp.reason.as_str()),
+            (403, "Access Denied By Policy"),
+            "{protocol}"
         );
     }
 }
@@ -958,9 +944,19 @@ fn differential_against_fcgiwrap() {
         "/cgi/redirect.sh?nonsense",
         "/cgi/zeros.sh?1000000",
         "/cgi/zeros.sh?x",
+        "/cgi/status.sh",
     ] {
         let (fw, app) = both(&nginx, "GET", path, &[], b"");
         assert_eq!(fw.status, app.status, "{path}\n{}", logs());
+        // A bare Location gets nginx's own phrase through fcgiwrap ("Moved Temporarily") and
+        // appserver's explicit `Status: 302 Found` otherwise; every phrase a script sends is
+        // kept by both.
+        if !path.ends_with("?bare") {
+            assert_eq!(fw.reason, app.reason, "{path}");
+        }
+        if path == "/cgi/status.sh" {
+            assert_eq!(app.reason, "Access Denied By Policy");
+        }
         assert_eq!(fw.body, app.body, "{path}");
         for name in ["content-type", "location"] {
             assert_eq!(fw.header(name), app.header(name), "{path}: {name}");

@@ -49,7 +49,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::config::{Config, ConfigError};
 use crate::request::{percent_decode, Env};
-use crate::response::plain;
+use crate::response::{plain, ReasonPhrase};
 use crate::{Body, BoxError, Handler, Request, Response};
 
 /// How long a script's process group has between SIGTERM and SIGKILL.
@@ -603,6 +603,9 @@ impl Inner {
         }));
         *resp.status_mut() = status;
         *resp.headers_mut() = head.headers;
+        if let Some(reason) = head.reason {
+            resp.extensions_mut().insert(reason);
+        }
         Ok(Outcome::Response(resp))
     }
 }
@@ -927,6 +930,8 @@ fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
 #[derive(Debug)]
 struct Head {
     status: Option<StatusCode>,
+    /// The `Status` line's own reason phrase, when it is not the standard one.
+    reason: Option<ReasonPhrase>,
     location: Option<Vec<u8>>,
     /// Every field but `Status`, in order, repeated names kept (three `Set-Cookie`).
     headers: HeaderMap,
@@ -938,6 +943,7 @@ struct Head {
 fn parse_head(head: &[u8]) -> Result<Head, String> {
     let mut parsed = Head {
         status: None,
+        reason: None,
         location: None,
         headers: HeaderMap::new(),
     };
@@ -960,7 +966,10 @@ fn parse_head(head: &[u8]) -> Result<Head, String> {
             if parsed.status.is_some() {
                 return Err("Status sent twice".to_owned());
             }
-            parsed.status = Some(parse_status(value).ok_or_else(|| format!("bad {:?}", shown()))?);
+            let (status, reason) =
+                parse_status(value).ok_or_else(|| format!("bad {:?}", shown()))?;
+            parsed.status = Some(status);
+            parsed.reason = reason;
             continue;
         }
         let value = HeaderValue::from_bytes(value)
@@ -976,14 +985,21 @@ fn parse_head(head: &[u8]) -> Result<Head, String> {
     Ok(parsed)
 }
 
-/// `Status: 404 Not Found` → 404: three digits, then the end or a space. The reason phrase is
-/// not kept: the response carries the standard one.
-fn parse_status(value: &[u8]) -> Option<StatusCode> {
+/// `Status: 404 Not Found` → 404: three digits, then the end or a space, then the reason
+/// phrase, kept when it is not the standard one (`Status: 403 Access Denied`). A phrase with
+/// control characters makes the line invalid.
+fn parse_status(value: &[u8]) -> Option<(StatusCode, Option<ReasonPhrase>)> {
     let code = value.get(..3)?;
     if !code.iter().all(u8::is_ascii_digit) || !matches!(value.get(3), None | Some(b' ' | b'\t')) {
         return None;
     }
-    StatusCode::from_bytes(code).ok()
+    let status = StatusCode::from_bytes(code).ok()?;
+    let phrase = trim(&value[3..]);
+    let standard = status.canonical_reason().map(str::as_bytes);
+    if phrase.is_empty() || standard == Some(phrase) {
+        return Some((status, None));
+    }
+    Some((status, Some(ReasonPhrase::new(phrase).ok()?)))
 }
 
 fn trim(mut s: &[u8]) -> &[u8] {
@@ -1221,6 +1237,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(head.status, Some(StatusCode::NOT_FOUND));
+        assert_eq!(
+            head.reason,
+            Some(ReasonPhrase::new("Gone Fishing").unwrap())
+        );
         assert_eq!(head.location, None);
         assert_eq!(head.headers["content-type"], "text/plain");
         let cookies: Vec<_> = head.headers.get_all("set-cookie").iter().collect();
@@ -1259,12 +1279,29 @@ mod tests {
 
     #[test]
     fn status_values() {
-        assert_eq!(parse_status(b"200"), Some(StatusCode::OK));
-        assert_eq!(parse_status(b"302 Found"), Some(StatusCode::FOUND));
-        assert_eq!(parse_status(b"999 Mine").map(|s| s.as_u16()), Some(999));
-        assert_eq!(parse_status(b"20"), None);
-        assert_eq!(parse_status(b"2000"), None);
-        assert_eq!(parse_status(b" 200"), None);
+        let code = |v: &[u8]| parse_status(v).map(|(s, _)| s.as_u16());
+        let phrase = |v: &[u8]| {
+            parse_status(v)
+                .and_then(|(_, r)| r)
+                .map(|r| r.as_bytes().to_vec())
+        };
+        assert_eq!(parse_status(b"200"), Some((StatusCode::OK, None)));
+        assert_eq!(parse_status(b"302 Found"), Some((StatusCode::FOUND, None)));
+        assert_eq!(code(b"999 Mine"), Some(999));
+        assert_eq!(phrase(b"999 Mine"), Some(b"Mine".to_vec()));
+        assert_eq!(
+            phrase(b"403 Access Denied \t"),
+            Some(b"Access Denied".to_vec())
+        );
+        assert_eq!(
+            phrase(b"404 Not Found"),
+            None,
+            "the standard phrase needs no extension"
+        );
+        assert_eq!(code(b"404 Bad\x01Phrase"), None);
+        assert_eq!(code(b"20"), None);
+        assert_eq!(code(b"2000"), None);
+        assert_eq!(code(b" 200"), None);
     }
 
     #[tokio::test]

@@ -213,9 +213,8 @@ fn send_headers(conn: &mut Connection, resp: Response, peer: &(dyn Display + Syn
         .filter(|(name, _)| !crate::response::is_hop_by_hop(name))
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
         .collect();
-    let status = parts.status;
-    let reason = status.canonical_reason().unwrap_or("Unknown");
-    match conn.send_headers(status.as_u16(), reason, &headers) {
+    let reason = crate::response::reason(&parts);
+    match conn.send_headers(parts.status.as_u16(), reason, &headers) {
         Ok(()) => body,
         Err(e) => {
             tracing::error!(peer = %peer, "response head does not fit one AJP packet ({e}): answering 500");
@@ -227,7 +226,7 @@ fn send_headers(conn: &mut Connection, resp: Response, peer: &(dyn Display + Syn
                 .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
                 .collect();
             // A two-header head always fits the smallest packet.
-            let _ = conn.send_headers(500, "Internal Server Error", &headers);
+            let _ = conn.send_headers(500, b"Internal Server Error", &headers);
             body
         }
     }

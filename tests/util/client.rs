@@ -30,6 +30,8 @@ pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) struct HttpResponse {
     /// Status code.
     pub(crate) status: u16,
+    /// The status line's reason phrase.
+    pub(crate) reason: String,
     /// Header fields in order, names lower-cased.
     pub(crate) headers: Vec<(String, String)>,
     /// Decoded body.
@@ -108,11 +110,12 @@ fn parse_http_response(raw: &[u8], head_only: bool) -> io::Result<HttpResponse> 
     let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("non-UTF-8 header block"))?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
+    let mut parts = status_line.splitn(3, ' ');
+    let status = parts
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad(&format!("bad status line {status_line:?}")))?;
+    let reason = parts.next().unwrap_or_default().to_owned();
     let mut headers = Vec::new();
     for line in lines {
         let (name, value) = line
@@ -123,6 +126,7 @@ fn parse_http_response(raw: &[u8], head_only: bool) -> io::Result<HttpResponse> 
     let rest = &raw[end + 4..];
     let mut resp = HttpResponse {
         status,
+        reason,
         headers,
         body: Vec::new(),
     };

@@ -424,7 +424,7 @@ impl Connection {
     pub fn send_headers(
         &mut self,
         status: u16,
-        reason: &str,
+        reason: &[u8],
         headers: &[(&[u8], &[u8])],
     ) -> Result<(), PacketOverflow> {
         let State::Active(active) = &mut self.state else {
@@ -435,7 +435,7 @@ impl Connection {
         }
         encode_send_headers(
             status,
-            reason.as_bytes(),
+            reason,
             headers,
             self.config.packet_size,
             &mut self.out,
@@ -794,7 +794,7 @@ mod tests {
     }
 
     fn answer(conn: &mut Connection) -> Vec<u8> {
-        conn.send_headers(200, "OK", &[]).unwrap();
+        conn.send_headers(200, b"OK", &[]).unwrap();
         conn.end_response();
         output(conn)
     }
@@ -826,7 +826,7 @@ mod tests {
         assert_eq!(req.header(b"Host").unwrap(), "localhost");
         assert_eq!(ev[1], Event::BodyEnd);
         assert!(!c.is_idle());
-        c.send_headers(200, "OK", &[(b"Content-Type", b"text/plain")])
+        c.send_headers(200, b"OK", &[(b"Content-Type", b"text/plain")])
             .unwrap();
         c.send_body(b"abc");
         c.end_response();
@@ -1071,7 +1071,7 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
         // Nothing more is parsed; the 403 closes the connection.
         assert_eq!(feed(&mut c, MINIMAL_GET).unwrap(), []);
         assert!(!c.request_body_chunk());
-        c.send_headers(403, "Forbidden", &[]).unwrap();
+        c.send_headers(403, b"Forbidden", &[]).unwrap();
         c.end_response();
         let out = output(&mut c);
         assert!(out.starts_with(b"\x41\x42\x00\x11\x04\x01\x93"));
@@ -1244,7 +1244,7 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
             let config = AjpConfig::default().with_packet_size(size);
             let mut c = Connection::new(config);
             feed(&mut c, MINIMAL_GET).unwrap();
-            c.send_headers(200, "OK", &[]).unwrap();
+            c.send_headers(200, b"OK", &[]).unwrap();
             let body: Vec<u8> = (0..100 * 1024).map(|i| (i % 253) as u8).collect();
             c.send_body(&body);
             c.end_response();
@@ -1307,7 +1307,7 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
         feed(&mut c, MINIMAL_GET).unwrap();
         let big = vec![b'v'; 8200];
         assert_eq!(
-            c.send_headers(200, "OK", &[(b"X-Big", &big)]),
+            c.send_headers(200, b"OK", &[(b"X-Big", &big)]),
             Err(PacketOverflow {
                 len: 8221,
                 max: 8188
@@ -1317,8 +1317,8 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
         c.send_body(b"ignored before headers");
         assert_eq!(c.queued_output(), 0);
         // The driver falls back to a smaller head.
-        c.send_headers(500, "Internal Server Error", &[]).unwrap();
-        c.send_headers(200, "OK", &[]).unwrap(); // a second head is ignored
+        c.send_headers(500, b"Internal Server Error", &[]).unwrap();
+        c.send_headers(200, b"OK", &[]).unwrap(); // a second head is ignored
         let out = output(&mut c);
         assert_eq!(&out[..7], b"\x41\x42\x00\x1d\x04\x01\xf4");
         c.end_response();
@@ -1328,7 +1328,7 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
         c.send_flush();
         c.end_response();
         assert!(!c.request_body_chunk());
-        assert_eq!(c.send_headers(200, "OK", &[]), Ok(()));
+        assert_eq!(c.send_headers(200, b"OK", &[]), Ok(()));
         assert_eq!(output(&mut c), b"");
     }
 
@@ -1345,7 +1345,7 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
     fn flush_packet() {
         let mut c = conn();
         feed(&mut c, MINIMAL_GET).unwrap();
-        c.send_headers(200, "OK", &[]).unwrap();
+        c.send_headers(200, b"OK", &[]).unwrap();
         output(&mut c);
         c.send_flush();
         assert_eq!(output(&mut c), b"\x41\x42\x00\x04\x03\x00\x00\x00");
@@ -1517,7 +1517,7 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
                             c.request_body_chunk();
                         }
                         Event::BodyEnd => {
-                            c.send_headers(200, "OK", &[(b"Content-Type", b"text/plain")])
+                            c.send_headers(200, b"OK", &[(b"Content-Type", b"text/plain")])
                                 .unwrap();
                             c.send_body(b"ok");
                             c.end_response();
