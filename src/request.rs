@@ -6,7 +6,8 @@
 //!
 //! The script-name rule (design.md §1, Django's `get_script_name`): `script_name=` wins; else
 //! `SCRIPT_URL` or `REDIRECT_URL` minus `PATH_INFO` (Apache + mod_rewrite, the seed's
-//! `.htaccess` setup); else `SCRIPT_NAME`. A missing `PATH_INFO` is empty when `SCRIPT_NAME`
+//! `.htaccess` setup); else, when lighttpd rewrote the request (`REDIRECT_URI` set), the
+//! decoded `REQUEST_URI` path minus `PATH_INFO`; else `SCRIPT_NAME`. A missing `PATH_INFO` is empty when `SCRIPT_NAME`
 //! was sent (Apache's mod_proxy_fcgi puts the whole path there) and otherwise derived from the
 //! decoded path: `DOCUMENT_URI` (nginx), else the percent-decoded path of `REQUEST_URI`. The
 //! resolved values replace `SCRIPT_NAME`/`PATH_INFO` in the [`Env`].
@@ -224,6 +225,18 @@ fn resolve_script_name(params: &Params, forced: Option<&str>) -> (Vec<u8>, Vec<u
         };
         return (script, path_info);
     }
+    // lighttpd's url.rewrite onto the script (the seed's lighttpd setup: `^(/.*)$` =>
+    // `/mysite.fcgi$1`) sends the rewritten URI as REDIRECT_URI and keeps the public one in
+    // REQUEST_URI: the public script name is that path minus PATH_INFO, as with SCRIPT_URL.
+    if params.get(b"REDIRECT_URI").is_some_and(|v| !v.is_empty()) {
+        let raw = params.get(b"REQUEST_URI").unwrap_or_default();
+        let public = collapse_slashes(&percent_decode(
+            raw.split(|&b| b == b'?').next().unwrap_or(raw),
+        ));
+        if let Some(script) = public.strip_suffix(path_info.as_slice()) {
+            return (script.to_vec(), path_info);
+        }
+    }
     (sent_script.unwrap_or(b"").to_vec(), path_info)
 }
 
@@ -395,6 +408,39 @@ mod tests {
             None,
         );
         assert_eq!(env_of(&req, "SCRIPT_NAME"), b"/app");
+
+        // lighttpd's url.rewrite onto /mysite.fcgi: REQUEST_URI public, REDIRECT_URI rewritten.
+        let lighttpd = |uri: &str, rewritten: &str, path_info: &str| {
+            let req = build_with(
+                &[
+                    ("REQUEST_URI", uri),
+                    ("REDIRECT_URI", rewritten),
+                    ("SCRIPT_NAME", "/mysite.fcgi"),
+                    ("PATH_INFO", path_info),
+                ],
+                None,
+            );
+            let script = env_of(&req, "SCRIPT_NAME").to_vec();
+            (String::from_utf8(script).unwrap(), req.uri().to_string())
+        };
+        assert_eq!(
+            lighttpd(
+                "/blog/caf%C3%A9?q=1",
+                "/mysite.fcgi/blog/caf%C3%A9?q=1",
+                "/blog/caf\u{e9}"
+            ),
+            (String::new(), "/blog/caf%C3%A9?q=1".to_owned())
+        );
+        assert_eq!(
+            lighttpd("/site/x", "/mysite.fcgi/x", "/x").0,
+            "/site",
+            "mounted under a prefix"
+        );
+        assert_eq!(
+            lighttpd("/other", "/mysite.fcgi/x", "/x").0,
+            "/mysite.fcgi",
+            "a rewrite that does not keep the path: SCRIPT_NAME as sent"
+        );
 
         // script_name= wins over everything.
         let req = build_with(

@@ -14,3 +14,4 @@ mod fcgi;
 mod process;
 mod protocols;
 mod scgi;
+mod seed;

@@ -67,7 +67,8 @@ pub(crate) fn http_get(port: u16, path: &str) -> HttpResponse {
     http_request(port, "GET", path, &[], &[])
 }
 
-/// One request on its own connection. `path` is sent as is (percent-encoding included).
+/// One request on its own connection. `path` is sent as is (percent-encoding included);
+/// `Host: localhost` unless `headers` name another.
 pub(crate) fn http_request(
     port: u16,
     method: &str,
@@ -90,7 +91,10 @@ pub(crate) fn try_http_request(
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        head.push_str("Host: localhost\r\n");
+    }
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
