@@ -193,7 +193,7 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
     };
     let listen_desc = std_listener.description();
     let ready_pipe = if config.daemonize && reexec_fd.is_none() {
-        Some(daemon::daemonize(config, &listen_desc).context("cannot daemonize")?)
+        Some(daemon::daemonize(config, &listen_desc, &std_listener).context("cannot daemonize")?)
     } else {
         None
     };

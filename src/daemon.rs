@@ -15,7 +15,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -41,19 +41,25 @@ const READY_MESSAGE: &[u8] = b"ok\n";
 /// prints `appserver: pid N serving PROTOCOL on LISTEN` to stdout and exits (0 once the child
 /// is ready, 1 if it exits first); it never returns there.
 ///
+/// The parent closes its copy of `listener` before it waits: a child that fails then finds
+/// nobody listening on its unix socket any more, and removes the file as it exits.
+///
 /// In the child: `setsid`, the daemon umask ([`Config::daemon_umask`]), `chdir(workdir)`,
 /// stdin from `/dev/null`; `outlog=`/`errlog=` (or `/dev/null`) are opened now, so an
 /// unwritable log is an error here, and become stdout/stderr at [`Ready::ready`].
 ///
 /// Call before the tokio runtime or any thread exists: a process with more than one thread
 /// refuses to fork.
-pub fn daemonize(config: &Config, listen: &str) -> io::Result<Ready> {
+pub fn daemonize(config: &Config, listen: &str, listener: &impl AsFd) -> io::Result<Ready> {
     let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC)?;
     // Flush before forking, or both processes would write what is buffered.
     io::stdout().flush()?;
     match sys::fork()? {
         Forked::Parent(child) => {
             drop(write_end);
+            // The parent only waits, then exits without running destructors (parent_exit):
+            // the handle it closes here is never used or closed again in this process.
+            let _ = nix::unistd::close(listener.as_fd().as_raw_fd());
             let ready = wait_ready(File::from(read_end));
             parent_exit(child, ready, config.protocol.name(), listen)
         }
