@@ -3,7 +3,10 @@
 //! - `method=prefork` keeps its pool: `minspare`..`maxspare` idle workers, never more than
 //!   `maxchildren`, a killed worker replaced (and logged), `maxrequests` recycling.
 //! - The signals under load through real nginx: HUP (reload), TERM (graceful stop), USR1
-//!   (reopen `errlog=`).
+//!   (reopen `errlog=`); TTIN/TTOU adjustments kept across HUP.
+//! - Workers that cannot start (a file descriptor limit, set with `prlimit`): a starting
+//!   server exits 1 (a daemonizing start too, instead of waiting forever), a serving pool
+//!   retries, a failed reload leaves the previous workers serving.
 //! - Daemonizing with a pidfile, and the seed document's restart script run twice against a
 //!   server that is still answering a slow request.
 //! - Web-server-spawned mode: lighttpd `bin-path` and Apache mod_fcgid (the seed's
@@ -696,6 +699,90 @@ fn hup_under_load(pass: FcgiPass) {
     assert!(
         late.is_disjoint(&old),
         "old workers {old:?} served after the reload: {late:?}"
+    );
+}
+
+/// TTIN and TTOU adjustments survive a reload. From minspare=1 maxspare=2, TTIN twice gives
+/// minspare=3 maxspare=4 (three idle workers); after HUP the re-executed master starts three
+/// new workers, not the command line's one, and a TTOU then moves on from the kept values.
+#[test]
+fn prefork_hup_keeps_ttin_ttou_adjustments() {
+    let server = prefork(
+        TestCommand::appserver(),
+        &["minspare=1", "maxspare=2", "maxchildren=10"],
+    );
+    let master = server.pid();
+    assert!(wait_until(SETTLE_TIMEOUT, || children(master).len() == 1));
+    // Signals of one kind do not queue: each is sent once the master has taken the last.
+    let signal_and_wait = |signal: Signal, line: &str| {
+        server.signal(signal);
+        assert!(
+            wait_until(SETTLE_TIMEOUT, || server.log().contains(line)),
+            "no {line:?} after {signal}:\n{}",
+            server.log()
+        );
+    };
+    signal_and_wait(Signal::SIGTTIN, "SIGTTIN: minspare=2 maxspare=3");
+    signal_and_wait(Signal::SIGTTIN, "SIGTTIN: minspare=3 maxspare=4");
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || children(master).len() == 3),
+        "{} workers after TTIN twice, expected minspare=3\n{}",
+        children(master).len(),
+        server.log()
+    );
+    let old = children(master);
+
+    signal_and_wait(
+        Signal::SIGHUP,
+        "minspare=3 maxspare=4: kept across the reload",
+    );
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || {
+            let now = children(master);
+            now.len() == 3 && now.is_disjoint(&old)
+        }),
+        "after HUP: workers {:?} (old {old:?}), expected 3 new ones\n{}",
+        children(master),
+        server.log()
+    );
+    signal_and_wait(Signal::SIGTTOU, "SIGTTOU: minspare=2 maxspare=3");
+}
+
+/// What a reload passes to the re-executed master is checked: a malformed
+/// `APPSERVER_SPARE` is logged and the command line's bounds are used, and an
+/// `APPSERVER_RETIRE_PIDS` naming a process that is not this master's child is logged and
+/// that process is never signalled.
+#[test]
+fn prefork_ignores_malformed_reload_variables() {
+    let mut bystander = Command::new("sleep").arg("30").spawn().expect("sleep");
+    let mut cmd = TestCommand::appserver();
+    cmd.env("APPSERVER_SPARE", "5,x")
+        .env("APPSERVER_RETIRE_PIDS", &format!("{},x", bystander.id()));
+    let server = prefork(cmd, &["minspare=1", "maxspare=2", "maxchildren=10"]);
+    // The master takes a TTIN only after the pass through its loop that follows the first
+    // worker's readiness, where the previous workers are told to stop.
+    server.signal(Signal::SIGTTIN);
+    let from_command_line = "SIGTTIN: minspare=2 maxspare=3";
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || server.log().contains(from_command_line)),
+        "no {from_command_line:?}:\n{}",
+        server.log()
+    );
+    let alive = bystander.try_wait().expect("try_wait").is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    let log = server.log();
+    assert!(
+        alive,
+        "the master signalled a process it did not start:\n{log}"
+    );
+    assert!(
+        log.contains(r#"APPSERVER_SPARE="5,x" is not MINSPARE,MAXSPARE"#),
+        "{log}"
+    );
+    assert!(
+        log.contains("ignoring what names no child process"),
+        "{log}"
     );
 }
 
@@ -1466,5 +1553,391 @@ fn systemd_socket_activation_and_notify() {
     assert!(
         socket.exists(),
         "the socket belongs to systemd: it must stay"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. Workers that cannot start.
+//
+// A file descriptor limit makes workers fail at startup with no hook in the server: the
+// master needs a few descriptors (stdio, the listener, a signalfd, the status pipe), a
+// worker needs more (its runtime's epoll and eventfd, the signal pipe), so some limits let
+// the master start and no worker. util-linux `prlimit` sets the limit of a command it runs
+// (`--nofile=N:N`) or of a running process (`--pid`).
+
+/// How a start under a file descriptor limit ended.
+enum LimitedStart {
+    /// The process exited before any worker was ready: its status, its output (stdout and
+    /// stderr) and how long it ran.
+    Failed(std::process::ExitStatus, String, Duration),
+    /// It became ready (and was stopped): a worker could start.
+    Ready,
+}
+
+/// `prlimit --nofile=LIMIT:LIMIT appserver runfcgi method=prefork debug=true
+/// socket=DIR/s.sock OPTIONS`, run in `dir`, the socket file of an earlier try removed.
+fn fd_limited(limit: u32, dir: &Path, options: &[&str]) -> Command {
+    let _ = fs::remove_file(dir.join("s.sock"));
+    let mut cmd = daemon_command(Path::new("prlimit"), dir);
+    cmd.arg(format!("--nofile={limit}:{limit}"))
+        .arg(appserver_bin())
+        .args(["runfcgi", "method=prefork", "debug=true"])
+        .arg(format!("socket={}", dir.join("s.sock").display()))
+        .args(options);
+    cmd
+}
+
+/// A foreground start under `limit` descriptors, its stderr in a file of `dir`. A master
+/// that neither becomes ready nor exits within SETTLE_TIMEOUT (the behaviour this guards
+/// against) fails the test, after being killed with its workers.
+fn start_foreground_limited(limit: u32, dir: &Path) -> LimitedStart {
+    let log_path = dir.join(format!("stderr.{limit}"));
+    let mut cmd = fd_limited(limit, dir, &["daemonize=false"]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log_path).expect("log file"));
+    let started = Instant::now();
+    // prlimit execs appserver: the child is the master.
+    let mut master = cmd.spawn().expect("spawn prlimit (util-linux)");
+    let log = || fs::read_to_string(&log_path).unwrap_or_default();
+    loop {
+        if let Some(status) = master.try_wait().expect("try_wait") {
+            return LimitedStart::Failed(status, log(), started.elapsed());
+        }
+        let ready = log().contains("appserver: ready: ");
+        let hung = started.elapsed() > SETTLE_TIMEOUT;
+        if ready || hung {
+            let workers = children(master.id());
+            let _ = kill(Pid::from_raw(master.id() as i32), Signal::SIGTERM);
+            if wait_timeout(&mut master, SETTLE_TIMEOUT).is_none() {
+                for pid in workers.into_iter().chain([master.id()]) {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+                let _ = master.wait();
+            }
+            assert!(
+                !hung,
+                "with {limit} file descriptors the master neither served nor exited within \
+                 {SETTLE_TIMEOUT:?}:\n{}",
+                log()
+            );
+            return LimitedStart::Ready;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A daemonizing start (with `pidfile=DIR/app.pid`) under `limit` descriptors: the
+/// command's exit status and output. A command that does not return within SETTLE_TIMEOUT
+/// fails the test, and the daemon it left is stopped.
+fn start_daemon_limited(limit: u32, dir: &Path) -> LimitedStart {
+    /// Stops the server a pidfile names, if any, when dropped (also while panicking).
+    struct StopByPidfile(PathBuf);
+    impl Drop for StopByPidfile {
+        fn drop(&mut self) {
+            let pid = fs::read_to_string(&self.0)
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
+            if let Some(pid) = pid {
+                drop(Daemon { pid });
+            }
+        }
+    }
+    let pidfile = dir.join("app.pid");
+    let _stop = StopByPidfile(pidfile.clone());
+    let cmd = fd_limited(limit, dir, &[&format!("pidfile={}", pidfile.display())]);
+    let started = Instant::now();
+    let out = run_to_exit(cmd, SETTLE_TIMEOUT);
+    let took = started.elapsed();
+    if out.status.success() {
+        return LimitedStart::Ready;
+    }
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    LimitedStart::Failed(out.status, output, took)
+}
+
+/// The lowest file descriptor limit with which the master starts and no worker does, and
+/// that start. Below it the master itself cannot start (it exits 1 with its own message);
+/// above it a worker serves. Found by trying, not written down: how many descriptors a
+/// process has depends on what the test process passes on, and on the build.
+fn find_boot_failure(
+    mut start: impl FnMut(u32) -> LimitedStart,
+) -> (u32, std::process::ExitStatus, String, Duration) {
+    for limit in 3..=64 {
+        match start(limit) {
+            LimitedStart::Failed(status, log, took) if log.contains("the workers cannot start") => {
+                return (limit, status, log, took);
+            }
+            LimitedStart::Failed(status, log, _) => {
+                let last = log.lines().last().unwrap_or_default().to_owned();
+                eprintln!("{limit} file descriptors: {status}: {last}");
+            }
+            LimitedStart::Ready => panic!(
+                "with {limit} file descriptors a worker starts, with fewer the master does not: \
+                 no limit where only the workers fail"
+            ),
+        }
+    }
+    panic!("no file descriptor limit up to 64 lets the master start")
+}
+
+/// Checks the master's one line about workers that cannot start, in `log`: it names the
+/// last worker (one the master started, `worker N started` at debug level) and how it
+/// ended, and every worker started is gone.
+fn check_boot_failure_line(log: &str) {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("the workers cannot start"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line saying so:\n{log}");
+    let line = lines[0];
+    let prefix = "appserver: prefork master failed: the workers cannot start: ";
+    assert!(line.starts_with(prefix), "{line}");
+    let last: u32 = line
+        .split("(the last: worker ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no last worker in {line:?}"));
+    assert!(
+        line.contains(&format!("(the last: worker {last} exited with status 1)")),
+        "{line}"
+    );
+    let started: Vec<u32> = log
+        .lines()
+        .filter_map(|l| {
+            l.split("worker ")
+                .nth(1)?
+                .strip_suffix(" started")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        started.len() >= 3 && started.contains(&last),
+        "worker {last} is not among those started, {started:?}:\n{log}"
+    );
+    assert!(
+        started.iter().all(|&w| !alive(w)),
+        "workers left running: {:?}",
+        started.iter().filter(|&&w| alive(w)).collect::<Vec<_>>()
+    );
+}
+
+/// Workers that cannot start stop a starting server instead of leaving it forking
+/// replacements forever: after three failures (`prefork::BOOT_FAILURES`) the master stops
+/// what is left, says so in one line naming the last worker and how it ended, and exits 1,
+/// leaving no worker and no socket file.
+#[test]
+fn prefork_exits_1_when_no_worker_can_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (limit, status, log, took) = find_boot_failure(|n| start_foreground_limited(n, dir.path()));
+    eprintln!("no worker can start with {limit} file descriptors: {status} after {took:.2?}");
+    assert_eq!(status.code(), Some(1), "{log}");
+    check_boot_failure_line(&log);
+    assert!(!log.contains("appserver: ready:"), "{log}");
+    assert!(
+        !dir.path().join("s.sock").exists(),
+        "socket file left behind"
+    );
+}
+
+/// The same start daemonizing: the command that started it does not wait forever for a
+/// readiness that never comes. It shows the master's line, then `the server (pid N) exited
+/// with status 1 before it was ready`, and exits 1; nothing is left holding its output, and
+/// neither the pidfile nor the socket file is left behind.
+#[test]
+fn prefork_daemon_start_fails_when_no_worker_can_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (limit, status, output, took) = find_boot_failure(|n| start_daemon_limited(n, dir.path()));
+    eprintln!(
+        "daemonizing, no worker can start with {limit} file descriptors: {status} after {took:.2?}"
+    );
+    assert_eq!(status.code(), Some(1), "{output}");
+    check_boot_failure_line(&output);
+    let daemon: u32 = output
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("appserver: the server (pid ")?
+                .strip_suffix(") exited with status 1 before it was ready")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("the command did not say the server exited:\n{output}"));
+    assert!(!alive(daemon), "the daemon {daemon} still runs");
+    assert!(!output.contains("serving fcgi"), "{output}");
+    assert!(!dir.path().join("app.pid").exists(), "pidfile left behind");
+    assert!(
+        !dir.path().join("s.sock").exists(),
+        "socket file left behind"
+    );
+}
+
+/// The soft `RLIMIT_NOFILE` of a running process, from `/proc/PID/limits`.
+fn nofile_limit(pid: u32) -> u64 {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).expect("proc limits");
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|soft| soft.parse().ok())
+        .unwrap_or_else(|| panic!("no open files limit in:\n{limits}"))
+}
+
+/// Sets the soft `RLIMIT_NOFILE` of a running process (its children inherit it).
+fn set_nofile_limit(pid: u32, soft: u64) {
+    let status = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={soft}:"))
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success(), "prlimit --pid={pid} --nofile={soft}:");
+}
+
+/// A file descriptor limit for a running master with which it goes on (it opens no
+/// descriptor while it runs; one to spare) and a worker it forks cannot start: the master's
+/// lowest free descriptor number, plus one.
+fn starving_limit(master: u32) -> u64 {
+    let open: BTreeSet<u64> = fs::read_dir(format!("/proc/{master}/fd"))
+        .expect("proc fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|fd| !open.contains(fd)).unwrap_or(0) + 1
+}
+
+/// Once the pool has served, workers that cannot start are only retried, each after a
+/// pause: a crash loop must not take down a pool that is serving. With the master's
+/// descriptor limit lowered, a killed worker's replacements fail more than three times in a
+/// row; the other worker serves on, and once the limit is back the pool is whole again.
+#[test]
+fn prefork_keeps_serving_while_replacements_cannot_start() {
+    let server = prefork(TestCommand::appserver(), &["minspare=2", "maxspare=2"]);
+    let master = server.pid();
+    assert!(wait_until(SETTLE_TIMEOUT, || children(master).len() == 2));
+    let workers = children(master);
+    let (victim, survivor) = (
+        *workers.first().expect("two"),
+        *workers.last().expect("two"),
+    );
+    let limit = nofile_limit(master);
+    set_nofile_limit(master, starving_limit(master));
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).expect("kill -9 worker");
+    let failed = || {
+        server
+            .log()
+            .matches("exited with status 1; starting a replacement")
+            .count()
+    };
+    let started = Instant::now();
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || failed() > 3),
+        "{} replacements failed:\n{}",
+        failed(),
+        server.log()
+    );
+    eprintln!(
+        "{} replacements failed in {:.2?}",
+        failed(),
+        started.elapsed()
+    );
+    assert!(alive(master), "the master stopped:\n{}", server.log());
+    let socket = socket_of(&server);
+    let probe = || {
+        let out = TestCommand::appserver()
+            .args(["probe".to_owned(), socket.display().to_string()])
+            .output(SETTLE_TIMEOUT);
+        assert!(out.status.success(), "probe:\n{}", server.log());
+        page_pid(&String::from_utf8_lossy(&out.stdout)).expect("pid line")
+    };
+    assert_eq!(probe(), survivor);
+
+    set_nofile_limit(master, limit);
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || {
+            let now = children(master);
+            now.len() == 2 && now.contains(&survivor) && !now.contains(&victim)
+        }),
+        "the pool is not whole again: {:?}\n{}",
+        children(master),
+        server.log()
+    );
+    probe();
+    assert!(
+        !server.log().contains("the workers cannot start"),
+        "{}",
+        server.log()
+    );
+}
+
+/// A reload (HUP) whose new workers cannot start: the master re-executes with a lowered
+/// descriptor limit. It reports the reload failed, once, and the previous workers serve on:
+/// they are neither killed nor left unsupervised. Returns the previous workers.
+fn failed_reload(server: &Server) -> BTreeSet<u32> {
+    let master = server.pid();
+    assert!(wait_until(SETTLE_TIMEOUT, || children(master).len() == 2));
+    let old = children(master);
+    set_nofile_limit(master, starving_limit(master));
+    server.signal(Signal::SIGHUP);
+    let line = "reload failed: the new workers cannot start";
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || server.log().contains(line)),
+        "no {line:?}:\n{}",
+        server.log()
+    );
+    let socket = socket_of(server);
+    for _ in 0..3 {
+        let out = TestCommand::appserver()
+            .args(["probe".to_owned(), socket.display().to_string()])
+            .output(SETTLE_TIMEOUT);
+        assert!(out.status.success(), "probe:\n{}", server.log());
+        let pid = page_pid(&String::from_utf8_lossy(&out.stdout)).expect("pid line");
+        assert!(old.contains(&pid), "served by {pid}, not by {old:?}");
+    }
+    assert!(old.iter().all(|&w| alive(w)));
+    assert!(alive(master));
+    assert_eq!(server.log().matches(line).count(), 1, "{}", server.log());
+    old
+}
+
+/// After a reload whose workers cannot start, the master gives up (exit 1, one line saying
+/// the workers cannot start) once the previous workers are gone: here they are killed.
+#[test]
+fn prefork_failed_reload_exits_1_once_the_previous_workers_are_gone() {
+    let mut server = prefork(TestCommand::appserver(), &["minspare=2", "maxspare=2"]);
+    let old = failed_reload(&server);
+    for &w in &old {
+        kill(Pid::from_raw(w as i32), Signal::SIGKILL).expect("kill -9 old worker");
+    }
+    let status = server
+        .wait_exit(SETTLE_TIMEOUT)
+        .unwrap_or_else(|| panic!("still running without workers:\n{}", server.log()));
+    let log = server.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    check_boot_failure_line(&log);
+    assert!(
+        log.contains("and the previous workers have exited"),
+        "{log}"
+    );
+}
+
+/// After a reload whose workers cannot start, TERM is an ordinary graceful stop: the
+/// previous workers stop too, and the master exits 0 only once they are gone.
+#[test]
+fn prefork_failed_reload_stops_the_previous_workers_on_term() {
+    let mut server = prefork(TestCommand::appserver(), &["minspare=2", "maxspare=2"]);
+    let old = failed_reload(&server);
+    server.signal(Signal::SIGTERM);
+    let status = server
+        .wait_exit(SETTLE_TIMEOUT)
+        .unwrap_or_else(|| panic!("still running after TERM:\n{}", server.log()));
+    assert!(status.success(), "{status}\n{}", server.log());
+    let left: Vec<u32> = old.iter().copied().filter(|&w| alive(w)).collect();
+    assert!(
+        left.is_empty(),
+        "previous workers {left:?} outlived the master"
     );
 }

@@ -21,13 +21,23 @@
 //! workers are forked at once; surplus ones are stopped one per [`TRIM_DELAY`], once the
 //! surplus has lasted that long, so a pool under load does not fork and stop in a loop.
 //!
+//! A worker that cannot start (its runtime cannot be built, its listener cannot be
+//! registered) would fail the same way on every retry. While no worker has served yet, the
+//! master therefore gives up after [`BOOT_FAILURES`] such deaths: it stops what is left and
+//! [`Master::run`] fails, so the process exits 1 instead of forking forever while a
+//! daemonizing start or systemd waits for a readiness that never comes. Once a worker has
+//! served, a crash loop only backs off ([`CRASH_BACKOFF`]): it must not take down a pool that
+//! is serving. After a reload (HUP) the previous image's workers count as serving: if the new
+//! image's workers cannot start, the reload is reported failed and the previous workers go
+//! on serving until they exit; only then does the master give up.
+//!
 //! | signal to the master | effect |
 //! |---|---|
 //! | TERM, INT | workers finish their requests (bounded by `graceful_timeout=`), then exit 0 |
 //! | QUIT | workers stop at once |
-//! | HUP | re-exec the binary in place (same pid, listener kept open): new code is loaded, new workers start, then the old ones finish and exit |
+//! | HUP | re-exec the binary in place (same pid, listener kept open): new code is loaded, new workers start, then the old ones finish and exit (if the new ones cannot start, the old ones serve on) |
 //! | USR1 | reopen `outlog=`/`errlog=`, in the master and every worker |
-//! | TTIN, TTOU | one idle worker more / fewer (`minspare` and `maxspare` move together) |
+//! | TTIN, TTOU | one idle worker more / fewer (`minspare` and `maxspare` move together; kept across HUP) |
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -42,7 +52,7 @@ use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::{pipe2, Pid};
 
 use crate::config::Config;
@@ -54,6 +64,22 @@ use crate::sys::{self, Forked};
 /// Environment variable naming the workers of the previous image after a reload: the
 /// re-executed master stops them once its own workers serve.
 pub const RETIRE_PIDS_ENV: &str = "APPSERVER_RETIRE_PIDS";
+
+/// Environment variable carrying `MINSPARE,MAXSPARE` across a reload, so that SIGTTIN and
+/// SIGTTOU adjustments survive it: the command line the new image parses still holds the
+/// values they replaced.
+pub const SPARE_ENV: &str = "APPSERVER_SPARE";
+
+/// How many workers may fail before any worker is ready (each dying, or failing to fork,
+/// before it reports idle) until the master gives up and exits 1, as gunicorn's arbiter halts
+/// on a worker boot error.
+///
+/// A worker that cannot start fails the same way on every retry, and a master that forks
+/// replacements forever never becomes ready: a daemonizing start would wait for it forever,
+/// and so would systemd. More than one, so that a worker killed during the start (the OOM
+/// killer, a stray `kill`) does not abort it; few, so that a start that cannot work fails
+/// within about a second ([`CRASH_BACKOFF`] between rounds of `minspare` workers).
+pub const BOOT_FAILURES: u32 = 3;
 
 /// A worker that dies this soon after it started is crashing at startup: the master waits
 /// this long before the next spawn instead of forking in a tight loop.
@@ -171,8 +197,18 @@ pub struct Master<'a> {
     status_rd: File,
     status_wr: OwnedFd,
     signals: SignalFd,
-    /// Workers of the previous image (after a reload), stopped once ours serve.
-    retire: Vec<Pid>,
+    /// Workers of the previous image (after a reload) that have not exited yet: told to stop
+    /// once one of ours serves, serving on meanwhile.
+    previous: Vec<Pid>,
+    /// Whether `previous` were told to stop.
+    previous_stopping: bool,
+    /// Workers that failed before any worker of this image was ready, and how the last one
+    /// did: while no worker serves, [`BOOT_FAILURES`] of them stop the master.
+    boot_failures: u32,
+    last_boot_failure: String,
+    /// Whether this image's workers were reported unable to start while the previous
+    /// image's workers serve on (a failed reload).
+    reload_failed: bool,
     spawn_after: Instant,
     /// Since when more than `maxspare` workers have been idle.
     surplus_since: Option<Instant>,
@@ -202,19 +238,11 @@ impl<'a> Master<'a> {
         mask.thread_block()?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         let (rd, wr) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-        let retire = std::env::var(RETIRE_PIDS_ENV)
-            .ok()
-            .map(|v| {
-                v.split(',')
-                    .filter_map(|p| p.parse::<i32>().ok())
-                    .map(Pid::from_raw)
-                    .collect()
-            })
-            .unwrap_or_default();
-        std::env::remove_var(RETIRE_PIDS_ENV);
+        let previous = inherited_workers();
+        let (minspare, maxspare) = inherited_spare(config);
         Ok(Self {
-            minspare: config.minspare,
-            maxspare: config.maxspare,
+            minspare,
+            maxspare,
             config,
             listener: Some(listener),
             image,
@@ -222,7 +250,11 @@ impl<'a> Master<'a> {
             status_rd: File::from(rd),
             status_wr: wr,
             signals,
-            retire,
+            previous,
+            previous_stopping: false,
+            boot_failures: 0,
+            last_boot_failure: String::new(),
+            reload_failed: false,
             spawn_after: Instant::now(),
             surplus_since: None,
             announced: false,
@@ -232,6 +264,8 @@ impl<'a> Master<'a> {
     /// Runs until stopped. `worker` is the body of every worker process (it gets its own
     /// handle on the listener, the status pipe and its jittered request budget, 0 meaning no
     /// limit, and returns the exit code); `ready` runs once, when the first worker serves.
+    ///
+    /// Fails when the workers cannot start (see [`BOOT_FAILURES`]), after stopping them.
     pub fn run(
         mut self,
         worker: &mut WorkerMain<'_>,
@@ -239,7 +273,7 @@ impl<'a> Master<'a> {
         notify: &dyn Fn(&str),
     ) -> io::Result<Exit> {
         loop {
-            self.maintain(worker)?;
+            self.maintain(worker);
             let mut fds = [
                 PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.status_rd.as_fd(), PollFlags::POLLIN),
@@ -310,20 +344,97 @@ impl<'a> Master<'a> {
                     }
                 }
             }
+            if let Some(e) = self.boot_failed(notify) {
+                let _ = self.stop(Signal::SIGTERM, QUIT_GRACE);
+                return Err(e);
+            }
         }
     }
 
+    /// Whether a worker serves: one of ours has been ready, or the previous image's are still
+    /// at work (after a reload). Until then, failing workers count towards [`BOOT_FAILURES`].
+    fn serving(&self) -> bool {
+        self.announced || (!self.previous.is_empty() && !self.previous_stopping)
+    }
+
+    /// Counts a worker that failed before any was ready.
+    fn boot_failure(&mut self, what: String) {
+        if !self.announced {
+            self.boot_failures += 1;
+            self.last_boot_failure = what;
+        }
+    }
+
+    /// Whether the master is to give up: [`BOOT_FAILURES`] workers failed and none serves.
+    fn giving_up(&self) -> bool {
+        !self.serving() && self.boot_failures >= BOOT_FAILURES
+    }
+
+    /// The error to stop with once the workers cannot start. After a reload, while the
+    /// previous workers still serve, the reload is reported failed instead (once; systemd
+    /// gets its `READY=1`) and their serving goes on.
+    fn boot_failed(&mut self, notify: &dyn Fn(&str)) -> Option<io::Error> {
+        if self.announced || self.boot_failures < BOOT_FAILURES {
+            return None;
+        }
+        if self.serving() {
+            if !self.reload_failed {
+                self.reload_failed = true;
+                let pids: Vec<String> = self.previous.iter().map(ToString::to_string).collect();
+                tracing::error!(
+                    "reload failed: the new workers cannot start ({} in a row failed, the last: \
+                     {}); the previous workers {} serve on until they exit, and new workers \
+                     are tried every {}s: fix the cause, then send HUP again (or stop the \
+                     server)",
+                    self.boot_failures,
+                    self.last_boot_failure,
+                    pids.join(","),
+                    CRASH_BACKOFF.as_secs()
+                );
+                notify("READY=1\nSTATUS=reload failed: the new workers cannot start");
+            }
+            return None;
+        }
+        let hint = match (&self.config.errlog, self.config.daemonize) {
+            (_, false) => String::new(),
+            (Some(path), true) => format!("; their messages are in {}", path.display()),
+            (None, true) => "; their messages were discarded (no errlog=): set errlog= or \
+                             start with daemonize=false to see them"
+                .to_owned(),
+        };
+        let gone = if self.reload_failed {
+            ", and the previous workers have exited"
+        } else {
+            ""
+        };
+        Some(io::Error::other(format!(
+            "the workers cannot start: {} in a row failed before one was ready (the last: \
+             {}){gone}{hint}",
+            self.boot_failures, self.last_boot_failure
+        )))
+    }
+
     /// Spawns or stops workers to bring the idle count within `minspare..=maxspare`.
-    fn maintain(&mut self, worker: &mut WorkerMain<'_>) -> io::Result<()> {
+    fn maintain(&mut self, worker: &mut WorkerMain<'_>) {
         let idle = self.count(|s| matches!(s, State::Starting | State::Idle));
         let serving = self.count(|s| s != State::Leaving);
         let wanted = self.minspare.max(usize::from(serving == 0));
         if idle < wanted && serving < self.config.maxchildren {
             if Instant::now() < self.spawn_after {
-                return Ok(());
+                return;
             }
             for _ in 0..(wanted - idle).min(self.config.maxchildren - serving) {
-                self.spawn(worker)?;
+                // A failed fork (EAGAIN: a process limit, memory) is retried like a crash at
+                // startup, not the end of a pool that may be serving.
+                if let Err(e) = self.spawn(worker) {
+                    tracing::error!(
+                        "cannot fork a worker: {e}; trying again in {}s",
+                        CRASH_BACKOFF.as_secs()
+                    );
+                    self.boot_failure(format!("fork failed: {e}"));
+                    self.spawn_after = Instant::now() + CRASH_BACKOFF;
+                    break;
+                }
             }
         }
         if idle > self.maxspare {
@@ -351,12 +462,12 @@ impl<'a> Master<'a> {
             self.surplus_since = None;
         }
         // The previous image's workers stop once one of ours serves: no request is refused.
-        if !self.retire.is_empty() && self.workers.values().any(|w| w.state == State::Idle) {
-            for pid in std::mem::take(&mut self.retire) {
+        if !self.previous_stopping && self.workers.values().any(|w| w.state == State::Idle) {
+            self.previous_stopping = true;
+            for &pid in &self.previous {
                 let _ = kill(pid, Signal::SIGTERM);
             }
         }
-        Ok(())
     }
 
     fn count(&self, f: impl Fn(State) -> bool) -> usize {
@@ -488,14 +599,29 @@ impl<'a> Master<'a> {
             let raw = pid.as_raw();
             let Some(w) = self.workers.remove(&raw) else {
                 // A worker of the previous image (after a reload).
-                tracing::debug!("old worker {raw} {how}");
+                self.previous.retain(|p| *p != pid);
+                if !self.reload_failed || self.previous_stopping {
+                    tracing::debug!("old worker {raw} {how}");
+                } else {
+                    // Nothing replaces it: the new image's workers cannot start.
+                    tracing::warn!(
+                        "old worker {raw} {how}; {} old worker(s) left serving",
+                        self.previous.len()
+                    );
+                }
                 continue;
             };
             let expected = w.state == State::Leaving && how == Died::Exit(0);
             if expected {
                 tracing::debug!("worker {raw} {how}");
             } else {
-                tracing::warn!("worker {raw} {how}; starting a replacement");
+                if w.state == State::Starting {
+                    self.boot_failure(format!("worker {raw} {how}"));
+                }
+                // Giving up: the error that follows names this worker.
+                if !self.giving_up() {
+                    tracing::warn!("worker {raw} {how}; starting a replacement");
+                }
                 if w.started.elapsed() < CRASH_BACKOFF {
                     self.spawn_after = Instant::now() + CRASH_BACKOFF;
                 }
@@ -510,13 +636,24 @@ impl<'a> Master<'a> {
         let _ = kill(Pid::from_raw(pid), sig);
     }
 
+    /// Signals every worker, the previous image's included.
     fn signal_all(&self, sig: Signal) {
         for &pid in self.workers.keys() {
             let _ = kill(Pid::from_raw(pid), sig);
         }
+        for &pid in &self.previous {
+            let _ = kill(pid, sig);
+        }
     }
 
-    /// Stops every worker with `sig`, waits up to `grace` for them, then kills the rest.
+    /// Workers not yet exited, the previous image's included.
+    fn alive(&self) -> usize {
+        self.workers.len() + self.previous.len()
+    }
+
+    /// Stops every worker with `sig`, the previous image's included, waits up to `grace` for
+    /// them, then kills the rest. The master exits after its last worker: under systemd
+    /// (`KillMode=mixed`) whatever outlives it is killed.
     ///
     /// The master's handle on the listener closes first: once the workers have closed theirs
     /// (as soon as they get the signal) new connections are refused, and a new server may
@@ -528,35 +665,36 @@ impl<'a> Master<'a> {
         for pid in pids {
             self.send(pid, sig);
         }
-        for pid in std::mem::take(&mut self.retire) {
+        for &pid in &self.previous {
             let _ = kill(pid, sig);
         }
         let deadline = Instant::now() + grace;
-        while !self.workers.is_empty() && Instant::now() < deadline {
+        while self.alive() > 0 && Instant::now() < deadline {
             let mut fds = [PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
             let _ = poll(&mut fds, PollTimeout::from(100u16));
             while let Ok(Some(_)) = self.signals.read_signal() {}
             self.reap();
         }
-        if self.workers.is_empty() {
+        if self.alive() == 0 {
             return Exit::Graceful;
         }
         tracing::warn!(
             "{} worker(s) still running after {}s: killing them",
-            self.workers.len(),
+            self.alive(),
             grace.as_secs()
         );
         self.signal_all(Signal::SIGKILL);
         let kill_deadline = Instant::now() + Duration::from_secs(1);
-        while !self.workers.is_empty() && Instant::now() < kill_deadline {
+        while self.alive() > 0 && Instant::now() < kill_deadline {
             std::thread::sleep(Duration::from_millis(10));
             self.reap();
         }
         Exit::Forced
     }
 
-    /// Re-executes this binary in place (same pid), keeping the listener open and naming the
-    /// current workers so the new image retires them. Returns only on failure.
+    /// Re-executes this binary in place (same pid), keeping the listener open, naming the
+    /// current workers so the new image retires them, and passing the pool bounds on (SIGTTIN
+    /// and SIGTTOU may have moved them). Returns only on failure.
     fn reexec(&mut self) -> io::Error {
         let Some(listener) = &self.listener else {
             return io::Error::other("the listener is closed: stopping");
@@ -566,7 +704,7 @@ impl<'a> Master<'a> {
             Err(e) => return e,
         };
         let mut pids: Vec<String> = self.workers.keys().map(ToString::to_string).collect();
-        pids.extend(self.retire.iter().map(|p| p.as_raw().to_string()));
+        pids.extend(self.previous.iter().map(ToString::to_string));
         tracing::info!(
             "SIGHUP: re-executing {} (workers {} finish their requests)",
             self.image.exe.display(),
@@ -574,10 +712,12 @@ impl<'a> Master<'a> {
         );
         std::env::set_var(REEXEC_FD_ENV, fd.to_string());
         std::env::set_var(RETIRE_PIDS_ENV, pids.join(","));
+        std::env::set_var(SPARE_ENV, format!("{},{}", self.minspare, self.maxspare));
         let err = sys::exec(&self.image.exe, &self.image.args);
         // Still here: the old image keeps serving.
         std::env::remove_var(REEXEC_FD_ENV);
         std::env::remove_var(RETIRE_PIDS_ENV);
+        std::env::remove_var(SPARE_ENV);
         if let Err(e) = listener
             .keep_across_exec()
             .and_then(|fd| sys::set_cloexec(fd, true))
@@ -602,6 +742,87 @@ impl std::fmt::Display for Died {
             Self::Signal(sig) => write!(f, "was killed by {sig}"),
         }
     }
+}
+
+/// The previous image's workers named in [`RETIRE_PIDS_ENV`] (which is removed): those that
+/// are children of this process, as they are after a reload. Anything else in the variable
+/// (a value leaked from another environment) is ignored, so no other process is ever
+/// signalled.
+fn inherited_workers() -> Vec<Pid> {
+    let Some(value) = std::env::var_os(RETIRE_PIDS_ENV) else {
+        return Vec::new();
+    };
+    std::env::remove_var(RETIRE_PIDS_ENV);
+    let value = value.to_string_lossy();
+    let (ours, others): (Vec<Pid>, Vec<Pid>) = parse_pids(&value).into_iter().partition(|&pid| {
+        // WNOWAIT leaves an exited worker to be reaped (and logged) as usual.
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        waitid(Id::Pid(pid), flags).is_ok()
+    });
+    let named = value.split(',').filter(|p| !p.is_empty()).count();
+    if !others.is_empty() || ours.len() != named {
+        tracing::warn!("{RETIRE_PIDS_ENV}={value:?}: ignoring what names no child process");
+    }
+    ours
+}
+
+/// The positive pids of a comma-separated list; anything else is dropped (0 and negative
+/// numbers would signal process groups).
+fn parse_pids(value: &str) -> Vec<Pid> {
+    value
+        .split(',')
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|&p| p > 0)
+        .map(Pid::from_raw)
+        .collect()
+}
+
+/// The pool bounds to start with: those a reload carried over in [`SPARE_ENV`] (which is
+/// removed), or else the command line's. A malformed value is logged and ignored.
+fn inherited_spare(config: &Config) -> (usize, usize) {
+    let configured = (config.minspare, config.maxspare);
+    let Some(value) = std::env::var_os(SPARE_ENV) else {
+        return configured;
+    };
+    std::env::remove_var(SPARE_ENV);
+    match value
+        .to_str()
+        .and_then(|v| parse_spare(v, config.maxchildren))
+    {
+        Some(spare) => {
+            if spare != configured {
+                tracing::info!(
+                    "minspare={} maxspare={}: kept across the reload (set by SIGTTIN/SIGTTOU)",
+                    spare.0,
+                    spare.1
+                );
+            }
+            spare
+        }
+        None => {
+            tracing::warn!(
+                "{SPARE_ENV}={value:?} is not MINSPARE,MAXSPARE with MINSPARE <= MAXSPARE, \
+                 1 <= MAXSPARE <= maxchildren={}: ignored, using minspare={} maxspare={}",
+                config.maxchildren,
+                configured.0,
+                configured.1
+            );
+            configured
+        }
+    }
+}
+
+/// `MINSPARE,MAXSPARE` as [`SPARE_ENV`] carries them, if they are bounds SIGTTIN/SIGTTOU
+/// could have set: `minspare <= maxspare`, `1 <= maxspare <= maxchildren`.
+fn parse_spare(value: &str, maxchildren: usize) -> Option<(usize, usize)> {
+    let (min, max) = value.split_once(',')?;
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<usize>().ok())
+            .flatten()
+    };
+    let (min, max) = (number(min)?, number(max)?);
+    (min <= max && (1..=maxchildren).contains(&max)).then_some((min, max))
 }
 
 /// `maxrequests` plus up to an eighth more, different per worker, so workers started
@@ -633,6 +854,33 @@ mod tests {
             );
         }
         assert_eq!(Report::decode(&[b'X', 0, 0, 0, 0, 0, 0, 1]), None);
+    }
+
+    #[test]
+    fn spare_bounds_from_a_reload() {
+        assert_eq!(parse_spare("2,5", 50), Some((2, 5)));
+        assert_eq!(parse_spare("0,1", 50), Some((0, 1)));
+        assert_eq!(parse_spare("7,7", 50), Some((7, 7)));
+        // maxspare at maxchildren, and one over.
+        assert_eq!(parse_spare("3,10", 10), Some((3, 10)));
+        assert_eq!(parse_spare("3,11", 10), None);
+        // minspare above maxspare, and maxspare 0 (TTOU never goes below 1).
+        assert_eq!(parse_spare("4,3", 10), None);
+        assert_eq!(parse_spare("0,0", 10), None);
+        for bad in [
+            "", "3", "3,", ",3", "3,4,5", " 3,4", "3,4\n", "+3,4", "-1,4", "x,4",
+        ] {
+            assert_eq!(parse_spare(bad, 10), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pids_from_a_reload() {
+        let raw = |v: &str| -> Vec<i32> { parse_pids(v).iter().map(|p| p.as_raw()).collect() };
+        assert_eq!(raw("12,34"), [12, 34]);
+        assert_eq!(raw(""), Vec::<i32>::new());
+        // 0 and -1 would signal a process group, or every process.
+        assert_eq!(raw("0,-1,x,56,"), [56]);
     }
 
     #[test]
