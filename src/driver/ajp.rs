@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::exchange::{self, Exchange, Progress};
-use super::{awaiting_body, write_some, ConnError, Shared, READ_BUF_SIZE};
+use super::{awaiting_body, close_lingering, write_some, ConnError, Shared, READ_BUF_SIZE};
 use crate::response::plain;
 use crate::{Handler, Response};
 
@@ -103,7 +103,12 @@ where
         // A request that has started arriving is served even during a stop.
         let stop = closing && rbuf.is_empty();
         if flushed && exchange.is_none() && (conn.wants_close() || read_closed || stop) {
-            let _ = wr.shutdown().await;
+            if conn.wants_close() && !read_closed {
+                // Body packets the handler did not ask for may still be arriving.
+                close_lingering(&mut rd, &mut wr, &mut rbuf).await;
+            } else {
+                let _ = wr.shutdown().await;
+            }
             return Ok(());
         }
 

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::exchange::{self, Exchange, Progress};
-use super::{awaiting_body, write_some, ConnError, Shared, READ_BUF_SIZE};
+use super::{awaiting_body, close_lingering, write_some, ConnError, Shared, READ_BUF_SIZE};
 use crate::response::into_cgi;
 use crate::Handler;
 
@@ -92,7 +92,13 @@ impl Driver {
                     // A request that has started arriving is served even during a stop.
                     || (closing && rbuf.is_empty() && !self.request_started))
             {
-                let _ = wr.shutdown().await;
+                if self.conn.wants_close() && !read_closed {
+                    // The end of the request may still be on its way (Caddy writes the empty
+                    // FCGI_STDIN after the response can be complete).
+                    close_lingering(&mut rd, &mut wr, &mut rbuf).await;
+                } else {
+                    let _ = wr.shutdown().await;
+                }
                 return Ok(());
             }
 
@@ -443,6 +449,78 @@ mod tests {
             .unwrap();
         let (_, status) = read_response(&mut good).await;
         assert_eq!(status, ProtocolStatus::RequestComplete);
+    }
+
+    /// Answers without reading the request body, as a GET handler does.
+    struct Hello;
+    impl Handler for Hello {
+        async fn call(&self, _req: Request) -> Result<Response, BoxError> {
+            Ok(Response::new(Body::from("hello")))
+        }
+    }
+
+    /// A request without FCGI_KEEP_CONN whose empty FCGI_STDIN has not been sent yet (Caddy
+    /// sends it in a write of its own): the server answers, and the client reads to the end.
+    async fn answered_before_the_request_ended() -> (DuplexStream, tokio::task::JoinHandle<()>) {
+        let (mut io, server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(serve(server, "test-peer", shared(Hello, 4)));
+        let mut p = ParamsBuilder::new(Limits::default());
+        p.push(b"REQUEST_URI", b"/").unwrap();
+        let mut out = BytesMut::new();
+        encode_request(1, Role::Responder, false, &p.finish(), &mut out);
+        io.write_all(&out).await.unwrap();
+        let (out, status) = read_response(&mut io).await;
+        assert_eq!(status, ProtocolStatus::RequestComplete);
+        assert!(out.ends_with(b"hello"));
+        let mut rest = Vec::new();
+        io.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "nothing may follow END_REQUEST");
+        (io, task)
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_request_sent_after_its_response_is_still_read() {
+        let (mut io, task) = answered_before_the_request_ended().await;
+        let mut end = BytesMut::new();
+        encode_stdin(1, b"", &mut end);
+        // A server that closed at END_REQUEST fails this write (EPIPE on a unix socket, a
+        // reset over TCP): the web server answers 502.
+        io.write_all(&end)
+            .await
+            .expect("the server still reads after its response");
+        drop(io);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lingering_is_bounded_in_time() {
+        let (_io, task) = answered_before_the_request_ended().await;
+        // The client never closes: the server gives up after LINGER_TIMEOUT.
+        let started = tokio::time::Instant::now();
+        task.await.unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited >= super::super::LINGER_TIMEOUT
+                && waited < super::super::LINGER_TIMEOUT + Duration::from_secs(1),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn lingering_is_bounded_in_bytes() {
+        let (mut io, task) = answered_before_the_request_ended().await;
+        // A client that keeps sending is cut off once LINGER_MAX_BYTES were discarded.
+        let chunk = vec![0u8; 64 * 1024];
+        let mut sent = 0;
+        while io.write_all(&chunk).await.is_ok() {
+            sent += chunk.len();
+            assert!(sent <= 4 * super::super::LINGER_MAX_BYTES, "never cut off");
+        }
+        assert!(
+            sent >= super::super::LINGER_MAX_BYTES,
+            "cut off early: {sent}"
+        );
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use appserver_proto::Limits;
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +20,47 @@ use tokio_util::sync::CancellationToken;
 use crate::request::{Gateway, RequestOptions};
 use crate::response::plain;
 use crate::{BoxError, Handler, Request, Response};
+
+/// How long a connection that closes after its response keeps reading, and discarding, what
+/// the web server still sends: a request body the handler did not read, or the end of a
+/// request the web server writes after the response was complete (Caddy writes the empty
+/// FCGI_STDIN in a write of its own, after the response may already be out).
+///
+/// Closing a socket with unread input makes the kernel reset a TCP connection, which can
+/// destroy the response before the web server reads it, and fails the web server's next write
+/// to a unix socket with EPIPE; either way the client gets a 502. So the write side is shut
+/// first (the web server sees the response end) and the read side drained until the web
+/// server closes, as Apache's lingering close and libfcgi do. Bounded in time and bytes, so a
+/// peer that never closes holds the connection no longer than this.
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// At most this much input is read and discarded while lingering ([`LINGER_TIMEOUT`]); a web
+/// server still sending beyond it is cut off.
+pub const LINGER_MAX_BYTES: usize = 1 << 20;
+
+/// Ends a connection after its last response: shuts the write side, then drains the read side
+/// until the peer closes, [`LINGER_TIMEOUT`] passes or [`LINGER_MAX_BYTES`] were discarded.
+/// `buf` is the connection's read buffer, reused.
+pub async fn close_lingering<R, W>(rd: &mut R, wr: &mut W, buf: &mut BytesMut)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if wr.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut discarded = buf.len();
+        while discarded < LINGER_MAX_BYTES {
+            buf.clear();
+            match rd.read_buf(buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => discarded += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIMEOUT, drain).await;
+}
 
 pub mod ajp;
 mod exchange;

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::exchange::{self, Exchange, Progress};
-use super::{awaiting_body, write_some, ConnError, Shared, READ_BUF_SIZE};
+use super::{awaiting_body, close_lingering, write_some, ConnError, Shared, READ_BUF_SIZE};
 use crate::response::into_cgi;
 use crate::Handler;
 
@@ -79,7 +79,12 @@ where
             }
         }
         if finished && wbuf.is_empty() {
-            let _ = wr.shutdown().await;
+            if read_closed {
+                let _ = wr.shutdown().await;
+            } else {
+                // The rest of a body the handler did not read may still be arriving.
+                close_lingering(&mut rd, &mut wr, &mut rbuf).await;
+            }
             return Ok(());
         }
 
