@@ -97,10 +97,11 @@ pub struct RequestOptions {
 }
 
 /// `CONTENT_LENGTH` as a number: `None` when absent or empty (nginx without request
-/// buffering, Apache with a chunked body), which means "read the body to its end marker".
+/// buffering, Apache with a chunked body) or `-1` (Caddy with a chunked body), which means
+/// "read the body to its end marker".
 pub fn content_length(params: &Params) -> Result<Option<u64>, BuildError> {
     match params.get(b"CONTENT_LENGTH") {
-        None | Some(b"") => Ok(None),
+        None | Some(b"" | b"-1") => Ok(None),
         Some(v) if v.iter().all(u8::is_ascii_digit) && v.len() <= 19 => {
             // 19 digits always fit in a u64; all bytes are ASCII digits, so both steps succeed.
             let s = std::str::from_utf8(v).map_err(|_| bad_len(v))?;
@@ -480,6 +481,10 @@ mod tests {
         assert_eq!(content_length(&params(&[])), Ok(None));
         assert_eq!(content_length(&params(&[("CONTENT_LENGTH", "")])), Ok(None));
         assert_eq!(
+            content_length(&params(&[("CONTENT_LENGTH", "-1")])),
+            Ok(None)
+        );
+        assert_eq!(
             content_length(&params(&[("CONTENT_LENGTH", "18446744073709551615")])),
             Err(BuildError::BadContentLength(
                 "18446744073709551615".to_owned()
@@ -489,7 +494,7 @@ mod tests {
             content_length(&params(&[("CONTENT_LENGTH", "9999999999999999999")])),
             Ok(Some(9_999_999_999_999_999_999))
         );
-        for bad in ["-1", "+5", " 5", "0x10", "5 "] {
+        for bad in ["-2", "+5", " 5", "0x10", "5 "] {
             assert!(content_length(&params(&[("CONTENT_LENGTH", bad)])).is_err());
         }
     }

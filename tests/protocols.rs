@@ -32,8 +32,10 @@ use nix::sys::signal::Signal;
 
 use crate::scgi::{axum_server, NGINX_SCGI_LOCATION};
 use crate::util::apache_proxy::{AJP_PROXY_PASS, FCGI_PROXY_PASS, SCGI_PROXY_PASS};
+use crate::util::caddy::CADDY_REVERSE_PROXY;
 use crate::util::client::{fcgi_request, sha256_hex, PatternReader, Stream, IO_TIMEOUT};
 use crate::util::command::{Server, TestCommand};
+use crate::util::h2o::H2O_FASTCGI_CONNECT;
 use crate::util::lighttpd_gw::{AJP13_SERVER, SCGI_SERVER};
 
 /// The client's address as every protocol reports it.
@@ -899,6 +901,18 @@ fn docs_show_the_configs_the_interop_tests_use() {
             "fastcgi.md",
             &fastcgi,
             FCGI_PROXY_PASS.replace("@ADDR@", "127.0.0.1:8000"),
+        ),
+        (
+            "fastcgi.md",
+            &fastcgi,
+            CADDY_REVERSE_PROXY.replace("@UPSTREAM@", "unix//run/myapp/app.sock"),
+        ),
+        (
+            "fastcgi.md",
+            &fastcgi,
+            H2O_FASTCGI_CONNECT
+                .replace("@PORT@", "/run/myapp/app.sock")
+                .replace("@TYPE@", "unix"),
         ),
     ];
     for (name, doc, snippet) in checks {

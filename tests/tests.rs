@@ -11,6 +11,7 @@ mod ajp;
 mod cgi;
 mod cli;
 mod fcgi;
+mod fronts;
 mod process;
 mod protocols;
 mod scgi;
