@@ -1,5 +1,6 @@
-//! The end-to-end case set every web-server suite runs: tests/fcgi.rs behind nginx,
-//! tests/scgi.rs behind nginx, Apache and lighttpd, tests/ajp.rs behind Apache. A [`Stack`] is
+//! The end-to-end case set every web-server suite runs: tests/fcgi.rs behind nginx and
+//! Apache, tests/fronts.rs behind Caddy and h2o, tests/scgi.rs behind nginx, Apache and
+//! lighttpd, tests/ajp.rs behind Apache. A [`Stack`] is
 //! appserver with the web server in front of it; each case is one function on it, and
 //! [`common_cases!`] and [`gateway_suite!`] turn them into `#[test]` functions.
 //!

@@ -1,7 +1,7 @@
 //! Real web servers as child processes of the test: [`WebServer`], which starts one from a
 //! config written into a temporary directory, on a free loopback port, waits until it accepts
-//! connections and stops it by pid; and [`Nginx`] in front of appserver on top of it (Apache
-//! and lighttpd are in `apache_proxy` and `lighttpd_gw`).
+//! connections and stops it by pid; and [`Nginx`] in front of appserver on top of it (Apache,
+//! lighttpd, Caddy and h2o are in `apache_proxy`, `lighttpd_gw`, `caddy` and `h2o`).
 //!
 //! Every file a web server writes (pid, logs, temp paths) is in that directory, so it runs as
 //! any user and two tests never share anything.
@@ -124,7 +124,7 @@ impl From<Nginx> for WebServer {
 
 /// A web server running as a child process of the test, from a config in its own temporary
 /// directory, on a free loopback port: the one place that starts, waits for and stops nginx,
-/// Apache and lighttpd ([`Nginx`], [`ApacheProxy`](super::apache_proxy::ApacheProxy),
+/// Apache, lighttpd, Caddy and h2o ([`Nginx`], [`ApacheProxy`](super::apache_proxy::ApacheProxy),
 /// [`LighttpdGw`](super::lighttpd_gw::LighttpdGw), and the ones that spawn appserver
 /// themselves).
 ///
