@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use crate::scgi::axum_server;
 use crate::util::apache_proxy::ApacheProxy;
 use crate::util::cases::{env_lines, env_value, gateway_suite, get_hello, EnvShape, Stack};
-use crate::util::client::{http_get, http_request, pattern_bytes, sha256_hex};
+use crate::util::client::{chunked_inspect, http_get, http_request, pattern_bytes, sha256_hex};
 use crate::util::command::tcp_peers;
 use crate::util::lighttpd_gw::{self, LighttpdGw};
 
@@ -112,21 +112,6 @@ fn apache_chunked_upload() {
         Some("chunked"),
         "{seen}"
     );
-}
-
-/// `POST /inspect` with a 3-byte chunked body via curl: (status, body).
-fn chunked_inspect(port: u16) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"])
-        .args(["-H", "Transfer-Encoding: chunked", "-H", "Expect:"])
-        .args(["--data-binary", "abc", "-X", "POST"])
-        .arg(format!("http://127.0.0.1:{port}/inspect"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", ""));
-    (status.parse().unwrap_or(0), body.to_owned())
 }
 
 /// 100 requests one after another travel on one AJP connection: Apache pools it (one child

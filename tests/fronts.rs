@@ -11,12 +11,10 @@
 //! sends"), and how appserver's request model takes it: Caddy's duplicated body headers and
 //! invented `CONTENT_TYPE`, h2o's buffered chunked uploads.
 
-use std::process::{Command, Stdio};
-
 use crate::scgi::axum_server;
 use crate::util::caddy::Caddy;
 use crate::util::cases::{self, env_lines, env_value, EnvShape, Stack};
-use crate::util::client::http_request;
+use crate::util::client::{chunked_inspect, http_request};
 use crate::util::h2o::H2o;
 
 /// The axum example speaking FastCGI behind Caddy, on a unix socket or on loopback TCP.
@@ -224,18 +222,15 @@ fn h2o_sends_the_cgi_core() {
 #[test]
 fn h2o_chunked_upload_arrives_with_length() {
     let stack = axum_behind_h2o(true);
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"])
-        .args(["-H", "Transfer-Encoding: chunked", "-H", "Expect:"])
-        .args(["--data-binary", "abc", "-X", "POST"])
-        .arg(format!("http://127.0.0.1:{}/inspect", stack.port()))
-        .stdin(Stdio::null())
-        .output()
-        .expect("curl (Debian package curl; scripts/test installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", ""));
-    assert_eq!(status, "200", "{text}\n{}", stack.logs());
-    let seen = Inspected::parse(body.to_owned());
+    let (status, body) = chunked_inspect(stack.port());
+    assert_eq!(
+        status,
+        200,
+        "{body}
+{}",
+        stack.logs()
+    );
+    let seen = Inspected::parse(body.clone());
     assert_eq!(seen.var("CONTENT_LENGTH"), Some("3"), "{body}");
     assert_eq!(seen.var("HTTP_TRANSFER_ENCODING"), None, "{body}");
     assert_eq!(seen.header("content-length"), ["3"], "{body}");
@@ -248,18 +243,15 @@ fn h2o_chunked_upload_arrives_with_length() {
 #[test]
 fn caddy_chunked_upload_streams_with_unknown_length() {
     let stack = axum_behind_caddy(true);
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"])
-        .args(["-H", "Transfer-Encoding: chunked", "-H", "Expect:"])
-        .args(["--data-binary", "abc", "-X", "POST"])
-        .arg(format!("http://127.0.0.1:{}/inspect", stack.port()))
-        .stdin(Stdio::null())
-        .output()
-        .expect("curl (Debian package curl; scripts/test installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", ""));
-    assert_eq!(status, "200", "{text}\n{}", stack.logs());
-    let seen = Inspected::parse(body.to_owned());
+    let (status, body) = chunked_inspect(stack.port());
+    assert_eq!(
+        status,
+        200,
+        "{body}
+{}",
+        stack.logs()
+    );
+    let seen = Inspected::parse(body.clone());
     assert_eq!(seen.var("CONTENT_LENGTH"), Some("-1"), "{body}");
     assert!(seen.header("content-length").is_empty(), "{body}");
     assert!(body.contains("\nbody-len 3\n"), "{body}");

@@ -96,12 +96,26 @@ fn assert_upload(port: u16, context: &str) {
     assert_eq!(resp.text(), sha256_hex(&body), "{context}");
 }
 
+/// `/media/base.css` comes from the media directory: the web server serves it itself, and the
+/// app (which has no such route) never sees it.
+fn assert_media_served(port: u16, context: &str) {
+    let css = http_request(port, "GET", "/media/base.css", &[], &[]);
+    assert_eq!(
+        (css.status, css.text().as_str()),
+        (200, MEDIA_CSS),
+        "{context}"
+    );
+}
+
+/// The one static file the tests put in the media directory.
+const MEDIA_CSS: &str = "body { color: black }\n";
+
 #[test]
 fn lighttpd_socket_and_rewrite_as_the_document_has_them() {
     let server = site(true, &["method=prefork"]);
     let socket = server.listen().nginx_addr();
     let socket = socket.strip_prefix("unix:").expect("a unix socket");
-    let media = static_dir(&[("base.css", "body { color: black }\n")]);
+    let media = static_dir(&[("base.css", MEDIA_CSS)]);
     let docroot = static_dir(&[]);
     let front = lighttpd(|dir| {
         LIGHTTPD_SEED
@@ -124,14 +138,7 @@ fn lighttpd_socket_and_rewrite_as_the_document_has_them() {
         context()
     );
     assert_upload(front.port(), &context());
-    // /media never reaches the app: lighttpd serves it from the alias.
-    let css = http_request(front.port(), "GET", "/media/base.css", &[], &[]);
-    assert_eq!(
-        (css.status, css.text().as_str()),
-        (200, "body { color: black }\n"),
-        "{}",
-        context()
-    );
+    assert_media_served(front.port(), &context());
     let missing = http_request(front.port(), "GET", "/media/missing.css", &[], &[]);
     assert_eq!(missing.status, 404, "{}", context());
 }
@@ -171,7 +178,7 @@ fn lighttpd_one_host_block_and_one_server_per_site() {
 #[test]
 fn apache_virtual_host_with_the_document_rewrite_rules() {
     let server = site(false, &[]);
-    let media = static_dir(&[("base.css", "body { color: black }\n")]);
+    let media = static_dir(&[("base.css", MEDIA_CSS)]);
     let docroot = static_dir(&[]);
     let front = ApacheProxy::start(
         &APACHE_SITE
@@ -186,12 +193,5 @@ fn apache_virtual_host_with_the_document_rewrite_rules() {
         &context(),
     );
     assert_upload(front.port(), &context());
-    // /media never reaches the app: Apache serves it from the Alias.
-    let css = http_request(front.port(), "GET", "/media/base.css", &[], &[]);
-    assert_eq!(
-        (css.status, css.text().as_str()),
-        (200, "body { color: black }\n"),
-        "{}",
-        context()
-    );
+    assert_media_served(front.port(), &context());
 }

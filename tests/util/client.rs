@@ -9,6 +9,7 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
@@ -560,4 +561,20 @@ fn parse_cgi_head(fields: &str, resp: &mut FcgiResponse) {
         None if resp.header("location").is_some() => 302,
         None => 200,
     };
+}
+
+/// `POST /inspect` with a 3-byte body sent `Transfer-Encoding: chunked` by curl (an
+/// independent client, and one that really chunks): (status, body).
+pub(crate) fn chunked_inspect(port: u16) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"])
+        .args(["-H", "Transfer-Encoding: chunked", "-H", "Expect:"])
+        .args(["--data-binary", "abc", "-X", "POST"])
+        .arg(format!("http://127.0.0.1:{port}/inspect"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl (Debian package curl; scripts/test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (status.parse().unwrap_or(0), body.to_owned())
 }
