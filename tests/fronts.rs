@@ -216,21 +216,21 @@ fn h2o_sends_the_cgi_core() {
     assert_eq!(seen.header("content-type"), ["text/plain"], "{text}");
 }
 
+/// `POST /inspect` with a chunked 3-byte body ([`chunked_inspect`]), answered 200: what the
+/// handler saw, and the page.
+fn chunked_upload(stack: &Stack) -> (Inspected, String) {
+    let (status, body) = chunked_inspect(stack.port());
+    assert_eq!(status, 200, "{body}\n{}", stack.logs());
+    (Inspected::parse(body.clone()), body)
+}
+
 /// A `Transfer-Encoding: chunked` upload through h2o: h2o reads the whole body first, so it
 /// arrives with CONTENT_LENGTH and the handler sees a length. curl sends it (an independent
 /// client, and one that really chunks).
 #[test]
 fn h2o_chunked_upload_arrives_with_length() {
     let stack = axum_behind_h2o(true);
-    let (status, body) = chunked_inspect(stack.port());
-    assert_eq!(
-        status,
-        200,
-        "{body}
-{}",
-        stack.logs()
-    );
-    let seen = Inspected::parse(body.clone());
+    let (seen, body) = chunked_upload(&stack);
     assert_eq!(seen.var("CONTENT_LENGTH"), Some("3"), "{body}");
     assert_eq!(seen.var("HTTP_TRANSFER_ENCODING"), None, "{body}");
     assert_eq!(seen.header("content-length"), ["3"], "{body}");
@@ -243,15 +243,7 @@ fn h2o_chunked_upload_arrives_with_length() {
 #[test]
 fn caddy_chunked_upload_streams_with_unknown_length() {
     let stack = axum_behind_caddy(true);
-    let (status, body) = chunked_inspect(stack.port());
-    assert_eq!(
-        status,
-        200,
-        "{body}
-{}",
-        stack.logs()
-    );
-    let seen = Inspected::parse(body.clone());
+    let (seen, body) = chunked_upload(&stack);
     assert_eq!(seen.var("CONTENT_LENGTH"), Some("-1"), "{body}");
     assert!(seen.header("content-length").is_empty(), "{body}");
     assert!(body.contains("\nbody-len 3\n"), "{body}");
