@@ -19,6 +19,7 @@ use crate::apps::cgi::Cgi;
 use crate::apps::info::Info;
 use crate::config::{App, Config, ConfigError, Method};
 use crate::driver::Shared;
+use crate::process::control::{self, TouchReload};
 use crate::process::prefork;
 use crate::process::threaded::{self, Exit, ServeOptions};
 use crate::request::{Gateway, RequestOptions};
@@ -136,6 +137,11 @@ fn runfcgi<H: Handler>(options: &[String], user: Option<H>) -> ExitCode {
     if let Some(e) = config.unsupported() {
         return usage_error(&e);
     }
+    if let Some(path) = &config.touch_reload {
+        if let Err(message) = control::check_touch_reload(path) {
+            return usage_error(&ConfigError::new("touch_reload", message));
+        }
+    }
     if user.is_some() && config.app_given() {
         return usage_error(&ConfigError::new(
             "app",
@@ -184,6 +190,12 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
         .ok()
         .and_then(|v| v.parse().ok());
     std::env::remove_var(listen::REEXEC_FD_ENV);
+    // What a reload re-executes, taken before daemonizing changes the directory that relative
+    // paths are resolved from. A threaded server needs it only to reload itself.
+    let image = match (config.method, &config.touch_reload) {
+        (Method::Threaded, None) => None,
+        _ => Some(prefork::Image::current().context("cannot find the executable")?),
+    };
     // Bind before forking or starting threads: errors reach the terminal, and the listener is
     // inherited by the daemon and the workers.
     let mut std_listener = match reexec_fd {
@@ -222,6 +234,18 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
 
     let exit = match config.method {
         Method::Threaded => {
+            // Before the runtime's threads exist: it reads and removes an environment
+            // variable.
+            let reload = match (&config.touch_reload, image) {
+                (Some(path), Some(image)) => Some(threaded::Reload {
+                    watch: TouchReload::new(path.clone()),
+                    image,
+                    listener: std_listener
+                        .try_clone_unguarded()
+                        .context("cannot keep a handle on the listener for touch_reload=")?,
+                }),
+                _ => None,
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .max_blocking_threads(config.maxchildren.max(1))
@@ -235,6 +259,7 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
                     listener,
                     shared,
                     serve_options(config, "threaded"),
+                    reload,
                     announce,
                 )
                 .await
@@ -244,7 +269,7 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
             exit
         }
         Method::Prefork => {
-            let image = prefork::Image::current().context("cannot find the executable")?;
+            let image = image.context("cannot find the executable")?;
             let master = prefork::Master::new(config, std_listener, image)
                 .context("cannot start the prefork master")?;
             let mut handler = Some(handler);
@@ -319,7 +344,8 @@ fn prefork_worker<H: Handler>(
                 }
             })
         };
-        let exit = threaded::serve(listener, shared, options, || {
+        // Only the master watches touch_reload=.
+        let exit = threaded::serve(listener, shared, options, None, || {
             status.report(prefork::Report::Idle);
         })
         .await;

@@ -426,7 +426,20 @@ pub static OPTIONS: &[OptionDef] = &[
         metavar: "SECONDS",
         kind: Kind::Number { min: 0, max: 86400 },
         default: "30",
-        help: "Seconds a graceful stop (SIGTERM, SIGINT) waits for requests in flight.",
+        help: "Seconds a graceful stop (SIGTERM, SIGINT), or a method=threaded reload \
+               (touch_reload=), waits for requests in flight.",
+        later: None,
+    },
+    OptionDef {
+        name: "touch_reload",
+        metavar: "FILE",
+        kind: Kind::Path,
+        default: "",
+        help: "Reload gracefully, as SIGHUP does for prefork, when this file is touched, \
+               replaced, created or removed (checked once a second); method=threaded \
+               re-executes itself once its requests are answered. For servers that cannot be \
+               signalled: mod_fcgid does not restart a server when its script is touched, \
+               touch_reload=\"$0\" in the script makes it.",
         later: None,
     },
 ];
@@ -650,6 +663,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// `graceful_timeout=`; default 30 s.
     pub graceful_timeout: Duration,
+    /// `touch_reload=`, absolute: the file whose changes reload the server; default none.
+    pub touch_reload: Option<PathBuf>,
     /// `NOTIFY_SOCKET` from the environment, where systemd wants readiness reported; default
     /// none.
     pub notify_socket: Option<String>,
@@ -792,6 +807,7 @@ impl Config {
             idle_timeout: Duration::from_secs(number(&args, "idle_timeout")?),
             header_timeout: Duration::from_secs(number(&args, "header_timeout")?),
             graceful_timeout: Duration::from_secs(number(&args, "graceful_timeout")?),
+            touch_reload: optional_path(&args, "touch_reload")?,
             notify_socket: env("NOTIFY_SOCKET"),
             given,
         })
@@ -1469,6 +1485,7 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.header_timeout, Duration::from_secs(30));
         assert_eq!(c.graceful_timeout, Duration::from_secs(30));
+        assert_eq!(c.touch_reload, None);
         assert_eq!(c.notify_socket, None);
         assert_eq!((c.user.clone(), c.group.clone()), (None, None));
         assert_eq!(c.unsupported(), None);
@@ -2069,6 +2086,24 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(5));
         assert_eq!(c.header_timeout, Duration::from_secs(7));
         assert_eq!(c.graceful_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn touch_reload_paths() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            ok(&["touch_reload=site.fcgi"]).touch_reload,
+            Some(cwd.join("site.fcgi"))
+        );
+        for method in ["method=prefork", "method=threaded"] {
+            let c = ok(&[method, "touch_reload=/srv/site/site.fcgi"]);
+            assert_eq!(c.touch_reload, Some(PathBuf::from("/srv/site/site.fcgi")));
+            assert_eq!(c.unsupported(), None, "{method}");
+        }
+        assert_eq!(
+            err(&["touch_reload="]),
+            r#"runfcgi: option "touch_reload": must not be empty"#
+        );
     }
 
     #[test]

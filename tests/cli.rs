@@ -150,6 +150,31 @@ fn option_without_value_is_named() {
     assert_usage_error(&["daemonize=false", "maxchildren"], &["maxchildren"]);
 }
 
+/// `touch_reload=` takes a file, or one to be created in an existing directory (watched for
+/// its creation, as uWSGI's touch-reload does): a directory, a path under a directory that
+/// does not exist, and an empty value are refused before anything starts.
+#[test]
+fn touch_reload_needs_a_file_in_an_existing_directory() {
+    assert_usage_error(
+        &["daemonize=false", "touch_reload=."],
+        &["option \"touch_reload\"", "is a directory; name a file"],
+    );
+    assert_usage_error(
+        &[
+            "daemonize=false",
+            "touch_reload=/nonexistent-appserver-dir/restart.txt",
+        ],
+        &[
+            "option \"touch_reload\"",
+            "/nonexistent-appserver-dir/restart.txt: its directory does not exist",
+        ],
+    );
+    assert_usage_error(
+        &["daemonize=false", "touch_reload="],
+        &["option \"touch_reload\"", "must not be empty"],
+    );
+}
+
 /// The info app on an ephemeral loopback port.
 fn tcp_server() -> Server {
     let mut cmd = TestCommand::appserver();

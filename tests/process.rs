@@ -12,6 +12,9 @@
 //! - Web-server-spawned mode: lighttpd `bin-path` and Apache mod_fcgid (the seed's
 //!   `.htaccess` and a `site.fcgi` wrapper) start and stop appserver themselves.
 //! - `user=`/`group=`, and systemd's socket activation and readiness notification.
+//! - `touch_reload=`: touching a file reloads prefork as HUP does and re-executes a threaded
+//!   server in place, under load, without a failed request; under mod_fcgid, `touch
+//!   site.fcgi` reloads the process mod_fcgid spawned (which mod_fcgid itself does not do).
 //!
 //! Load tests run a few client threads looping requests through nginx for a couple of
 //! seconds and count every failed request; each prints its figures (run with
@@ -1138,7 +1141,16 @@ fn lighttpd_with_bin_path(command: &str) -> WebServer {
 /// Apache with mod_fcgid serving the seed's `.htaccess` and a `site.fcgi` that runs
 /// `appserver runfcgi method=METHOD` (tests/data/httpd-fcgid.conf).
 fn apache_fcgid(method: &str) -> WebServer {
-    WebServer::start("Apache", |dir, port| {
+    apache_fcgid_site(method, false).0
+}
+
+/// [`apache_fcgid`], and the directory it runs in (`htdocs/site.fcgi` is the wrapper). With
+/// `own_binary`, `site.fcgi` runs a copy of appserver in that directory (`appserver`),
+/// which the test may replace.
+fn apache_fcgid_site(method: &str, own_binary: bool) -> (WebServer, PathBuf) {
+    let mut site = PathBuf::new();
+    let apache = WebServer::start("Apache", |dir, port| {
+        site = dir.to_owned();
         let root = nix::unistd::geteuid().is_root();
         // Apache's children run as www-data when the test is root: they must reach the
         // directory, the wrapper and appserver itself.
@@ -1155,7 +1167,11 @@ fn apache_fcgid(method: &str) -> WebServer {
             nix::unistd::chown(&dir.join("fcgid"), Some(www.uid), Some(www.gid))
                 .expect("chown fcgid");
         }
-        let bin = reachable_appserver(dir);
+        let bin = if own_binary {
+            copy_appserver(&dir.join("appserver"))
+        } else {
+            reachable_appserver(dir)
+        };
         fs::write(
             htdocs.join(".htaccess"),
             include_str!("data/fcgid.htaccess"),
@@ -1184,7 +1200,8 @@ fn apache_fcgid(method: &str) -> WebServer {
         let mut cmd = Command::new(sbin("apache2"));
         cmd.arg("-f").arg(path).arg("-DFOREGROUND");
         cmd
-    })
+    });
+    (apache, site)
 }
 
 /// The appserver binary, copied into `dir` unless every directory on its path lets others
@@ -1201,10 +1218,18 @@ fn reachable_appserver(dir: &Path) -> PathBuf {
     if reachable {
         return bin;
     }
-    let copy = dir.join("appserver");
-    fs::copy(&bin, &copy).expect("copy appserver");
-    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod");
-    copy
+    copy_appserver(&dir.join("appserver"))
+}
+
+/// Puts a copy of the appserver binary at `path` (mode 0755) the way a deployment does:
+/// written beside it, then renamed over it, so a process running the previous file keeps
+/// its (now deleted) image. Returns `path`.
+fn copy_appserver(path: &Path) -> PathBuf {
+    let tmp = path.with_extension("new");
+    fs::copy(appserver_bin(), &tmp).expect("copy appserver");
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::rename(&tmp, path).expect("rename appserver");
+    path.to_owned()
 }
 
 /// lighttpd's `bin-path` spawns appserver with the listening socket on fd 0; requests under
@@ -1939,5 +1964,418 @@ fn prefork_failed_reload_stops_the_previous_workers_on_term() {
     assert!(
         left.is_empty(),
         "previous workers {left:?} outlived the master"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 12. touch_reload=.
+
+/// Sets `path`'s modification time 10 s past its current one, as `touch` would a second
+/// later: a change even when the previous one was within the same second.
+fn touch_later(path: &Path) {
+    let file = fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mtime = file.metadata().and_then(|m| m.modified()).expect("mtime");
+    file.set_modified(mtime + Duration::from_secs(10))
+        .expect("set_modified");
+}
+
+/// The ready lines of process `pid` in `log`: one per image it ran (a reload re-executes it
+/// with the same pid).
+fn ready_lines(log: &str, pid: u32) -> usize {
+    let pid = format!(" pid={pid}");
+    log.lines()
+        .filter(|l| l.contains("appserver: ready: ") && l.trim_end().ends_with(&pid))
+        .count()
+}
+
+/// The workers a prefork master named when it re-executed itself for the `nth` time (from
+/// 1), which finish their requests and exit: `... re-executing EXE (workers 12,34 finish
+/// their requests)`. `None` until that line is logged.
+fn retired_workers(log: &str, nth: usize) -> Option<BTreeSet<u32>> {
+    let line = log
+        .lines()
+        .filter(|l| l.contains(": re-executing "))
+        .nth(nth.checked_sub(1)?)?;
+    let list = line.split("(workers ").nth(1)?.split(' ').next()?;
+    Some(list.split(',').filter_map(|p| p.parse().ok()).collect())
+}
+
+/// Waits until a prefork master has re-executed itself for the `nth` time and announced
+/// itself again (`nth + 1` ready lines), and the workers of the previous image are gone;
+/// returns those workers.
+fn wait_reloaded(log: impl Fn() -> String, master: u32, nth: usize) -> BTreeSet<u32> {
+    let mut retired = BTreeSet::new();
+    let done = wait_until(SETTLE_TIMEOUT, || {
+        let log = log();
+        match retired_workers(&log, nth) {
+            Some(workers) => {
+                retired = workers;
+                ready_lines(&log, master) == nth + 1 && retired.iter().all(|&w| !alive(w))
+            }
+            None => false,
+        }
+    });
+    assert!(
+        done,
+        "reload {nth} of {master} not complete (previous workers {retired:?}):\n{}",
+        log()
+    );
+    retired
+}
+
+/// The file `pid` runs (`/proc/PID/exe`); ends in ` (deleted)` once that file was replaced.
+fn exe_of(pid: u32) -> String {
+    fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|e| panic!("/proc/{pid}/exe: {e}"))
+}
+
+/// `touch_reload=FILE` with prefork on TCP, under load through nginx: touching the file
+/// replaces the workers exactly as HUP does (same master, not one request failed); then
+/// nothing happens while the file stays as it is (no reload loop), and replacing the file by
+/// another with the same modification time reloads once more.
+#[test]
+fn prefork_touch_reload_under_load_loses_no_request() {
+    let mut cmd = TestCommand::appserver();
+    let file = cmd.path("restart.txt");
+    fs::write(&file, "").expect("write restart.txt");
+    cmd.args([
+        "runfcgi",
+        "daemonize=false",
+        "method=prefork",
+        "debug=true",
+        "host=127.0.0.1",
+        "port=0",
+        "minspare=2",
+        "maxspare=4",
+        "maxchildren=8",
+    ])
+    .arg(format!("touch_reload={}", file.display()));
+    let server = cmd.start();
+    let master = server.pid();
+    let nginx = Nginx::fastcgi(server.listen(), FcgiPass::Close);
+    assert!(wait_until(SETTLE_TIMEOUT, || children(master).len() >= 2));
+
+    let load = Load::start(nginx.port(), "/", LOAD_THREADS);
+    load.wait_done(50);
+    let touched_at = load.now();
+    touch_later(&file);
+    let old = wait_reloaded(|| server.log(), master, 1);
+    let replaced_at = load.now();
+    thread::sleep(LOAD_TIME / 2);
+    let report = load.finish();
+    report.print(&format!(
+        "touch_reload (prefork) at {touched_at:.2?} (old workers replaced at {replaced_at:.2?})"
+    ));
+    assert!(
+        report.failures().is_empty(),
+        "{} of {} requests failed across the touch reload:\n{}{}",
+        report.failures().len(),
+        report.sent(),
+        report.first_failures(),
+        cases::logs(&server, &nginx)
+    );
+    let late: BTreeSet<u32> = report
+        .outcomes
+        .iter()
+        .filter(|o| o.start > replaced_at)
+        .filter_map(|o| page_pid(o.result.as_ref().ok()?))
+        .collect();
+    assert!(!late.is_empty(), "no request after the reload");
+    assert!(
+        late.is_disjoint(&old),
+        "old workers {old:?} served after the reload: {late:?}"
+    );
+    let log = server.log();
+    let line = format!("touch_reload: {} changed: re-executing", file.display());
+    assert_eq!(log.matches(&line).count(), 1, "{log}");
+
+    // The re-executed master watches from the file's state: nothing reloads while it stays
+    // as it is. Idle workers beyond maxspare may be stopped meanwhile; none is started.
+    let settled = children(master);
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(ready_lines(&server.log(), master), 2, "{}", server.log());
+    assert!(
+        children(master).is_subset(&settled),
+        "new workers without a change: {:?} (were {settled:?})\n{}",
+        children(master),
+        server.log()
+    );
+
+    // Replaced by a file with the same modification time: its inode tells.
+    let mtime = fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let new = file.with_extension("new");
+    fs::write(&new, "v2").expect("write");
+    fs::File::options()
+        .write(true)
+        .open(&new)
+        .and_then(|f| f.set_modified(mtime))
+        .expect("set_modified");
+    fs::rename(&new, &file).expect("rename");
+    let before = wait_reloaded(|| server.log(), master, 2);
+    assert_eq!(server.log().matches(&line).count(), 2);
+    let pid = page_pid(&http_get(nginx.port(), "/").text()).expect("pid line");
+    assert!(
+        !before.contains(&pid),
+        "worker {pid} of the previous image served"
+    );
+}
+
+/// `touch_reload=FILE` with `method=threaded` (the axum example, on a unix socket), where the
+/// file does not exist at the start: its creation reloads. The process finishes the requests
+/// in flight (a slow one among them), re-executes itself with the same pid and the listener
+/// inherited, and answers the requests that arrived meanwhile: none fails. Removing the file
+/// reloads again; after that nothing reloads while nothing changes.
+#[test]
+fn threaded_touch_reload_re_executes_without_losing_requests() {
+    threaded_touch_reload(FcgiPass::Close);
+}
+
+/// The same with nginx keeping connections to appserver open: the reload closes the idle
+/// kept-alive connections, as a graceful stop does, and nginx opens new ones.
+#[test]
+fn threaded_touch_reload_with_nginx_keepalive() {
+    threaded_touch_reload(FcgiPass::KeepConn);
+}
+
+fn threaded_touch_reload(pass: FcgiPass) {
+    let mut cmd = TestCommand::axum();
+    let file = cmd.path("restart.txt");
+    let socket = cmd.path("s.sock");
+    cmd.args([
+        "runfcgi",
+        "daemonize=false",
+        "method=threaded",
+        "debug=true",
+    ])
+    .arg(format!("socket={}", socket.display()))
+    .arg(format!("touch_reload={}", file.display()));
+    let server = cmd.start();
+    let pid = server.pid();
+    let missing = format!(
+        "touch_reload={}: no such file yet; creating it will reload the server",
+        file.display()
+    );
+    assert!(server.log().contains(&missing), "{}", server.log());
+    let nginx = Nginx::fastcgi(server.listen(), pass);
+
+    let slow = request_in_background(nginx.port(), "/slow?ms=1500");
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || unix_accepted(&socket) >= 1),
+        "the slow request was not accepted"
+    );
+    let load = Load::start(nginx.port(), "/", LOAD_THREADS);
+    load.wait_done(20);
+    let created_at = load.now();
+    fs::write(&file, "").expect("create restart.txt");
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || ready_lines(&server.log(), pid) == 2),
+        "no second ready line after the file was created:\n{}",
+        server.log()
+    );
+    let reloaded_at = load.now();
+    thread::sleep(LOAD_TIME / 2);
+    let report = load.finish();
+    report.print(&format!(
+        "touch_reload (threaded) at {created_at:.2?}, nginx {pass:?}, re-executed at \
+         {reloaded_at:.2?}"
+    ));
+    let slowest = report
+        .outcomes
+        .iter()
+        .map(|o| o.end - o.start)
+        .max()
+        .unwrap_or_default();
+    eprintln!("load: slowest request {slowest:.2?} (waited in the backlog during the reload)");
+    assert_eq!(
+        slow.join().expect("client thread").as_deref(),
+        Ok("done\n"),
+        "the slow request in flight during the reload\n{}",
+        cases::logs(&server, &nginx)
+    );
+    assert!(
+        report.failures().is_empty(),
+        "{} of {} requests failed across the touch reload:\n{}{}",
+        report.failures().len(),
+        report.sent(),
+        report.first_failures(),
+        cases::logs(&server, &nginx)
+    );
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .any(|o| o.start > reloaded_at && o.result.is_ok()),
+        "no request answered after the reload"
+    );
+    let log = server.log();
+    let line = format!("touch_reload: {} changed: re-executing", file.display());
+    assert_eq!(log.matches(&line).count(), 1, "{log}");
+    assert!(alive(pid));
+
+    fs::remove_file(&file).expect("remove restart.txt");
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || ready_lines(&server.log(), pid) == 3),
+        "no reload after the file was removed:\n{}",
+        server.log()
+    );
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(ready_lines(&server.log(), pid), 3, "{}", server.log());
+    assert_eq!(http_get(nginx.port(), "/").text(), "Hello from axum\n");
+}
+
+/// A TERM that arrives while a threaded server finishes its requests before re-executing
+/// itself (touch_reload=) stops it instead: the request in flight is answered, the server
+/// exits 0 and does not come back as a new image.
+#[test]
+fn threaded_term_during_touch_reload_stops_instead() {
+    let mut cmd = TestCommand::axum();
+    let file = cmd.path("restart.txt");
+    fs::write(&file, "").expect("write restart.txt");
+    let socket = cmd.path("s.sock");
+    cmd.args(["runfcgi", "daemonize=false", "method=threaded"])
+        .arg(format!("socket={}", socket.display()))
+        .arg(format!("touch_reload={}", file.display()));
+    let mut server = cmd.start();
+    let nginx = Nginx::fastcgi(server.listen(), FcgiPass::Close);
+    let slow = request_in_background(nginx.port(), "/slow?ms=2000");
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || unix_accepted(&socket) >= 1),
+        "the slow request was not accepted"
+    );
+    touch_later(&file);
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || server
+            .log()
+            .contains("once the requests in flight are answered")),
+        "no reload began:\n{}",
+        server.log()
+    );
+    server.signal(Signal::SIGTERM);
+    let status = server
+        .wait_exit(SETTLE_TIMEOUT)
+        .unwrap_or_else(|| panic!("still running after TERM:\n{}", server.log()));
+    let log = server.log();
+    assert!(status.success(), "{status}\n{log}");
+    assert_eq!(
+        slow.join().expect("client thread").as_deref(),
+        Ok("done\n"),
+        "{log}"
+    );
+    assert!(
+        log.contains("stopping instead of reloading, as a signal asked"),
+        "{log}"
+    );
+    assert_eq!(ready_lines(&log, server.pid()), 1, "{log}");
+    assert!(!socket.exists(), "socket file left behind");
+}
+
+/// The Django document's advice for shared hosting, "touch mysite.fcgi and Apache will
+/// restart your application", which mod_fcgid does not do (it tells its processes apart by
+/// the script's inode, so a touched script is the same one): with `touch_reload="$0"` in
+/// `site.fcgi`, appserver reloads itself. A new appserver binary is installed (the running
+/// one now runs a deleted file), `site.fcgi` touched under load: not one request fails,
+/// mod_fcgid keeps talking to the same process, and the requests after the reload are
+/// served by the new binary.
+#[test]
+fn mod_fcgid_touch_site_fcgi_reloads_threaded() {
+    mod_fcgid_touch("threaded");
+}
+
+/// The same with `method=prefork`: the master re-executes itself, its new workers serve.
+#[test]
+fn mod_fcgid_touch_site_fcgi_reloads_prefork() {
+    mod_fcgid_touch("prefork");
+}
+
+fn mod_fcgid_touch(method: &str) {
+    let (apache, site) = apache_fcgid_site(method, true);
+    let wrapper = site.join("htdocs/site.fcgi");
+    let bin = site.join("appserver");
+    let resp = http_get(apache.port(), "/first");
+    let body = resp.text();
+    assert_eq!(resp.status, 200, "{body}\n{}", apache.error_log());
+    let first = page_pid(&body).expect("pid line");
+    let spawned = match method {
+        "prefork" => proc_stat(first).expect("worker").1,
+        _ => first,
+    };
+    copy_appserver(&bin);
+    assert_eq!(
+        exe_of(spawned),
+        format!("{} (deleted)", bin.display()),
+        "the running appserver should run the replaced file"
+    );
+
+    // mod_fcgid sends one request at a time per process: one client keeps it to one.
+    let load = Load::start(apache.port(), "/", 1);
+    load.wait_done(20);
+    let touched_at = load.now();
+    touch_later(&wrapper);
+    // Reloaded: announced again, and (prefork) the previous image's workers gone.
+    let old_workers = if method == "prefork" {
+        wait_reloaded(|| apache.error_log(), spawned, 1)
+    } else {
+        assert!(
+            wait_until(SETTLE_TIMEOUT, || ready_lines(&apache.error_log(), spawned)
+                == 2),
+            "appserver {spawned} did not reload after `touch site.fcgi`:\n{}",
+            apache.error_log()
+        );
+        BTreeSet::new()
+    };
+    let reloaded_at = load.now();
+    load.wait_done(load.done.load(Ordering::Relaxed) + 20);
+    let report = load.finish();
+    report.print(&format!(
+        "touch site.fcgi (mod_fcgid, {method}) at {touched_at:.2?}, reloaded at \
+         {reloaded_at:.2?}"
+    ));
+    let log = apache.error_log();
+    assert!(
+        report.failures().is_empty(),
+        "{} of {} requests failed across the touch reload:\n{}{log}",
+        report.failures().len(),
+        report.sent(),
+        report.first_failures(),
+    );
+    // "$0" is the script's absolute path: mod_fcgid runs it by that path.
+    let line = format!("touch_reload: {} changed", wrapper.display());
+    assert_eq!(log.matches(&line).count(), 1, "{log}");
+    assert!(alive(spawned), "appserver {spawned} is gone:\n{log}");
+    assert_eq!(
+        exe_of(spawned),
+        bin.display().to_string(),
+        "not re-executed"
+    );
+    let late: BTreeSet<u32> = report
+        .outcomes
+        .iter()
+        .filter(|o| o.start > reloaded_at)
+        .filter_map(|o| page_pid(o.result.as_ref().ok()?))
+        .collect();
+    assert!(!late.is_empty(), "no request after the reload");
+    for &pid in &late {
+        if method == "prefork" {
+            assert!(!old_workers.contains(&pid), "old worker {pid} served late");
+        } else {
+            assert_eq!(pid, spawned, "mod_fcgid started another process:\n{log}");
+        }
+        if alive(pid) {
+            assert_eq!(
+                exe_of(pid),
+                bin.display().to_string(),
+                "{pid} runs old code"
+            );
+        }
+    }
+    assert!(
+        !log.contains(&format!("site.fcgi({spawned}) exit")),
+        "mod_fcgid saw appserver {spawned} exit:\n{log}"
     );
 }

@@ -36,6 +36,7 @@
 //! | TERM, INT | workers finish their requests (bounded by `graceful_timeout=`), then exit 0 |
 //! | QUIT | workers stop at once |
 //! | HUP | re-exec the binary in place (same pid, listener kept open): new code is loaded, new workers start, then the old ones finish and exit (if the new ones cannot start, the old ones serve on) |
+//! | (none) | `touch_reload=FILE`: the master looks at the file once per [`TOUCH_RELOAD_INTERVAL`]; when it changed, the same as HUP |
 //! | USR1 | reopen `outlog=`/`errlog=`, in the master and every worker |
 //! | TTIN, TTOU | one idle worker more / fewer (`minspare` and `maxspare` move together; kept across HUP) |
 
@@ -44,7 +45,9 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -55,9 +58,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::{pipe2, Pid};
 
-use crate::config::Config;
+use crate::config::{self, Config, Kind};
 use crate::listen::{StdListener, REEXEC_FD_ENV};
-use crate::process::control::{Control, CONTROL_SIGNALS};
+use crate::process::control::{Control, TouchReload, CONTROL_SIGNALS, TOUCH_RELOAD_INTERVAL};
 use crate::process::threaded::Exit;
 use crate::sys::{self, Forked};
 
@@ -165,22 +168,83 @@ struct Worker {
 /// What the master needs to fork a worker: runs in the child and never returns.
 pub type WorkerMain<'a> = dyn FnMut(StdListener, StatusPipe, u64) -> i32 + 'a;
 
-/// The process image to re-execute on HUP.
+/// The process image to re-execute on a reload (HUP, `touch_reload=`).
 #[derive(Clone, Debug)]
 pub struct Image {
     /// The executable's path as resolved at startup (so a binary replaced on disk is loaded).
     pub exe: PathBuf,
-    /// The command line, unchanged.
+    /// The command line, with relative paths in options made absolute (see
+    /// [`Image::current`]).
     pub args: Vec<OsString>,
 }
 
 impl Image {
-    /// This process's image.
+    /// This process's image. Call before daemonizing.
+    ///
+    /// Relative paths in `key=value` options (`pidfile=app.pid`, `touch_reload=site.fcgi`)
+    /// are made absolute from the directory the process started in, as [`Config`] does: a
+    /// daemon has changed to `workdir=` by the time it re-executes itself, and the new image
+    /// would take them from there.
     pub fn current() -> io::Result<Self> {
         Ok(Self {
             exe: std::env::current_exe()?,
-            args: std::env::args_os().collect(),
+            args: std::env::args_os()
+                .enumerate()
+                .map(|(i, arg)| {
+                    if i == 0 {
+                        arg
+                    } else {
+                        absolute_path_option(arg)
+                    }
+                })
+                .collect(),
         })
+    }
+
+    /// Whether the executable can still be run (a reload does not begin with one that was
+    /// removed or made unexecutable).
+    pub fn executable(&self) -> io::Result<()> {
+        nix::unistd::access(&self.exe, nix::unistd::AccessFlags::X_OK).map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("{}: {e}", self.exe.display()),
+            )
+        })
+    }
+
+    /// Replaces this process's image with this one (same pid), adding `env` to the
+    /// environment; `args[0]` is kept as given. Returns only on failure. Descriptors without
+    /// close-on-exec stay open in the new image.
+    ///
+    /// For a multi-threaded process (`method=threaded`): `env` is passed to the new image,
+    /// not set in this process, where other threads may be reading the environment.
+    pub fn exec(&self, env: &[(&str, String)]) -> io::Error {
+        let mut cmd = Command::new(&self.exe);
+        if let Some((arg0, rest)) = self.args.split_first() {
+            cmd.arg0(arg0).args(rest);
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        cmd.exec()
+    }
+}
+
+/// `arg` with its value made absolute when it is `key=value` for a path option and the value
+/// is relative; anything else unchanged.
+fn absolute_path_option(arg: OsString) -> OsString {
+    let Some((key, value)) = arg.to_str().and_then(|a| a.split_once('=')) else {
+        return arg;
+    };
+    let is_path = config::option(&key.to_ascii_lowercase()).is_some_and(|d| d.kind == Kind::Path);
+    if !is_path || value.is_empty() || Path::new(value).is_absolute() {
+        return arg;
+    }
+    match std::path::absolute(value) {
+        Ok(path) => {
+            let mut absolute = OsString::from(format!("{key}="));
+            absolute.push(path);
+            absolute
+        }
+        Err(_) => arg,
     }
 }
 
@@ -213,6 +277,8 @@ pub struct Master<'a> {
     /// Since when more than `maxspare` workers have been idle.
     surplus_since: Option<Instant>,
     announced: bool,
+    /// `touch_reload=`: the watched file, and when to look at it next.
+    touch: Option<(TouchReload, Instant)>,
 }
 
 impl std::fmt::Debug for Master<'_> {
@@ -258,6 +324,12 @@ impl<'a> Master<'a> {
             spawn_after: Instant::now(),
             surplus_since: None,
             announced: false,
+            touch: config.touch_reload.clone().map(|path| {
+                (
+                    TouchReload::new(path),
+                    Instant::now() + TOUCH_RELOAD_INTERVAL,
+                )
+            }),
         })
     }
 
@@ -278,9 +350,14 @@ impl<'a> Master<'a> {
                 PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.status_rd.as_fd(), PollFlags::POLLIN),
             ];
+            // Woken for touch_reload= too, so the file is looked at once per interval.
+            let tick = match &self.touch {
+                Some((_, due)) => TICK.min(due.saturating_duration_since(Instant::now())),
+                None => TICK,
+            };
             match poll(
                 &mut fds,
-                PollTimeout::try_from(TICK).unwrap_or(PollTimeout::MAX),
+                PollTimeout::try_from(tick).unwrap_or(PollTimeout::MAX),
             ) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
@@ -309,15 +386,7 @@ impl<'a> Master<'a> {
                         notify("STOPPING=1");
                         return Ok(self.stop(Signal::SIGQUIT, QUIT_GRACE));
                     }
-                    Control::Reload => {
-                        notify("RELOADING=1");
-                        let e = self.reexec();
-                        tracing::error!(
-                            "SIGHUP: cannot re-execute {}: {e}",
-                            self.image.exe.display()
-                        );
-                        notify("READY=1");
-                    }
+                    Control::Reload => self.reload("SIGHUP", notify),
                     Control::ReopenLogs => {
                         if let Err(e) = crate::daemon::reopen_logs(self.config) {
                             tracing::error!("SIGUSR1: cannot reopen logs: {e}");
@@ -348,7 +417,33 @@ impl<'a> Master<'a> {
                 let _ = self.stop(Signal::SIGTERM, QUIT_GRACE);
                 return Err(e);
             }
+            if let Some(why) = self.touched() {
+                self.reload(&why, notify);
+            }
         }
+    }
+
+    /// Looks at the `touch_reload=` file when it is time to: what to log as the reason for a
+    /// reload when it changed.
+    fn touched(&mut self) -> Option<String> {
+        let (watch, due) = self.touch.as_mut()?;
+        let now = Instant::now();
+        if now < *due {
+            return None;
+        }
+        *due = now + TOUCH_RELOAD_INTERVAL;
+        watch
+            .changed()
+            .then(|| format!("touch_reload: {} changed", watch.path().display()))
+    }
+
+    /// A graceful reload (HUP, `touch_reload=`): re-executes the master; on failure the
+    /// current image goes on serving. `why` starts the log lines.
+    fn reload(&mut self, why: &str, notify: &dyn Fn(&str)) {
+        notify("RELOADING=1");
+        let e = self.reexec(why);
+        tracing::error!("{why}: cannot re-execute {}: {e}", self.image.exe.display());
+        notify("READY=1");
     }
 
     /// Whether a worker serves: one of ours has been ready, or the previous image's are still
@@ -694,8 +789,9 @@ impl<'a> Master<'a> {
 
     /// Re-executes this binary in place (same pid), keeping the listener open, naming the
     /// current workers so the new image retires them, and passing the pool bounds on (SIGTTIN
-    /// and SIGTTOU may have moved them). Returns only on failure.
-    fn reexec(&mut self) -> io::Error {
+    /// and SIGTTOU may have moved them) and the `touch_reload=` file's state. Returns only on
+    /// failure.
+    fn reexec(&mut self, why: &str) -> io::Error {
         let Some(listener) = &self.listener else {
             return io::Error::other("the listener is closed: stopping");
         };
@@ -706,18 +802,25 @@ impl<'a> Master<'a> {
         let mut pids: Vec<String> = self.workers.keys().map(ToString::to_string).collect();
         pids.extend(self.previous.iter().map(ToString::to_string));
         tracing::info!(
-            "SIGHUP: re-executing {} (workers {} finish their requests)",
+            "{why}: re-executing {} (workers {} finish their requests)",
             self.image.exe.display(),
             pids.join(",")
         );
-        std::env::set_var(REEXEC_FD_ENV, fd.to_string());
-        std::env::set_var(RETIRE_PIDS_ENV, pids.join(","));
-        std::env::set_var(SPARE_ENV, format!("{},{}", self.minspare, self.maxspare));
+        // The master is single-threaded: setting its environment races with nothing.
+        let mut env = vec![
+            (REEXEC_FD_ENV, fd.to_string()),
+            (RETIRE_PIDS_ENV, pids.join(",")),
+            (SPARE_ENV, format!("{},{}", self.minspare, self.maxspare)),
+        ];
+        env.extend(self.touch.as_ref().and_then(|(watch, _)| watch.handover()));
+        for (name, value) in &env {
+            std::env::set_var(name, value);
+        }
         let err = sys::exec(&self.image.exe, &self.image.args);
         // Still here: the old image keeps serving.
-        std::env::remove_var(REEXEC_FD_ENV);
-        std::env::remove_var(RETIRE_PIDS_ENV);
-        std::env::remove_var(SPARE_ENV);
+        for (name, _) in &env {
+            std::env::remove_var(name);
+        }
         if let Err(e) = listener
             .keep_across_exec()
             .and_then(|fd| sys::set_cloexec(fd, true))

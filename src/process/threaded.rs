@@ -4,6 +4,13 @@
 //! backlog) and gives each to its protocol driver on its own task; `maxchildren` bounds the
 //! requests in flight inside the drivers. Signals map to [`Control`]: a graceful stop stops
 //! accepting, lets busy connections finish within `graceful_timeout=`, then returns.
+//!
+//! With `touch_reload=` ([`Reload`]) the process reloads itself in place when the file
+//! changes: it stops accepting but keeps the listener open (new connections wait in its
+//! backlog), finishes the requests in flight as a graceful stop does, then re-executes its
+//! binary with the listener inherited, and the new image accepts the connections that waited.
+//! The pid stays the same, so a web server that spawned the process (mod_fcgid) or a pidfile
+//! still names it.
 
 use std::io;
 use std::pin::Pin;
@@ -19,8 +26,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Protocol;
 use crate::driver::{self, Shared};
-use crate::listen::{AllowList, Listener};
-use crate::process::control::{Control, Signals, CONTROL_SIGNALS};
+use crate::listen::{AllowList, Listener, StdListener, REEXEC_FD_ENV};
+use crate::process::control::{
+    Control, Signals, TouchReload, CONTROL_SIGNALS, TOUCH_RELOAD_INTERVAL,
+};
+use crate::process::prefork::Image;
 use crate::Handler;
 
 /// How long a graceful stop waits, at most, for connections it accepted but whose first bytes
@@ -75,6 +85,33 @@ impl std::fmt::Debug for ServeOptions {
             .field("allow", &self.allow)
             .field("graceful_timeout", &self.graceful_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+/// What a `method=threaded` server needs to reload itself in place (`touch_reload=`). Never
+/// given to a prefork worker: only its master reloads.
+#[derive(Debug)]
+pub struct Reload {
+    /// The watched file.
+    pub watch: TouchReload,
+    /// The image to re-execute.
+    pub image: Image,
+    /// A second handle on the listener, without the socket-file guard: the one the new image
+    /// inherits. Closed as soon as a stop begins, so that it does not keep the socket open.
+    pub listener: StdListener,
+}
+
+impl Reload {
+    /// Re-executes the process with the listener inherited and the watched file's state
+    /// handed over. Returns only on failure.
+    fn exec(self) -> io::Error {
+        let fd = match self.listener.keep_across_exec() {
+            Ok(fd) => fd,
+            Err(e) => return e,
+        };
+        let mut env = vec![(REEXEC_FD_ENV, fd.to_string())];
+        env.extend(self.watch.handover());
+        self.image.exec(&env)
     }
 }
 
@@ -205,12 +242,24 @@ pub enum Exit {
     Forced,
 }
 
+/// What woke the control loop.
+enum Wake {
+    Signal(Control),
+    /// `ServeOptions::retire` was cancelled.
+    Retire,
+    /// The `touch_reload=` file changed.
+    Touched,
+}
+
 /// Accepts and serves until a stop is requested. `ready` runs once the loop is about to
-/// accept (signal handlers are installed by then), to print the ready line.
+/// accept (signal handlers are installed by then), to print the ready line. With `reload`
+/// (`touch_reload=`), a change of the file re-executes the process once the requests in
+/// flight are answered, and this returns only if that fails.
 pub async fn serve<H: Handler>(
     listener: Listener,
     shared: Arc<Shared<H>>,
     options: ServeOptions,
+    mut reload: Option<Reload>,
     ready: impl FnOnce(),
 ) -> io::Result<Exit> {
     let mut signals = Signals::install()?;
@@ -220,6 +269,11 @@ pub async fn serve<H: Handler>(
     let stop_accepting = CancellationToken::new();
     ready();
 
+    // A reload keeps a handle on the listener until the exec, so the socket stays open and
+    // new connections wait in its backlog for the new image; a stop drops it first, and the
+    // socket closes with the accept loop.
+    let listener = Arc::new(listener);
+    let mut kept_listener = reload.as_ref().map(|_| Arc::clone(&listener));
     let unread = Arc::new(Unread::default());
     // Set before a stop that closes the listener for good (a signal), so the backlog is
     // drained; a retiring prefork worker leaves it to the workers that keep accepting.
@@ -308,39 +362,124 @@ pub async fn serve<H: Handler>(
     };
     let accept_task = tokio::spawn(accept_loop);
 
+    // Finishes the requests in flight once the accept loop has ended: connections accepted a
+    // moment ago read their request before idle ones are closed, then the busy ones get up
+    // to graceful_timeout=.
+    let finish = || async {
+        unread
+            .wait(tokio::time::Instant::now() + FIRST_REQUEST_GRACE)
+            .await;
+        shared.shutdown.cancel();
+        tracker.close();
+        match tokio::time::timeout(options.graceful_timeout, tracker.wait()).await {
+            Ok(()) => Exit::Graceful,
+            Err(_) => {
+                tracing::warn!(
+                    "graceful_timeout={}s reached with requests still running: stopping them",
+                    options.graceful_timeout.as_secs()
+                );
+                Exit::Forced
+            }
+        }
+    };
+
+    let mut touch_tick = tokio::time::interval(TOUCH_RELOAD_INTERVAL);
+    touch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let exit = loop {
-        let (control, signalled) = tokio::select! {
-            c = signals.recv() => (c, true),
-            () = options.retire.cancelled() => (Control::GracefulStop, false),
+        let wake = tokio::select! {
+            c = signals.recv() => Wake::Signal(c),
+            () = options.retire.cancelled() => Wake::Retire,
+            _ = touch_tick.tick(), if reload.is_some() => {
+                if reload.as_mut().is_some_and(|r| r.watch.changed()) {
+                    Wake::Touched
+                } else {
+                    continue;
+                }
+            }
+        };
+        let control = match wake {
+            Wake::Signal(control) => control,
+            Wake::Retire => Control::GracefulStop,
+            Wake::Touched => {
+                let Some(r) = reload.take() else {
+                    continue;
+                };
+                // An image that cannot run is not worth stopping for.
+                if let Err(e) = r.image.executable() {
+                    tracing::error!(
+                        "touch_reload: {} changed, but the server cannot re-execute itself: \
+                         {e}; serving on",
+                        r.watch.path().display()
+                    );
+                    reload = Some(r);
+                    continue;
+                }
+                tracing::info!(
+                    "touch_reload: {} changed: re-executing {} once the requests in flight \
+                     are answered",
+                    r.watch.path().display(),
+                    r.image.exe.display()
+                );
+                (options.notify)("RELOADING=1");
+                // The backlog waits for the new image, on the listener kept open until the
+                // exec.
+                drain.store(false, Ordering::Release);
+                stop_accepting.cancel();
+                let _ = accept_task.await;
+                // A stop asked for meanwhile wins: the process must not come back as a new
+                // image (the signal would be lost with this one).
+                let finishing = finish();
+                tokio::pin!(finishing);
+                let mut stop = false;
+                let exit = loop {
+                    tokio::select! {
+                        exit = &mut finishing => break exit,
+                        c = signals.recv() => match c {
+                            Control::GracefulStop => stop = true,
+                            Control::ImmediateStop => {
+                                stop = true;
+                                break Exit::Forced;
+                            }
+                            Control::ReopenLogs => {
+                                if let Err(e) = (options.reopen_logs)() {
+                                    tracing::error!("SIGUSR1: cannot reopen logs: {e}");
+                                }
+                            }
+                            other => tracing::debug!("{other:?} while reloading: ignored"),
+                        },
+                    }
+                };
+                if stop {
+                    tracing::info!("stopping instead of reloading, as a signal asked");
+                    (options.notify)("STOPPING=1");
+                    break exit;
+                }
+                let exe = r.image.exe.clone();
+                let e = r.exec();
+                drop(kept_listener);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("touch_reload: cannot re-execute {}: {e}", exe.display()),
+                ));
+            }
         };
         match control {
             Control::GracefulStop => {
                 tracing::debug!("graceful stop: finishing requests in flight");
                 (options.notify)("STOPPING=1");
-                drain.store(signalled, Ordering::Release);
+                // The socket closes with the accept loop's handle.
+                drop(reload.take());
+                drop(kept_listener.take());
+                drain.store(matches!(wake, Wake::Signal(_)), Ordering::Release);
                 stop_accepting.cancel();
                 let _ = accept_task.await;
-                // Connections accepted a moment ago read their request before idle ones are
-                // closed.
-                unread
-                    .wait(tokio::time::Instant::now() + FIRST_REQUEST_GRACE)
-                    .await;
-                shared.shutdown.cancel();
-                tracker.close();
-                match tokio::time::timeout(options.graceful_timeout, tracker.wait()).await {
-                    Ok(()) => break Exit::Graceful,
-                    Err(_) => {
-                        tracing::warn!(
-                            "graceful_timeout={}s reached with requests still running: stopping",
-                            options.graceful_timeout.as_secs()
-                        );
-                        break Exit::Forced;
-                    }
-                }
+                break finish().await;
             }
             Control::ImmediateStop => {
                 tracing::info!("immediate stop");
                 (options.notify)("STOPPING=1");
+                drop(reload.take());
+                drop(kept_listener.take());
                 break Exit::Forced;
             }
             Control::Reload => {
