@@ -134,9 +134,6 @@ fn runfcgi<H: Handler>(options: &[String], user: Option<H>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage_error(&e),
     };
-    if let Some(e) = config.unsupported() {
-        return usage_error(&e);
-    }
     if let Some(path) = &config.touch_reload {
         if let Err(message) = control::check_touch_reload(path) {
             return usage_error(&ConfigError::new("touch_reload", message));
@@ -192,10 +189,7 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
     std::env::remove_var(listen::REEXEC_FD_ENV);
     // What a reload re-executes, taken before daemonizing changes the directory that relative
     // paths are resolved from. A threaded server needs it only to reload itself.
-    let image = match (config.method, &config.touch_reload) {
-        (Method::Threaded, None) => None,
-        _ => Some(prefork::Image::current().context("cannot find the executable")?),
-    };
+    let image = prefork::Image::current().context("cannot find the executable")?;
     // Bind before forking or starting threads: errors reach the terminal, and the listener is
     // inherited by the daemon and the workers.
     let mut std_listener = match reexec_fd {
@@ -236,15 +230,13 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
         Method::Threaded => {
             // Before the runtime's threads exist: it reads and removes an environment
             // variable.
-            let reload = match (&config.touch_reload, image) {
-                (Some(path), Some(image)) => Some(threaded::Reload {
-                    watch: TouchReload::new(path.clone()),
-                    image,
-                    listener: std_listener
-                        .try_clone_unguarded()
-                        .context("cannot keep a handle on the listener for touch_reload=")?,
-                }),
-                _ => None,
+            let reload = threaded::Reload {
+                watch: config.touch_reload.clone().map(TouchReload::new),
+                max_requests: u64::from(config.maxrequests),
+                image,
+                listener: std_listener
+                    .try_clone_unguarded()
+                    .context("cannot keep a handle on the listener for reloads")?,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -259,7 +251,7 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
                     listener,
                     shared,
                     serve_options(config, "threaded"),
-                    reload,
+                    Some(reload),
                     announce,
                 )
                 .await
@@ -269,7 +261,6 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
             exit
         }
         Method::Prefork => {
-            let image = image.context("cannot find the executable")?;
             let master = prefork::Master::new(config, std_listener, image)
                 .context("cannot start the prefork master")?;
             let mut handler = Some(handler);

@@ -2379,3 +2379,64 @@ fn mod_fcgid_touch(method: &str) {
         "mod_fcgid saw appserver {spawned} exit:\n{log}"
     );
 }
+
+/// SIGHUP reloads a threaded server as it reloads a prefork master: same pid, listener
+/// inherited, the requests in flight answered, none lost. `maxrequests=` in threaded renews
+/// the process the same way each time it has served that many requests.
+#[test]
+fn threaded_hup_and_maxrequests_re_execute_without_losing_requests() {
+    const MAX: usize = 400;
+    let mut cmd = TestCommand::axum();
+    let socket = cmd.path("s.sock");
+    cmd.args([
+        "runfcgi",
+        "daemonize=false",
+        "method=threaded",
+        "debug=true",
+    ])
+    .arg(format!("maxrequests={MAX}"))
+    .arg(format!("socket={}", socket.display()));
+    let server = cmd.start();
+    let pid = server.pid();
+    let nginx = Nginx::fastcgi(server.listen(), FcgiPass::Close);
+
+    let slow = request_in_background(nginx.port(), "/slow?ms=1000");
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || unix_accepted(&socket) >= 1),
+        "the slow request was not accepted"
+    );
+    let load = Load::start(nginx.port(), "/", LOAD_THREADS);
+    load.wait_done(20);
+    kill(Pid::from_raw(pid as i32), Signal::SIGHUP).expect("SIGHUP");
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || ready_lines(&server.log(), pid) >= 2),
+        "no second ready line after SIGHUP:\n{}",
+        server.log()
+    );
+    // Enough requests after the reload to reach maxrequests= at least twice more.
+    load.wait_done(3 * MAX + 20);
+    let report = load.finish();
+    report.print("SIGHUP then maxrequests (threaded)");
+    assert_eq!(
+        slow.join().expect("client thread").as_deref(),
+        Ok("done\n"),
+        "the slow request in flight during the reload\n{}",
+        cases::logs(&server, &nginx)
+    );
+    assert!(
+        report.failures().is_empty(),
+        "{} of {} requests failed across the reloads:\n{}{}",
+        report.failures().len(),
+        report.sent(),
+        report.first_failures(),
+        cases::logs(&server, &nginx)
+    );
+    let log = server.log();
+    assert_eq!(log.matches("SIGHUP: re-executing").count(), 1, "{log}");
+    let recycled = log
+        .matches(&format!("maxrequests={MAX} reached: re-executing"))
+        .count();
+    assert!(recycled >= 2, "{recycled} maxrequests reloads:\n{log}");
+    assert!(alive(pid), "the same process serves on");
+    assert_eq!(http_get(nginx.port(), "/").text(), "Hello from axum\n");
+}

@@ -5,8 +5,8 @@
 //! requests in flight inside the drivers. Signals map to [`Control`]: a graceful stop stops
 //! accepting, lets busy connections finish within `graceful_timeout=`, then returns.
 //!
-//! With `touch_reload=` ([`Reload`]) the process reloads itself in place when the file
-//! changes: it stops accepting but keeps the listener open (new connections wait in its
+//! The process reloads itself in place ([`Reload`]) on SIGHUP, when the `touch_reload=` file
+//! changes, and after every `maxrequests=` requests: it stops accepting but keeps the listener open (new connections wait in its
 //! backlog), finishes the requests in flight as a graceful stop does, then re-executes its
 //! binary with the listener inherited, and the new image accepts the connections that waited.
 //! The pid stays the same, so a web server that spawned the process (mod_fcgid) or a pidfile
@@ -88,12 +88,15 @@ impl std::fmt::Debug for ServeOptions {
     }
 }
 
-/// What a `method=threaded` server needs to reload itself in place (`touch_reload=`). Never
-/// given to a prefork worker: only its master reloads.
+/// What a `method=threaded` server needs to reload itself in place: on SIGHUP, when the
+/// `touch_reload=` file changes, or after `maxrequests=` requests. Never given to a prefork
+/// worker: only its master reloads.
 #[derive(Debug)]
 pub struct Reload {
-    /// The watched file.
-    pub watch: TouchReload,
+    /// The `touch_reload=` file, when one is watched.
+    pub watch: Option<TouchReload>,
+    /// `maxrequests=`: requests served before the process renews itself (0: never).
+    pub max_requests: u64,
     /// The image to re-execute.
     pub image: Image,
     /// A second handle on the listener, without the socket-file guard: the one the new image
@@ -110,7 +113,7 @@ impl Reload {
             Err(e) => return e,
         };
         let mut env = vec![(REEXEC_FD_ENV, fd.to_string())];
-        env.extend(self.watch.handover());
+        env.extend(self.watch.as_ref().and_then(TouchReload::handover));
         self.image.exec(&env)
     }
 }
@@ -247,8 +250,8 @@ enum Wake {
     Signal(Control),
     /// `ServeOptions::retire` was cancelled.
     Retire,
-    /// The `touch_reload=` file changed.
-    Touched,
+    /// A reload is due (`touch_reload=` file changed, `maxrequests=` reached), for this reason.
+    Reload(String),
 }
 
 /// Accepts and serves until a stop is requested. `ready` runs once the loop is about to
@@ -389,79 +392,89 @@ pub async fn serve<H: Handler>(
         let wake = tokio::select! {
             c = signals.recv() => Wake::Signal(c),
             () = options.retire.cancelled() => Wake::Retire,
-            _ = touch_tick.tick(), if reload.is_some() => {
-                if reload.as_mut().is_some_and(|r| r.watch.changed()) {
-                    Wake::Touched
+            _ = touch_tick.tick(), if reload.as_ref().is_some_and(|r| r.watch.is_some()) => {
+                let Some(watch) = reload.as_mut().and_then(|r| r.watch.as_mut()) else {
+                    continue;
+                };
+                if !watch.changed() {
+                    continue;
+                }
+                Wake::Reload(format!("touch_reload: {} changed", watch.path().display()))
+            }
+            () = shared.load.changed(), if reload.as_ref().is_some_and(|r| r.max_requests > 0) => {
+                let max = reload.as_ref().map_or(0, |r| r.max_requests);
+                if shared.load.served() >= max {
+                    Wake::Reload(format!("maxrequests={max} reached"))
                 } else {
                     continue;
                 }
             }
         };
-        let control = match wake {
-            Wake::Signal(control) => control,
-            Wake::Retire => Control::GracefulStop,
-            Wake::Touched => {
-                let Some(r) = reload.take() else {
-                    continue;
-                };
-                // An image that cannot run is not worth stopping for.
-                if let Err(e) = r.image.executable() {
-                    tracing::error!(
-                        "touch_reload: {} changed, but the server cannot re-execute itself: \
-                         {e}; serving on",
-                        r.watch.path().display()
-                    );
-                    reload = Some(r);
-                    continue;
-                }
-                tracing::info!(
-                    "touch_reload: {} changed: re-executing {} once the requests in flight \
-                     are answered",
-                    r.watch.path().display(),
-                    r.image.exe.display()
+        let signalled = matches!(wake, Wake::Signal(_));
+        let (control, reason) = match wake {
+            Wake::Signal(Control::Reload) if reload.is_some() => (None, "SIGHUP".to_owned()),
+            Wake::Reload(reason) => (None, reason),
+            Wake::Signal(control) => (Some(control), String::new()),
+            Wake::Retire => (Some(Control::GracefulStop), String::new()),
+        };
+        // Every way out of a reload leaves the loop, or starts it over when it cannot run.
+        let Some(control) = control else {
+            let Some(r) = reload.take() else {
+                continue;
+            };
+            // An image that cannot run is not worth stopping for.
+            if let Err(e) = r.image.executable() {
+                tracing::error!(
+                    "{reason}, but the server cannot re-execute itself: {e}; serving on"
                 );
-                (options.notify)("RELOADING=1");
-                // The backlog waits for the new image, on the listener kept open until the
-                // exec.
-                drain.store(false, Ordering::Release);
-                stop_accepting.cancel();
-                let _ = accept_task.await;
-                // A stop asked for meanwhile wins: the process must not come back as a new
-                // image (the signal would be lost with this one).
-                let finishing = finish();
-                tokio::pin!(finishing);
-                let mut stop = false;
-                let exit = loop {
-                    tokio::select! {
-                        exit = &mut finishing => break exit,
-                        c = signals.recv() => match c {
-                            Control::GracefulStop => stop = true,
-                            Control::ImmediateStop => {
-                                stop = true;
-                                break Exit::Forced;
-                            }
-                            Control::ReopenLogs => {
-                                if let Err(e) = (options.reopen_logs)() {
-                                    tracing::error!("SIGUSR1: cannot reopen logs: {e}");
-                                }
-                            }
-                            other => tracing::debug!("{other:?} while reloading: ignored"),
-                        },
-                    }
-                };
-                if stop {
-                    tracing::info!("stopping instead of reloading, as a signal asked");
-                    (options.notify)("STOPPING=1");
-                    break exit;
-                }
-                let exe = r.image.exe.clone();
-                let e = r.exec();
-                drop(kept_listener);
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("touch_reload: cannot re-execute {}: {e}", exe.display()),
-                ));
+                reload = Some(r);
+                continue;
             }
+            tracing::info!(
+                "{reason}: re-executing {} once the requests in flight are answered",
+                r.image.exe.display()
+            );
+            (options.notify)("RELOADING=1");
+            // The backlog waits for the new image, on the listener kept open until the
+            // exec.
+            drain.store(false, Ordering::Release);
+            stop_accepting.cancel();
+            let _ = accept_task.await;
+            // A stop asked for meanwhile wins: the process must not come back as a new
+            // image (the signal would be lost with this one).
+            let finishing = finish();
+            tokio::pin!(finishing);
+            let mut stop = false;
+            let exit = loop {
+                tokio::select! {
+                    exit = &mut finishing => break exit,
+                    c = signals.recv() => match c {
+                        Control::GracefulStop => stop = true,
+                        Control::ImmediateStop => {
+                            stop = true;
+                            break Exit::Forced;
+                        }
+                        Control::ReopenLogs => {
+                            if let Err(e) = (options.reopen_logs)() {
+                                tracing::error!("SIGUSR1: cannot reopen logs: {e}");
+                            }
+                        }
+                        other => tracing::debug!("{other:?} while reloading: ignored"),
+                    },
+                }
+            };
+            if stop {
+                tracing::info!("stopping instead of reloading, as a signal asked");
+                (options.notify)("STOPPING=1");
+                break exit;
+            }
+            let exe = r.image.exe.clone();
+            let e = r.exec();
+            drop(kept_listener);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{reason}: cannot re-execute {}: {e}", exe.display()),
+            ));
         };
         match control {
             Control::GracefulStop => {
@@ -470,7 +483,7 @@ pub async fn serve<H: Handler>(
                 // The socket closes with the accept loop's handle.
                 drop(reload.take());
                 drop(kept_listener.take());
-                drain.store(matches!(wake, Wake::Signal(_)), Ordering::Release);
+                drain.store(signalled, Ordering::Release);
                 stop_accepting.cancel();
                 let _ = accept_task.await;
                 break finish().await;
@@ -483,10 +496,8 @@ pub async fn serve<H: Handler>(
                 break Exit::Forced;
             }
             Control::Reload => {
-                tracing::warn!(
-                    "SIGHUP: method=threaded does not reload (one process serves everything); \
-                     use method=prefork for graceful reloads"
-                );
+                // Only a prefork worker gets here: a threaded server reloads above.
+                tracing::warn!("SIGHUP to a prefork worker: ignored; send it to the master");
             }
             Control::MoreWorkers | Control::FewerWorkers => {
                 tracing::info!(
