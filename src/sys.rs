@@ -91,17 +91,6 @@ pub(crate) fn take_reexec_fd(fd: RawFd) -> io::Result<OwnedFd> {
 
 static REEXEC_TAKEN: AtomicBool = AtomicBool::new(false);
 
-/// Replaces this process's image with `exe` (same pid), `args[0]` kept as given. Returns
-/// only on failure. Descriptors without close-on-exec stay open in the new image.
-pub(crate) fn exec(exe: &std::path::Path, args: &[std::ffi::OsString]) -> io::Error {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new(exe);
-    if let Some((arg0, rest)) = args.split_first() {
-        cmd.arg0(arg0).args(rest);
-    }
-    cmd.exec()
-}
-
 /// The outcome of [`fork`] in each process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Forked {

@@ -806,21 +806,14 @@ impl<'a> Master<'a> {
             self.image.exe.display(),
             pids.join(",")
         );
-        // The master is single-threaded: setting its environment races with nothing.
         let mut env = vec![
             (REEXEC_FD_ENV, fd.to_string()),
             (RETIRE_PIDS_ENV, pids.join(",")),
             (SPARE_ENV, format!("{},{}", self.minspare, self.maxspare)),
         ];
         env.extend(self.touch.as_ref().and_then(|(watch, _)| watch.handover()));
-        for (name, value) in &env {
-            std::env::set_var(name, value);
-        }
-        let err = sys::exec(&self.image.exe, &self.image.args);
+        let err = self.image.exec(&env);
         // Still here: the old image keeps serving.
-        for (name, _) in &env {
-            std::env::remove_var(name);
-        }
         if let Err(e) = listener
             .keep_across_exec()
             .and_then(|fd| sys::set_cloexec(fd, true))
