@@ -177,7 +177,7 @@ fn apache_wrong_or_missing_secret_is_403() {
             );
         }
         assert!(
-            server.log().contains(why),
+            server.wait_log(why, 1),
             "no {why:?} in the log:\n{}",
             server.log()
         );
@@ -354,5 +354,5 @@ fn lighttpd_sends_no_secret_over_http() {
         "lighttpd sent the secret after all: update docs/protocols/ajp13.md\n{}",
         resp.text()
     );
-    assert!(server.log().contains("no secret"), "{}", server.log());
+    assert!(server.wait_log("no secret", 1), "{}", server.log());
 }

@@ -272,7 +272,7 @@ fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// Waits until the server's log contains `needle`: the log is read from its stderr by a
 /// thread, so a line written before a response may land after it.
 fn log_has(server: &Server, needle: &str) -> bool {
-    eventually(GONE_TIMEOUT, || server.log().contains(needle))
+    server.wait_log(needle, 1)
 }
 
 /// The pid a script told on stderr (`pid=N`), from the server's log, once it is there.

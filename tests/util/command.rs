@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -239,7 +239,7 @@ impl TestCommand {
     fn spawn_inner(mut self) -> (Server, Option<mpsc::Receiver<String>>) {
         let mut child = self.cmd.spawn().expect("spawn server");
         let pid = child.id();
-        let log = Arc::new(Mutex::new(String::new()));
+        let log = Arc::new(Log::default());
         let mut ready_rx = None;
         let reader = child.stderr.take().map(|stderr| {
             let (ready_tx, rx) = mpsc::channel();
@@ -256,7 +256,7 @@ impl TestCommand {
                         Ok(_) => {}
                     }
                     let text = String::from_utf8_lossy(&line).into_owned();
-                    log.lock().unwrap().push_str(&text);
+                    log.push(&text);
                     if let Some(at) = text.find("appserver: ready: ") {
                         if let Some(tx) = ready.take() {
                             let _ = tx.send(text[at..].trim_end().to_owned());
@@ -280,6 +280,23 @@ impl TestCommand {
     }
 }
 
+/// How long [`Server::wait_log`] waits for a line.
+const LOG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server's stderr as read so far, and a signal for each line added.
+#[derive(Debug, Default)]
+struct Log {
+    text: Mutex<String>,
+    grew: Condvar,
+}
+
+impl Log {
+    fn push(&self, line: &str) {
+        self.text.lock().unwrap().push_str(line);
+        self.grew.notify_all();
+    }
+}
+
 /// A running server; killed (SIGKILL) on drop if still running.
 #[derive(Debug)]
 pub(crate) struct Server {
@@ -287,7 +304,7 @@ pub(crate) struct Server {
     pid: u32,
     listen: Listen,
     ready_line: String,
-    log: Arc<Mutex<String>>,
+    log: Arc<Log>,
     reader: Option<thread::JoinHandle<()>>,
     stdout: Option<thread::JoinHandle<Vec<u8>>>,
     /// Held so the directory (socket, pidfile) lives as long as the server.
@@ -310,9 +327,27 @@ impl Server {
         self.pid
     }
 
-    /// Everything the server wrote to stderr so far.
+    /// Everything the server wrote to stderr so far, as far as the reader thread has taken
+    /// it in: a line the server wrote a moment ago may not be here yet (see
+    /// [`Server::wait_log`]).
     pub(crate) fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.text.lock().unwrap().clone()
+    }
+
+    /// Waits until the log holds `needle` at least `count` times; false if it does not within
+    /// [`LOG_TIMEOUT`]. What a test asserts about a line the server logs while answering a
+    /// request: the client can have the response before the line has crossed the pipe.
+    pub(crate) fn wait_log(&self, needle: &str, count: usize) -> bool {
+        let deadline = Instant::now() + LOG_TIMEOUT;
+        let mut text = self.log.text.lock().unwrap();
+        while text.matches(needle).count() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            text = self.log.grew.wait_timeout(text, left).unwrap().0;
+        }
+        true
     }
 
     /// Sends a signal.
