@@ -1746,10 +1746,23 @@ fn check_boot_failure_line(log: &str) {
         started.len() >= 3 && started.contains(&last),
         "worker {last} is not among those started, {started:?}:\n{log}"
     );
+    // Killed workers the master gave up waiting for are gone a moment later; one that is
+    // still there then was left running (shown with its /proc line, to tell it from a pid
+    // that another process has since been given).
+    let left = || {
+        started
+            .iter()
+            .copied()
+            .filter(|&w| alive(w))
+            .collect::<Vec<_>>()
+    };
     assert!(
-        started.iter().all(|&w| !alive(w)),
+        wait_until(SETTLE_TIMEOUT, || left().is_empty()),
         "workers left running: {:?}",
-        started.iter().filter(|&&w| alive(w)).collect::<Vec<_>>()
+        left()
+            .iter()
+            .map(|w| fs::read_to_string(format!("/proc/{w}/stat")).unwrap_or_default())
+            .collect::<Vec<_>>()
     );
 }
 
