@@ -356,6 +356,17 @@ impl Report {
             .map(|o| format!("  [{:?}..{:?}] {:?}\n", o.start, o.end, o.result))
             .collect()
     }
+
+    /// Asserts that no request failed; `during` names the event, `logs` are shown otherwise.
+    fn assert_none_failed(&self, during: &str, logs: &str) {
+        assert!(
+            self.failures().is_empty(),
+            "{} of {} requests failed{during}:\n{}{logs}",
+            self.failures().len(),
+            self.sent(),
+            self.first_failures(),
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -587,14 +598,7 @@ fn maxrequests_under_load(pass: FcgiPass) {
         "maxrequests=20 recycling, nginx {pass:?} ({} worker pids)",
         per_pid.len()
     ));
-    assert!(
-        report.failures().is_empty(),
-        "{} of {} requests failed:\n{}{}",
-        report.failures().len(),
-        report.sent(),
-        report.first_failures(),
-        cases::logs(&server, &nginx)
-    );
+    report.assert_none_failed("", &cases::logs(&server, &nginx));
     // Each worker's budget is 20 plus up to an eighth (jitter), plus the few requests it
     // finishes while stopping (bounded below): no worker serves more than 30, so at least
     // sent / 30 workers must have served. (sent / 22 was flaky: overshoot averages ~0.3.)
@@ -668,14 +672,7 @@ fn hup_under_load(pass: FcgiPass) {
     report.print(&format!(
         "HUP at {hup_at:.2?}, nginx {pass:?} (old workers replaced at {replaced_at:.2?})"
     ));
-    assert!(
-        report.failures().is_empty(),
-        "{} of {} requests failed across HUP:\n{}{}",
-        report.failures().len(),
-        report.sent(),
-        report.first_failures(),
-        cases::logs(&server, &nginx)
-    );
+    report.assert_none_failed(" across HUP", &cases::logs(&server, &nginx));
     assert!(alive(master), "the master must survive HUP");
     assert_eq!(
         read_pidfile(&pidfile),
@@ -2083,14 +2080,7 @@ fn prefork_touch_reload_under_load_loses_no_request() {
     report.print(&format!(
         "touch_reload (prefork) at {touched_at:.2?} (old workers replaced at {replaced_at:.2?})"
     ));
-    assert!(
-        report.failures().is_empty(),
-        "{} of {} requests failed across the touch reload:\n{}{}",
-        report.failures().len(),
-        report.sent(),
-        report.first_failures(),
-        cases::logs(&server, &nginx)
-    );
+    report.assert_none_failed(" across the touch reload", &cases::logs(&server, &nginx));
     let late: BTreeSet<u32> = report
         .outcomes
         .iter()
@@ -2211,14 +2201,7 @@ fn threaded_touch_reload(pass: FcgiPass) {
         "the slow request in flight during the reload\n{}",
         cases::logs(&server, &nginx)
     );
-    assert!(
-        report.failures().is_empty(),
-        "{} of {} requests failed across the touch reload:\n{}{}",
-        report.failures().len(),
-        report.sent(),
-        report.first_failures(),
-        cases::logs(&server, &nginx)
-    );
+    report.assert_none_failed(" across the touch reload", &cases::logs(&server, &nginx));
     assert!(
         report
             .outcomes
@@ -2350,13 +2333,7 @@ fn mod_fcgid_touch(method: &str) {
          {reloaded_at:.2?}"
     ));
     let log = apache.error_log();
-    assert!(
-        report.failures().is_empty(),
-        "{} of {} requests failed across the touch reload:\n{}{log}",
-        report.failures().len(),
-        report.sent(),
-        report.first_failures(),
-    );
+    report.assert_none_failed(" across the touch reload", &log);
     // "$0" is the script's absolute path: mod_fcgid runs it by that path.
     let line = format!("touch_reload: {} changed", wrapper.display());
     assert_eq!(log.matches(&line).count(), 1, "{log}");
@@ -2436,14 +2413,7 @@ fn threaded_hup_and_maxrequests_re_execute_without_losing_requests() {
         "the slow request in flight during the reload\n{}",
         cases::logs(&server, &nginx)
     );
-    assert!(
-        report.failures().is_empty(),
-        "{} of {} requests failed across the reloads:\n{}{}",
-        report.failures().len(),
-        report.sent(),
-        report.first_failures(),
-        cases::logs(&server, &nginx)
-    );
+    report.assert_none_failed(" across the reloads", &cases::logs(&server, &nginx));
     let recycled = format!("maxrequests={MAX} reached: re-executing");
     assert!(
         server.wait_log(&recycled, 2),
