@@ -20,8 +20,8 @@ use crate::apps::info::Info;
 use crate::config::{App, Config, ConfigError, Method};
 use crate::driver::Shared;
 use crate::process::control::{self, TouchReload};
-use crate::process::prefork;
 use crate::process::threaded::{self, Exit, ServeOptions};
+use crate::process::{image, prefork};
 use crate::request::{Gateway, RequestOptions};
 use crate::{config, daemon, listen, probe, Handler};
 
@@ -189,7 +189,7 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
     std::env::remove_var(listen::REEXEC_FD_ENV);
     // What a reload re-executes, taken before daemonizing changes the directory that relative
     // paths are resolved from. A threaded server needs it only to reload itself.
-    let image = prefork::Image::current().context("cannot find the executable")?;
+    let image = image::Image::current().context("cannot find the executable")?;
     // Bind before forking or starting threads: errors reach the terminal, and the listener is
     // inherited by the daemon and the workers.
     let mut std_listener = match reexec_fd {

@@ -4,9 +4,11 @@
 //! hands each to the driver of the configured protocol.
 //!
 //! - [`control`]: the one signal vocabulary ([`Control`](control::Control)) of every model.
+//! - [`image`]: what a reload re-executes ([`Image`](image::Image)).
 //! - [`threaded`]: one process, a multi-threaded tokio runtime (`method=threaded`).
 //! - [`prefork`]: a master forking single-threaded workers (`method=prefork`, the default).
 
 pub mod control;
+pub mod image;
 pub mod prefork;
 pub mod threaded;

@@ -41,13 +41,9 @@
 //! | TTIN, TTOU | one idle worker more / fewer (`minspare` and `maxspare` move together; kept across HUP) |
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -58,9 +54,10 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::{pipe2, Pid};
 
-use crate::config::{self, Config, Kind};
-use crate::listen::{StdListener, REEXEC_FD_ENV};
+use crate::config::Config;
+use crate::listen::StdListener;
 use crate::process::control::{Control, TouchReload, CONTROL_SIGNALS, TOUCH_RELOAD_INTERVAL};
+use crate::process::image::Image;
 use crate::process::threaded::Exit;
 use crate::sys::{self, Forked};
 
@@ -167,86 +164,6 @@ struct Worker {
 
 /// What the master needs to fork a worker: runs in the child and never returns.
 pub type WorkerMain<'a> = dyn FnMut(StdListener, StatusPipe, u64) -> i32 + 'a;
-
-/// The process image to re-execute on a reload (HUP, `touch_reload=`).
-#[derive(Clone, Debug)]
-pub struct Image {
-    /// The executable's path as resolved at startup (so a binary replaced on disk is loaded).
-    pub exe: PathBuf,
-    /// The command line, with relative paths in options made absolute (see
-    /// [`Image::current`]).
-    pub args: Vec<OsString>,
-}
-
-impl Image {
-    /// This process's image. Call before daemonizing.
-    ///
-    /// Relative paths in `key=value` options (`pidfile=app.pid`, `touch_reload=site.fcgi`)
-    /// are made absolute from the directory the process started in, as [`Config`] does: a
-    /// daemon has changed to `workdir=` by the time it re-executes itself, and the new image
-    /// would take them from there.
-    pub fn current() -> io::Result<Self> {
-        Ok(Self {
-            exe: std::env::current_exe()?,
-            args: std::env::args_os()
-                .enumerate()
-                .map(|(i, arg)| {
-                    if i == 0 {
-                        arg
-                    } else {
-                        absolute_path_option(arg)
-                    }
-                })
-                .collect(),
-        })
-    }
-
-    /// Whether the executable can still be run (a reload does not begin with one that was
-    /// removed or made unexecutable).
-    pub fn executable(&self) -> io::Result<()> {
-        nix::unistd::access(&self.exe, nix::unistd::AccessFlags::X_OK).map_err(|e| {
-            io::Error::new(
-                io::Error::from(e).kind(),
-                format!("{}: {e}", self.exe.display()),
-            )
-        })
-    }
-
-    /// Replaces this process's image with this one (same pid), adding `env` to the
-    /// environment; `args[0]` is kept as given. Returns only on failure. Descriptors without
-    /// close-on-exec stay open in the new image.
-    ///
-    /// For a multi-threaded process (`method=threaded`): `env` is passed to the new image,
-    /// not set in this process, where other threads may be reading the environment.
-    pub fn exec(&self, env: &[(&str, String)]) -> io::Error {
-        let mut cmd = Command::new(&self.exe);
-        if let Some((arg0, rest)) = self.args.split_first() {
-            cmd.arg0(arg0).args(rest);
-        }
-        cmd.envs(env.iter().map(|(k, v)| (k, v)));
-        cmd.exec()
-    }
-}
-
-/// `arg` with its value made absolute when it is `key=value` for a path option and the value
-/// is relative; anything else unchanged.
-fn absolute_path_option(arg: OsString) -> OsString {
-    let Some((key, value)) = arg.to_str().and_then(|a| a.split_once('=')) else {
-        return arg;
-    };
-    let is_path = config::option(&key.to_ascii_lowercase()).is_some_and(|d| d.kind == Kind::Path);
-    if !is_path || value.is_empty() || Path::new(value).is_absolute() {
-        return arg;
-    }
-    match std::path::absolute(value) {
-        Ok(path) => {
-            let mut absolute = OsString::from(format!("{key}="));
-            absolute.push(path);
-            absolute
-        }
-        Err(_) => arg,
-    }
-}
 
 /// The prefork master.
 pub struct Master<'a> {
@@ -795,10 +712,6 @@ impl<'a> Master<'a> {
         let Some(listener) = &self.listener else {
             return io::Error::other("the listener is closed: stopping");
         };
-        let fd = match listener.keep_across_exec() {
-            Ok(fd) => fd,
-            Err(e) => return e,
-        };
         let mut pids: Vec<String> = self.workers.keys().map(ToString::to_string).collect();
         pids.extend(self.previous.iter().map(ToString::to_string));
         tracing::info!(
@@ -807,20 +720,12 @@ impl<'a> Master<'a> {
             pids.join(",")
         );
         let mut env = vec![
-            (REEXEC_FD_ENV, fd.to_string()),
             (RETIRE_PIDS_ENV, pids.join(",")),
             (SPARE_ENV, format!("{},{}", self.minspare, self.maxspare)),
         ];
         env.extend(self.touch.as_ref().and_then(|(watch, _)| watch.handover()));
-        let err = self.image.exec(&env);
-        // Still here: the old image keeps serving.
-        if let Err(e) = listener
-            .keep_across_exec()
-            .and_then(|fd| sys::set_cloexec(fd, true))
-        {
-            tracing::warn!("cannot restore close-on-exec on the listener: {e}");
-        }
-        err
+        // Still here on failure: the old image keeps serving.
+        self.image.reexec(listener, env)
     }
 }
 

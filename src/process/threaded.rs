@@ -26,11 +26,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Protocol;
 use crate::driver::{self, Shared};
-use crate::listen::{AllowList, Listener, StdListener, REEXEC_FD_ENV};
+use crate::listen::{AllowList, Listener, StdListener};
 use crate::process::control::{
     Control, Signals, TouchReload, CONTROL_SIGNALS, TOUCH_RELOAD_INTERVAL,
 };
-use crate::process::prefork::Image;
+use crate::process::image::Image;
 use crate::Handler;
 
 /// How long a graceful stop waits, at most, for connections it accepted but whose first bytes
@@ -108,13 +108,8 @@ impl Reload {
     /// Re-executes the process with the listener inherited and the watched file's state
     /// handed over. Returns only on failure.
     fn exec(self) -> io::Error {
-        let fd = match self.listener.keep_across_exec() {
-            Ok(fd) => fd,
-            Err(e) => return e,
-        };
-        let mut env = vec![(REEXEC_FD_ENV, fd.to_string())];
-        env.extend(self.watch.as_ref().and_then(TouchReload::handover));
-        self.image.exec(&env)
+        let env = self.watch.as_ref().and_then(TouchReload::handover);
+        self.image.reexec(&self.listener, env.into_iter().collect())
     }
 }
 
@@ -256,8 +251,9 @@ enum Wake {
 
 /// Accepts and serves until a stop is requested. `ready` runs once the loop is about to
 /// accept (signal handlers are installed by then), to print the ready line. With `reload`
-/// (`touch_reload=`), a change of the file re-executes the process once the requests in
-/// flight are answered, and this returns only if that fails.
+/// (a threaded server, not a prefork worker), SIGHUP, a change of the `touch_reload=` file or
+/// `maxrequests=` re-executes the process once the requests in flight are answered, and this
+/// returns only if that fails.
 pub async fn serve<H: Handler>(
     listener: Listener,
     shared: Arc<Shared<H>>,
@@ -410,17 +406,17 @@ pub async fn serve<H: Handler>(
                 }
             }
         };
-        let signalled = matches!(wake, Wake::Signal(_));
-        let (control, reason) = match wake {
-            Wake::Signal(Control::Reload) if reload.is_some() => (None, "SIGHUP".to_owned()),
-            Wake::Reload(reason) => (None, reason),
-            Wake::Signal(control) => (Some(control), String::new()),
-            Wake::Retire => (Some(Control::GracefulStop), String::new()),
+        let control = match &wake {
+            Wake::Signal(control) => *control,
+            Wake::Retire => Control::GracefulStop,
+            Wake::Reload(_) => Control::Reload,
         };
-        // Every way out of a reload leaves the loop, or starts it over when it cannot run.
-        let Some(control) = control else {
-            let Some(r) = reload.take() else {
-                continue;
+        // A reload (SIGHUP, touch_reload=, maxrequests=): every way out of it leaves the loop,
+        // or starts it over when the image cannot run.
+        if let Some(r) = reload.take_if(|_| control == Control::Reload) {
+            let reason = match wake {
+                Wake::Reload(reason) => reason,
+                _ => "SIGHUP".to_owned(),
             };
             // An image that cannot run is not worth stopping for.
             if let Err(e) = r.image.executable() {
@@ -475,7 +471,7 @@ pub async fn serve<H: Handler>(
                 e.kind(),
                 format!("{reason}: cannot re-execute {}: {e}", exe.display()),
             ));
-        };
+        }
         match control {
             Control::GracefulStop => {
                 tracing::debug!("graceful stop: finishing requests in flight");
@@ -483,7 +479,7 @@ pub async fn serve<H: Handler>(
                 // The socket closes with the accept loop's handle.
                 drop(reload.take());
                 drop(kept_listener.take());
-                drain.store(signalled, Ordering::Release);
+                drain.store(matches!(wake, Wake::Signal(_)), Ordering::Release);
                 stop_accepting.cancel();
                 let _ = accept_task.await;
                 break finish().await;
