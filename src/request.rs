@@ -7,10 +7,11 @@
 //! The script-name rule (design.md §1, Django's `get_script_name`): `script_name=` wins; else
 //! `SCRIPT_URL` or `REDIRECT_URL` minus `PATH_INFO` (Apache + mod_rewrite, the seed's
 //! `.htaccess` setup); else, when lighttpd rewrote the request (`REDIRECT_URI` set), the
-//! decoded `REQUEST_URI` path minus `PATH_INFO`; else `SCRIPT_NAME`. A missing `PATH_INFO` is empty when `SCRIPT_NAME`
-//! was sent (Apache's mod_proxy_fcgi puts the whole path there) and otherwise derived from the
-//! decoded path: `DOCUMENT_URI` (nginx), else the percent-decoded path of `REQUEST_URI`. The
-//! resolved values replace `SCRIPT_NAME`/`PATH_INFO` in the [`Env`].
+//! decoded `REQUEST_URI` path minus `PATH_INFO`; else `SCRIPT_NAME`. A missing `PATH_INFO` is
+//! empty when `SCRIPT_NAME` was sent (Apache's mod_proxy_fcgi puts the whole path there) and
+//! otherwise derived from the decoded path: `DOCUMENT_URI` (nginx), else the percent-decoded
+//! path of `REQUEST_URI`. The resolved values replace `SCRIPT_NAME`/`PATH_INFO` in the
+//! [`Env`].
 
 use appserver_proto::Params;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
@@ -195,11 +196,7 @@ fn resolve_script_name(params: &Params, forced: Option<&str>) -> (Vec<u8>, Vec<u
         (None, Some(_)) => Vec::new(),
         (None, None) => match params.get(b"DOCUMENT_URI") {
             Some(d) => d.to_vec(),
-            None => {
-                let raw = params.get(b"REQUEST_URI").unwrap_or(b"/");
-                let path = raw.split(|&b| b == b'?').next().unwrap_or(raw);
-                percent_decode(path)
-            }
+            None => request_path(params),
         },
     };
     if let Some(forced) = forced {
@@ -230,15 +227,18 @@ fn resolve_script_name(params: &Params, forced: Option<&str>) -> (Vec<u8>, Vec<u
     // `/mysite.fcgi$1`) sends the rewritten URI as REDIRECT_URI and keeps the public one in
     // REQUEST_URI: the public script name is that path minus PATH_INFO, as with SCRIPT_URL.
     if params.get(b"REDIRECT_URI").is_some_and(|v| !v.is_empty()) {
-        let raw = params.get(b"REQUEST_URI").unwrap_or_default();
-        let public = collapse_slashes(&percent_decode(
-            raw.split(|&b| b == b'?').next().unwrap_or(raw),
-        ));
+        let public = collapse_slashes(&request_path(params));
         if let Some(script) = public.strip_suffix(path_info.as_slice()) {
             return (script.to_vec(), path_info);
         }
     }
     (sent_script.unwrap_or(b"").to_vec(), path_info)
+}
+
+/// The percent-decoded path of `REQUEST_URI` (`/` when it was not sent).
+fn request_path(params: &Params) -> Vec<u8> {
+    let raw = params.get(b"REQUEST_URI").unwrap_or(b"/");
+    percent_decode(raw.split(|&b| b == b'?').next().unwrap_or(raw))
 }
 
 /// The URI handlers route on: the public `REQUEST_URI` when sent, else rebuilt from the

@@ -51,13 +51,10 @@ impl ReasonPhrase {
     /// bytes from 0x80 up are accepted as obs-text.
     pub fn new(phrase: impl AsRef<[u8]>) -> Result<ReasonPhrase, InvalidReasonPhrase> {
         let phrase = phrase.as_ref();
-        if phrase.is_empty()
-            || phrase
-                .iter()
-                .any(|&b| b != b'\t' && (b < 0x20 || b == 0x7f))
-        {
+        if phrase.is_empty() {
             return Err(InvalidReasonPhrase);
         }
+        // A header value's bytes are exactly those: HTAB, SP, VCHAR and obs-text.
         HeaderValue::from_bytes(phrase)
             .map(ReasonPhrase)
             .map_err(|_| InvalidReasonPhrase)
