@@ -9,4 +9,5 @@ pub(crate) mod client;
 pub(crate) mod command;
 pub(crate) mod h2o;
 pub(crate) mod lighttpd_gw;
+pub(crate) mod load;
 pub(crate) mod webserver;
