@@ -9,7 +9,6 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Duration;
 
 use appserver::driver::{self, Shared};
 use appserver::request::{Gateway, RequestOptions};
@@ -78,8 +77,8 @@ fn bench(c: &mut Criterion) {
             method: "threaded",
         },
         limits: Limits::default(),
-        idle_timeout: Duration::from_secs(60),
-        header_timeout: Duration::from_secs(60),
+        protocol: driver::Protocol::Fcgi,
+        timeouts: driver::Timeouts::default(),
         shutdown: CancellationToken::new(),
         load: Arc::default(),
     });

@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apps::cgi::Cgi;
 use crate::apps::info::Info;
-use crate::config::{App, Config, ConfigError, Method};
-use crate::driver::Shared;
+use crate::config::{App, Config, ConfigError, Method, Protocol};
+use crate::driver::{self, Shared};
 use crate::process::control::{self, TouchReload};
+use crate::process::prefork::PREFORK_REQUESTS_PER_WORKER;
 use crate::process::threaded::{self, Exit, ServeOptions};
 use crate::process::{image, prefork};
 use crate::request::{Gateway, RequestOptions};
@@ -124,6 +125,10 @@ fn usage_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Files a process needs besides its connections: the listener, logs, the runtime's own
+/// descriptors, a CGI script's pipes.
+const NOFILE_RESERVE: usize = 64;
+
 fn runfcgi<H: Handler>(options: &[String], user: Option<H>) -> ExitCode {
     if options.len() == 1 && options[0] == "help" {
         print!("{}", config::help_text());
@@ -146,6 +151,15 @@ fn runfcgi<H: Handler>(options: &[String], user: Option<H>) -> ExitCode {
         ));
     }
     init_logging(config.debug);
+    match crate::sys::raise_nofile_limit() {
+        Ok(limit) if (limit as usize) < config.maxconns + NOFILE_RESERVE => tracing::warn!(
+            "the open-file limit is {limit}: fewer than maxconns={} connections fit; raise \
+             LimitNOFILE= (systemd) or ulimit -n",
+            config.maxconns
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let result = match user {
         Some(handler) => serve(&config, handler),
         None => match config.app {
@@ -353,12 +367,19 @@ fn prefork_worker<H: Handler>(
     }
 }
 
-/// What every connection of this process shares.
+/// What every connection of this process shares. A prefork worker runs one request at a
+/// time, as Django's prefork did (`maxchildren` counts its worker processes); a threaded
+/// process runs `maxchildren` at once.
 fn shared<H: Handler>(config: &Config, handler: H, method: &'static str) -> Arc<Shared<H>> {
+    let requests = if method == "prefork" {
+        PREFORK_REQUESTS_PER_WORKER
+    } else {
+        config.maxchildren
+    };
     Arc::new(Shared {
         handler,
-        requests: Arc::new(Semaphore::new(config.maxchildren)),
-        max_requests: u32::try_from(config.maxchildren).unwrap_or(u32::MAX),
+        requests: Arc::new(Semaphore::new(requests)),
+        max_requests: u32::try_from(requests).unwrap_or(u32::MAX),
         max_conns: u32::try_from(config.maxconns).unwrap_or(u32::MAX),
         options: RequestOptions {
             script_name: config.script_name.clone(),
@@ -368,8 +389,15 @@ fn shared<H: Handler>(config: &Config, handler: H, method: &'static str) -> Arc<
             method,
         },
         limits: config.limits(),
-        idle_timeout: config.idle_timeout,
-        header_timeout: config.header_timeout,
+        protocol: match config.protocol {
+            Protocol::Fcgi => driver::Protocol::Fcgi,
+            Protocol::Scgi => driver::Protocol::Scgi,
+            Protocol::Ajp => driver::Protocol::Ajp {
+                secret: config.secret.clone().map(|s| s.into_bytes().into()),
+                packet_size: config.packetsize,
+            },
+        },
+        timeouts: config.timeouts,
         shutdown: CancellationToken::new(),
         load: Arc::default(),
     })
@@ -387,7 +415,6 @@ fn notifier(config: &Config) -> Arc<dyn Fn(&str) + Send + Sync> {
 
 fn serve_options(config: &Config, method: &'static str) -> ServeOptions {
     ServeOptions {
-        protocol: config.protocol,
         max_conns: config.maxconns,
         allow: config.allow_list(),
         graceful_timeout: config.graceful_timeout,
@@ -398,14 +425,5 @@ fn serve_options(config: &Config, method: &'static str) -> ServeOptions {
         notify: notifier(config),
         retire: CancellationToken::new(),
         method,
-        ajp: {
-            let ajp = appserver_proto::ajp::AjpConfig::default()
-                .with_limits(config.limits())
-                .with_packet_size(config.packetsize);
-            match &config.secret {
-                Some(secret) => ajp.with_secret(secret.clone().into_bytes()),
-                None => ajp,
-            }
-        },
     }
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use appserver_proto::limits::{MAX_MAX_PARAMS_BYTES, MIN_MAX_PARAMS_BYTES};
 use appserver_proto::Limits;
 
+use crate::driver::Timeouts;
 use crate::listen::{AllowList, IpNet};
 
 /// An invalid command line or environment: the option (or environment variable) at fault and
@@ -372,20 +373,83 @@ pub static OPTIONS: &[OptionDef] = &[
                and mod_fcgid; raise it behind Apache with very large headers.",
     },
     OptionDef {
+        name: "header_timeout",
+        metavar: "SECONDS",
+        kind: Kind::Number { min: 1, max: 3600 },
+        default: "20",
+        help: "Seconds a new connection may take to deliver a complete request head (from \
+               accept, so a connection that sends nothing is closed too), and a kept-alive \
+               one from the first byte of its next request. mod_reqtimeout's header=20.",
+    },
+    OptionDef {
+        name: "body_timeout",
+        metavar: "SECONDS",
+        kind: Kind::Number { min: 1, max: 86400 },
+        default: "20",
+        help: "Seconds a request body may pause between bytes, and the base of its \
+               minimum-rate deadline (see body_min_rate). Time the application spends not \
+               reading the body does not count. mod_reqtimeout's body=20.",
+    },
+    OptionDef {
+        name: "body_min_rate",
+        metavar: "BYTES",
+        kind: Kind::Number {
+            min: 0,
+            max: 1 << 30,
+        },
+        default: "500",
+        help: "Bytes per second a request body must average: every BYTES received extend \
+               its body_timeout by one second, so a body trickled a few bytes at a time \
+               frees its slot after about body_timeout. 0: only the pause counts. \
+               mod_reqtimeout's MinRate=500.",
+    },
+    OptionDef {
+        name: "send_timeout",
+        metavar: "SECONDS",
+        kind: Kind::Number { min: 1, max: 86400 },
+        default: "60",
+        help: "Seconds output owed to the web server may wait without a byte being taken, \
+               and the base of its minimum-rate deadline (see send_min_rate); a web server \
+               that stops reading is cut off after this. nginx's send_timeout.",
+    },
+    OptionDef {
+        name: "send_min_rate",
+        metavar: "BYTES",
+        kind: Kind::Number {
+            min: 0,
+            max: 1 << 30,
+        },
+        default: "500",
+        help: "Bytes per second the web server must take, on average, while output is \
+               owed: every BYTES taken extend send_timeout by one second. 0: only the \
+               pause counts.",
+    },
+    OptionDef {
         name: "idle_timeout",
         metavar: "SECONDS",
         kind: Kind::Number { min: 1, max: 86400 },
         default: "60",
-        help: "Seconds an idle kept-alive connection is kept open, and the longest a \
-               request body may stall (no byte from the web server) before the \
-               connection is closed and the handler sees a truncated body.",
+        help: "Seconds a kept-alive connection may wait for its next request.",
     },
     OptionDef {
-        name: "header_timeout",
+        name: "request_timeout",
         metavar: "SECONDS",
-        kind: Kind::Number { min: 1, max: 3600 },
+        kind: Kind::Number { min: 0, max: 86400 },
+        default: "0",
+        help: "Seconds a handler may run before it is cancelled: the web server gets a 504 \
+               when no response head was sent yet, else the connection is cut so the \
+               response is not passed off as complete; the log names the request. 0: \
+               unbounded (app=cgi scripts are bounded by cgi_timeout).",
+    },
+    OptionDef {
+        name: "queue_timeout",
+        metavar: "SECONDS",
+        kind: Kind::Number { min: 0, max: 3600 },
         default: "30",
-        help: "Seconds a request may take to deliver its parameters.",
+        help: "Seconds a request that arrives while a process runs all the requests it \
+               may (maxchildren threaded, one per prefork worker) waits for one to end \
+               before it is refused (FCGI_OVERLOADED, or 503 for scgi and ajp). 0: refuse \
+               at once.",
     },
     OptionDef {
         name: "graceful_timeout",
@@ -621,10 +685,10 @@ pub struct Config {
     /// `maxparams=` in bytes; default
     /// [`DEFAULT_MAX_PARAMS_BYTES`](appserver_proto::limits::DEFAULT_MAX_PARAMS_BYTES) (64 KiB).
     pub maxparams: usize,
-    /// `idle_timeout=`; default 60 s.
-    pub idle_timeout: Duration,
-    /// `header_timeout=`; default 30 s.
-    pub header_timeout: Duration,
+    /// `header_timeout=`, `body_timeout=`, `body_min_rate=`, `send_timeout=`,
+    /// `send_min_rate=`, `idle_timeout=`, `request_timeout=`, `queue_timeout=`; defaults in
+    /// [`Timeouts::default`].
+    pub timeouts: Timeouts,
     /// `graceful_timeout=`; default 30 s.
     pub graceful_timeout: Duration,
     /// `touch_reload=`, absolute: the file whose changes reload the server; default none.
@@ -768,8 +832,17 @@ impl Config {
             backlog: number_u32(&args, "backlog")?,
             maxconns: number_usize(&args, "maxconns")?,
             maxparams: number_usize(&args, "maxparams")?,
-            idle_timeout: Duration::from_secs(number(&args, "idle_timeout")?),
-            header_timeout: Duration::from_secs(number(&args, "header_timeout")?),
+            timeouts: Timeouts {
+                header: Duration::from_secs(number(&args, "header_timeout")?),
+                body: Duration::from_secs(number(&args, "body_timeout")?),
+                body_min_rate: number(&args, "body_min_rate")?,
+                send: Duration::from_secs(number(&args, "send_timeout")?),
+                send_min_rate: number(&args, "send_min_rate")?,
+                idle: Duration::from_secs(number(&args, "idle_timeout")?),
+                request: Some(Duration::from_secs(number(&args, "request_timeout")?))
+                    .filter(|d| !d.is_zero()),
+                queue: Duration::from_secs(number(&args, "queue_timeout")?),
+            },
             graceful_timeout: Duration::from_secs(number(&args, "graceful_timeout")?),
             touch_reload: optional_path(&args, "touch_reload")?,
             notify_socket: env("NOTIFY_SOCKET"),
@@ -1420,8 +1493,7 @@ mod tests {
         assert_eq!(c.maxconns, 1024);
         assert_eq!(c.maxparams, DEFAULT_MAX_PARAMS_BYTES);
         assert_eq!(c.limits(), Limits::default());
-        assert_eq!(c.idle_timeout, Duration::from_secs(60));
-        assert_eq!(c.header_timeout, Duration::from_secs(30));
+        assert_eq!(c.timeouts, Timeouts::default());
         assert_eq!(c.graceful_timeout, Duration::from_secs(30));
         assert_eq!(c.touch_reload, None);
         assert_eq!(c.notify_socket, None);
@@ -2006,11 +2078,22 @@ mod tests {
     fn timeout_limits() {
         check_range("idle_timeout", 1, 86400);
         check_range("header_timeout", 1, 3600);
+        check_range("body_timeout", 1, 86400);
+        check_range("body_min_rate", 0, 1 << 30);
+        check_range("send_timeout", 1, 86400);
+        check_range("send_min_rate", 0, 1 << 30);
+        check_range("request_timeout", 0, 86400);
+        check_range("queue_timeout", 0, 3600);
         check_range("graceful_timeout", 0, 86400);
         let c = ok(&["idle_timeout=5", "header_timeout=7", "graceful_timeout=0"]);
-        assert_eq!(c.idle_timeout, Duration::from_secs(5));
-        assert_eq!(c.header_timeout, Duration::from_secs(7));
+        assert_eq!(c.timeouts.idle, Duration::from_secs(5));
+        assert_eq!(c.timeouts.header, Duration::from_secs(7));
+        assert_eq!(c.timeouts.request, None);
         assert_eq!(c.graceful_timeout, Duration::ZERO);
+        let c = ok(&["request_timeout=9", "body_min_rate=0", "queue_timeout=0"]);
+        assert_eq!(c.timeouts.request, Some(Duration::from_secs(9)));
+        assert_eq!(c.timeouts.body_min_rate, 0);
+        assert_eq!(c.timeouts.queue, Duration::ZERO);
     }
 
     #[test]

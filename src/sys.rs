@@ -262,6 +262,19 @@ pub(crate) fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, so `maxconns=` (default 1024)
+/// connections fit beside the listener and the logs where the soft limit is 1024 (systemd's
+/// default, and many shells'). nginx (`worker_rlimit_nofile`) and Go's runtime do the same.
+/// Returns the soft limit now in force.
+pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
+    }
+    Ok(hard.max(soft))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

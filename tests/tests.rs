@@ -10,6 +10,7 @@ mod util;
 mod ajp;
 mod cgi;
 mod cli;
+mod engine;
 mod fcgi;
 mod fronts;
 mod process;

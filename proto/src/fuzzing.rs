@@ -288,11 +288,11 @@ pub fn ajp_conn(data: &[u8]) {
         let result = conn.handle_input(&mut src);
         while let Some(event) = conn.poll_event() {
             match event {
-                AjpEvent::Request(_) | AjpEvent::Body(_) => {
+                AjpEvent::Request { .. } | AjpEvent::Body(_) => {
                     conn.request_body_chunk();
                 }
-                AjpEvent::BodyEnd | AjpEvent::Forbidden { .. } => {
-                    let _ = conn.send_headers(200, "OK", &[(&b"content-type"[..], &b"x"[..])]);
+                AjpEvent::BodyEnd | AjpEvent::Forbidden { .. } | AjpEvent::BadRequest { .. } => {
+                    let _ = conn.send_headers(200, b"OK", &[(&b"content-type"[..], &b"x"[..])]);
                     conn.send_body(b"fuzz");
                     conn.end_response();
                 }

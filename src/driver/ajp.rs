@@ -1,34 +1,31 @@
-//! The AJP13 driver: one persistent connection's socket IO around
-//! `appserver_proto::ajp::Connection`.
+//! AJP13 on the connection engine: `appserver_proto::ajp::Connection` as a [`Wire`].
 //!
-//! A `FORWARD_REQUEST` becomes the same CGI variables Apache would have sent over FastCGI
-//! ([`cgi_params`]), so handlers cannot tell AJP from the other protocols. The body arrives in
-//! packets the connection accounts for: the first unrequested, the rest one `GET_BODY_CHUNK`
-//! at a time, asked for only while the handler's body channel has room (backpressure). The
-//! response goes out as `SEND_HEADERS`, `SEND_BODY_CHUNK`s and `END_RESPONSE`; reuse is offered
-//! only when the body was read to its end, otherwise the connection closes, so no body byte is
-//! ever taken for a request. Forbidden requests (secret, attribute allowlist) get a 403,
-//! requests beyond `maxchildren` a 503. CPING is answered by the connection itself.
+//! A `FORWARD_REQUEST` arrives as the same CGI variables Apache would have sent over FastCGI
+//! (`appserver_proto::ajp::cgi_params`), so handlers cannot tell AJP from the other
+//! protocols. The body arrives in packets the connection accounts for: the first
+//! unrequested, the rest one `GET_BODY_CHUNK` at a time, asked for only while the handler's
+//! body channel has room (backpressure). The response goes out as `SEND_HEADERS`,
+//! `SEND_BODY_CHUNK`s and `END_RESPONSE`; reuse is offered only when the body was read to its
+//! end, otherwise the connection closes, so no body byte is ever taken for a request.
+//! Forbidden requests (secret, attribute allowlist) get a 403, heads over the parameter
+//! limits a 400, requests beyond `maxchildren` a 503. CPING is answered by the connection.
 
 use std::fmt::Display;
 use std::sync::Arc;
 
-use appserver_proto::ajp::{AjpConfig, Connection, Event, ForwardRequest};
-use appserver_proto::limits::MAX_QUEUED_OUTPUT;
-use appserver_proto::params::{Params, ParamsBuilder};
-use appserver_proto::{Limits, ProtocolError};
+use appserver_proto::ajp::{AjpConfig, Connection, Event};
+use appserver_proto::ProtocolError;
 use bytes::BytesMut;
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::exchange::{self, Exchange, Progress};
-use super::{awaiting_body, close_lingering, write_some, ConnError, Shared, READ_BUF_SIZE};
+use super::engine::{Incoming, Wire};
+use super::Shared;
 use crate::response::plain;
-use crate::{Handler, Response};
+use crate::{Body, Handler, Response};
 
 /// Serves one AJP13 connection until the web server closes it, a response ends with
-/// reuse=0, an error occurs, the idle timeout passes, or shutdown is requested while idle.
+/// reuse=0, an error occurs, a deadline passes, or a stop finds it idle.
 pub async fn serve<S, H>(
     io: S,
     peer: impl Display + Send + Sync,
@@ -38,315 +35,127 @@ pub async fn serve<S, H>(
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
 {
-    let mut exchange = None;
-    let result = run(io, &peer, &shared, config, &mut exchange).await;
-    super::finish("ajp", &peer, result, exchange);
+    super::engine::run(io, &peer, &shared, Ajp::new(config), None).await;
 }
 
-async fn run<S, H>(
-    io: S,
-    peer: &(dyn Display + Sync),
-    shared: &Arc<Shared<H>>,
-    config: AjpConfig,
-    exchange: &mut Option<Exchange>,
-) -> Result<(), ConnError>
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-    H: Handler,
-{
-    let (mut rd, mut wr) = tokio::io::split(io);
-    let limits = config.limits();
-    let mut conn = Connection::new(config);
-    let mut rbuf = BytesMut::with_capacity(READ_BUF_SIZE);
-    let mut wbuf = BytesMut::new();
-    let mut read_closed = false;
-    let mut closing = false;
-    let mut deadline = Instant::now() + shared.idle_timeout;
-    let mut body_deadline = deadline;
-    let mut partial_since: Option<Instant> = None;
+/// The AJP13 side of a connection.
+pub(crate) struct Ajp {
+    conn: Connection,
+}
 
-    loop {
-        while let Some(event) = conn.poll_event() {
-            match event {
-                Event::Request(req) => {
-                    *exchange = Some(start(shared, &req, &limits, peer));
-                }
-                Event::Forbidden { reason } => {
-                    tracing::warn!(peer = %peer, "ajp request refused with 403: {reason}");
-                    *exchange = Some(Exchange::respond(
-                        plain(StatusCode::FORBIDDEN, "Forbidden"),
-                        None,
-                    ));
-                }
-                Event::Body(data) => {
-                    if let Some(ex) = exchange.as_mut() {
-                        ex.push_body(data);
-                    }
-                }
-                Event::BodyEnd => {
-                    if let Some(ex) = exchange.as_mut() {
-                        ex.end_body();
-                    }
-                }
-            }
+impl Ajp {
+    pub(crate) fn new(config: AjpConfig) -> Self {
+        Self {
+            conn: Connection::new(config),
         }
-        // Ask for the next body packet only while the handler's channel has room.
-        if exchange
-            .as_ref()
-            .is_some_and(|ex| !ex.is_blocked() && !ex.body_done())
+    }
+}
+
+impl Wire for Ajp {
+    const NAME: &'static str = "ajp";
+
+    fn handle_input(&mut self, src: &mut BytesMut) -> Result<(), ProtocolError> {
+        self.conn.handle_input(src)
+    }
+
+    fn handle_eof(&mut self, src: &BytesMut) -> Result<(), ProtocolError> {
+        self.conn.handle_eof(src)
+    }
+
+    fn poll_event(&mut self) -> Option<Incoming> {
+        Some(match self.conn.poll_event()? {
+            Event::Request { params, .. } => Incoming::Request(params),
+            Event::Forbidden { reason } => Incoming::Refused {
+                status: StatusCode::FORBIDDEN,
+                why: reason.to_string(),
+            },
+            Event::BadRequest { error } => Incoming::Refused {
+                status: StatusCode::BAD_REQUEST,
+                why: error.to_string(),
+            },
+            Event::Body(data) => Incoming::Body(data),
+            Event::BodyEnd => Incoming::BodyEnd,
+        })
+    }
+
+    fn want_body(&mut self) {
+        self.conn.request_body_chunk();
+    }
+
+    fn poll_transmit(&mut self, dst: &mut BytesMut) {
+        self.conn.poll_transmit(dst);
+    }
+
+    fn queued_output(&self) -> usize {
+        self.conn.queued_output()
+    }
+
+    fn wants_close(&self) -> bool {
+        self.conn.wants_close()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.conn.is_idle()
+    }
+
+    fn send_head(&mut self, resp: Response, peer: &(dyn Display + Sync)) -> Body {
+        let (parts, body) = resp.into_parts();
+        let headers: Vec<(&[u8], &[u8])> = parts
+            .headers
+            .iter()
+            .filter(|(name, _)| !crate::response::is_hop_by_hop(name))
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+            .collect();
+        let reason = crate::response::reason(&parts);
+        match self
+            .conn
+            .send_headers(parts.status.as_u16(), reason, &headers)
         {
-            conn.request_body_chunk();
+            Ok(()) => body,
+            Err(e) => {
+                tracing::error!(peer = %peer, "response head does not fit one AJP packet ({e}): answering 500");
+                let (parts, body) =
+                    plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_parts();
+                let headers: Vec<(&[u8], &[u8])> = parts
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+                    .collect();
+                // A two-header head always fits the smallest packet.
+                let _ = self
+                    .conn
+                    .send_headers(500, b"Internal Server Error", &headers);
+                body
+            }
         }
-        conn.poll_transmit(&mut wbuf);
+    }
 
-        let flushed = wbuf.is_empty();
-        // A request that has started arriving is served even during a stop.
-        let stop = closing && rbuf.is_empty();
-        if flushed && exchange.is_none() && (conn.wants_close() || read_closed || stop) {
-            if conn.wants_close() && !read_closed {
-                // Body packets the handler did not ask for may still be arriving.
-                close_lingering(&mut rd, &mut wr, &mut rbuf).await;
-            } else {
-                let _ = wr.shutdown().await;
-            }
-            return Ok(());
-        }
+    fn send_data(&mut self, data: &[u8]) {
+        self.conn.send_body(data);
+    }
 
-        let can_read = !read_closed
-            && !exchange.as_ref().is_some_and(Exchange::is_blocked)
-            && rbuf.len() < READ_BUF_SIZE;
-        let room = wbuf.len() + conn.queued_output() < MAX_QUEUED_OUTPUT;
-        let waiting = exchange.is_none();
-        let stalled_body = !read_closed && awaiting_body(exchange);
-        // A request head that started arriving must complete within header_timeout.
-        let idle_until = match partial_since {
-            Some(t) if waiting && !rbuf.is_empty() => deadline.min(t + shared.header_timeout),
-            _ => deadline,
-        };
+    fn end_response(&mut self) {
+        self.conn.end_response();
+    }
 
-        tokio::select! {
-            written = write_some(&mut wr, &mut wbuf), if !flushed => written?,
-            read = rd.read_buf(&mut rbuf), if can_read => {
-                if read? == 0 {
-                    read_closed = true;
-                    match conn.handle_eof(&rbuf) {
-                        Ok(()) => {}
-                        Err(ProtocolError::TruncatedBody { .. }) => {
-                            tracing::debug!(peer = %peer, "web server closed the connection mid-body");
-                            return Ok(());
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                    if exchange.is_some() {
-                        // Apache closed a connection with a request in flight: the client
-                        // went away.
-                        return Ok(());
-                    }
-                } else {
-                    body_deadline = Instant::now() + shared.idle_timeout;
-                    if partial_since.is_none() || rbuf.is_empty() {
-                        partial_since = Some(Instant::now());
-                    }
-                    conn.handle_input(&mut rbuf)?;
-                    if rbuf.is_empty() {
-                        partial_since = None;
-                    }
-                }
-            }
-            progress = exchange::progress(exchange, room, peer), if !waiting => {
-                match progress {
-                    Progress::BodyMoved => {}
-                    Progress::Response(resp) => {
-                        let body = send_headers(&mut conn, resp, peer);
-                        if let Some(ex) = exchange.as_mut() {
-                            ex.stream(body);
-                        }
-                    }
-                    Progress::Data(data) => conn.send_body(&data),
-                    Progress::Done => {
-                        *exchange = None;
-                        conn.end_response();
-                        deadline = Instant::now() + shared.idle_timeout;
-                    }
-                    // Closing without END_RESPONSE makes Apache fail the request instead of
-                    // passing a truncated body off as whole.
-                    Progress::Failed(e) => return Err(ConnError::ResponseBody(e)),
-                }
-            }
-            () = tokio::time::sleep_until(body_deadline), if stalled_body => {
-                return Err(ConnError::BodyStalled(shared.idle_timeout));
-            }
-            () = tokio::time::sleep_until(idle_until), if waiting => {
-                // Apache keeps pooled connections open; an idle one costs a task, no thread,
-                // and is closed here after idle_timeout (Apache reconnects as needed).
-                return Ok(());
-            }
-            () = shared.shutdown.cancelled(), if !closing => closing = true,
-        }
+    fn overloaded(&mut self) -> Option<Response> {
+        Some(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+        ))
     }
-}
-
-/// Admits the request (503 beyond `maxchildren`) and starts its handler.
-fn start<H: Handler>(
-    shared: &Arc<Shared<H>>,
-    req: &ForwardRequest,
-    limits: &Limits,
-    peer: &(dyn Display + Sync),
-) -> Exchange {
-    let Some(admission) = shared.try_admit() else {
-        return Exchange::overloaded(shared, peer);
-    };
-    match cgi_params(req, limits) {
-        Ok(params) => Exchange::start(shared, admission, params, peer),
-        Err(e) => {
-            tracing::warn!(peer = %peer, "ajp request refused with 400: {e}");
-            Exchange::respond(
-                plain(StatusCode::BAD_REQUEST, "Bad Request"),
-                Some(admission),
-            )
-        }
-    }
-}
-
-/// Queues `SEND_HEADERS` for `resp` and returns its body; a head too large for one packet is
-/// replaced by a 500 (and a log line).
-fn send_headers(conn: &mut Connection, resp: Response, peer: &(dyn Display + Sync)) -> crate::Body {
-    let (parts, body) = resp.into_parts();
-    let headers: Vec<(&[u8], &[u8])> = parts
-        .headers
-        .iter()
-        .filter(|(name, _)| !crate::response::is_hop_by_hop(name))
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-        .collect();
-    let reason = crate::response::reason(&parts);
-    match conn.send_headers(parts.status.as_u16(), reason, &headers) {
-        Ok(()) => body,
-        Err(e) => {
-            tracing::error!(peer = %peer, "response head does not fit one AJP packet ({e}): answering 500");
-            let fallback = plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
-            let (parts, body) = fallback.into_parts();
-            let headers: Vec<(&[u8], &[u8])> = parts
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-                .collect();
-            // A two-header head always fits the smallest packet.
-            let _ = conn.send_headers(500, b"Internal Server Error", &headers);
-            body
-        }
-    }
-}
-
-/// The CGI variables Apache's mod_proxy_fcgi would send for the request this
-/// `FORWARD_REQUEST` describes, so one request model serves all protocols.
-///
-/// `REQUEST_URI` is `req_uri` plus the query string; `SCRIPT_NAME` is not sent (AJP carries no
-/// mount point), so the script-name rule derives `PATH_INFO` from the decoded path. Headers
-/// become `HTTP_*` (names upper-cased, `-` → `_`), except `Content-Type`/`Content-Length`,
-/// which become `CONTENT_TYPE`/`CONTENT_LENGTH`; a repeated header is joined with `, `.
-/// `AJP_REMOTE_PORT` → `REMOTE_PORT`, `AJP_LOCAL_ADDR` → `SERVER_ADDR`, `is_ssl` →
-/// `HTTPS=on`, and the TLS attributes become mod_ssl's `SSL_*` names.
-pub fn cgi_params(req: &ForwardRequest, limits: &Limits) -> Result<Params, ProtocolError> {
-    let mut p = ParamsBuilder::new(*limits);
-    let a = &req.attributes;
-    let query = a.query_string.as_deref().unwrap_or(b"");
-    // lighttpd with fix-root-scriptname sends an empty req_uri for the mount's root.
-    let mut uri = if req.req_uri.is_empty() {
-        b"/".to_vec()
-    } else {
-        req.req_uri.to_vec()
-    };
-    if !query.is_empty() {
-        uri.push(b'?');
-        uri.extend_from_slice(query);
-    }
-    let content_length = req.header(b"content-length");
-    if let Some(len) = content_length.filter(|_| !req.chunked) {
-        p.push(b"CONTENT_LENGTH", len)?;
-    }
-    if let Some(ct) = req.header(b"content-type") {
-        p.push(b"CONTENT_TYPE", ct)?;
-    }
-    p.push(b"GATEWAY_INTERFACE", b"CGI/1.1")?;
-    p.push(b"REQUEST_METHOD", &req.method)?;
-    p.push(b"REQUEST_URI", &uri)?;
-    p.push(b"QUERY_STRING", query)?;
-    p.push(b"SERVER_PROTOCOL", &req.protocol)?;
-    p.push(b"SERVER_NAME", &req.server_name)?;
-    p.push(b"SERVER_PORT", req.server_port.to_string().as_bytes())?;
-    p.push(b"REMOTE_ADDR", &req.remote_addr)?;
-    if let Some(port) = req.remote_port() {
-        p.push(b"REMOTE_PORT", port.to_string().as_bytes())?;
-    }
-    if let Some(host) = req.remote_host.as_deref().filter(|h| !h.is_empty()) {
-        p.push(b"REMOTE_HOST", host)?;
-    }
-    if let Some(local) = req.req_attribute(b"AJP_LOCAL_ADDR") {
-        p.push(b"SERVER_ADDR", local)?;
-    }
-    if let Some(user) = &a.remote_user {
-        p.push(b"REMOTE_USER", user)?;
-    }
-    if let Some(auth) = &a.auth_type {
-        p.push(b"AUTH_TYPE", auth)?;
-    }
-    if req.is_ssl {
-        p.push(b"HTTPS", b"on")?;
-        if let Some(v) = req.req_attribute(b"AJP_SSL_PROTOCOL") {
-            p.push(b"SSL_PROTOCOL", v)?;
-        }
-        if let Some(v) = &a.ssl_cipher {
-            p.push(b"SSL_CIPHER", v)?;
-        }
-        if let Some(v) = &a.ssl_session {
-            p.push(b"SSL_SESSION_ID", v)?;
-        }
-        if let Some(v) = a.ssl_key_size {
-            p.push(b"SSL_CIPHER_USEKEYSIZE", v.to_string().as_bytes())?;
-        }
-        if let Some(v) = &a.ssl_cert {
-            p.push(b"SSL_CLIENT_CERT", v)?;
-        }
-    }
-    // Headers, merged per name in first-seen order.
-    let mut seen: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(req.headers.len());
-    for (name, value) in &req.headers {
-        if name.eq_ignore_ascii_case(b"content-length")
-            || name.eq_ignore_ascii_case(b"content-type")
-        {
-            continue;
-        }
-        let mut cgi = Vec::with_capacity(name.len() + 5);
-        cgi.extend_from_slice(b"HTTP_");
-        cgi.extend(name.iter().map(|&b| {
-            if b == b'-' {
-                b'_'
-            } else {
-                b.to_ascii_uppercase()
-            }
-        }));
-        match seen.iter_mut().find(|(n, _)| *n == cgi) {
-            Some((_, v)) => {
-                v.extend_from_slice(b", ");
-                v.extend_from_slice(value);
-            }
-            None => seen.push((cgi, value.to_vec())),
-        }
-    }
-    for (name, value) in &seen {
-        p.push(name, value)?;
-    }
-    Ok(p.finish())
 }
 
 #[cfg(test)]
 mod tests {
     use appserver_proto::ajp::{
         encode_body_packet, encode_cping, encode_forward_request, Attributes, ClientDecoder,
-        ContainerPacket,
+        ContainerPacket, ForwardRequest,
     };
     use bytes::Bytes;
     use tokio::io::DuplexStream;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
     use crate::request::Env;

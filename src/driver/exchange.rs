@@ -95,20 +95,6 @@ impl Exchange {
         }
     }
 
-    /// The answer beyond `maxchildren` for protocols without an overload signal (SCGI, AJP):
-    /// a 503 and a log line naming the peer.
-    pub(crate) fn overloaded<H: Handler>(shared: &Shared<H>, peer: &(dyn Display + Sync)) -> Self {
-        tracing::warn!(
-            peer = %peer,
-            "maxchildren={} requests in flight: answering 503",
-            shared.max_requests
-        );
-        Self::respond(
-            plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
-            None,
-        )
-    }
-
     /// An exchange that answers `resp` without calling the handler; the request body is
     /// read and discarded.
     pub(crate) fn respond(resp: Response, admission: Option<Admission>) -> Self {
@@ -143,6 +129,20 @@ impl Exchange {
                 }));
             }
         }
+    }
+
+    /// The request's method and URI, for log lines; empty for a response the server made.
+    pub(crate) fn what(&self) -> &str {
+        match &self.phase {
+            Phase::Calling(call) => call.what(),
+            _ => "",
+        }
+    }
+
+    /// Body bytes still to come by `CONTENT_LENGTH`, when it was given.
+    pub(crate) fn body_remaining(&self) -> Option<u64> {
+        self.content_length
+            .map(|len| len.saturating_sub(self.received))
     }
 
     /// True once the body's end marker arrived.
@@ -241,10 +241,11 @@ impl Exchange {
 
 /// Polls an optional exchange (pending forever when there is none), for `select!` branches.
 pub(crate) async fn progress(
-    exchange: &mut Option<Exchange>,
+    exchange: Option<&mut Exchange>,
     room: bool,
     peer: &(dyn Display + Sync),
 ) -> Progress {
+    let mut exchange = exchange;
     std::future::poll_fn(|cx| match exchange.as_mut() {
         Some(ex) => ex.poll_progress(cx, room, peer),
         None => Poll::Pending,

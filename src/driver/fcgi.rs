@@ -1,230 +1,116 @@
-//! The FastCGI driver: one connection's socket IO around `appserver_proto::fcgi::Connection`.
+//! FastCGI on the connection engine: `appserver_proto::fcgi::Connection` as a [`Wire`].
 //!
-//! One task per connection runs a single `select!` loop over: writing queued output, reading
-//! input (paused while request-body chunks wait for the handler, which is the backpressure that
-//! keeps a 1 GiB upload in constant memory), progress of the current request (delivering body
-//! chunks, the handler's response, response body frames — pulled only while the output queue
-//! is below `MAX_QUEUED_OUTPUT`), the idle/header deadline and the shutdown token. Reading and
-//! writing are never blocked by each other: Apache sends STDIN while it reads STDOUT.
+//! Web servers never multiplex (every one uses request id 1), so the wire tracks the one
+//! active id and passes on only its records; a second concurrent `FCGI_BEGIN_REQUEST` is
+//! answered `FCGI_CANT_MPX_CONN` by the connection itself. The response is a CGI head
+//! (`Status:` first, CRLF) and body on `FCGI_STDOUT`, ended by `FCGI_END_REQUEST`; beyond
+//! `maxchildren` the answer is `FCGI_OVERLOADED`.
 
 use std::fmt::Display;
 use std::sync::Arc;
 
 use appserver_proto::fcgi::{ConnConfig, Connection, Event, ProtocolStatus};
-use appserver_proto::limits::MAX_QUEUED_OUTPUT;
+use appserver_proto::ProtocolError;
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::exchange::{self, Exchange, Progress};
-use super::{awaiting_body, close_lingering, write_some, ConnError, Shared, READ_BUF_SIZE};
+use super::engine::{Incoming, Wire};
+use super::Shared;
 use crate::response::into_cgi;
-use crate::Handler;
+use crate::{Body, Handler, Response};
 
 /// Serves one FastCGI connection until the web server closes it, the protocol says to close,
-/// an error occurs, or shutdown is requested and no request is in flight. Every reason to
-/// drop the connection early is logged with the peer.
+/// an error occurs or a deadline passes (each logged with the peer), or a stop finds it
+/// without a request.
 pub async fn serve<S, H>(io: S, peer: impl Display + Send + Sync, shared: Arc<Shared<H>>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
 {
-    let mut driver = Driver::new(&shared);
-    let result = driver.run(io, &peer, &shared).await;
-    super::finish("fastcgi", &peer, result, driver.exchange.take());
+    super::engine::run(io, &peer, &shared, Fcgi::new(&shared), None).await;
 }
 
-struct Driver {
+/// The FastCGI side of a connection.
+pub(crate) struct Fcgi {
     conn: Connection,
-    /// The one request in flight (web servers never multiplex, see proto's fcgi docs) and
-    /// its request id.
-    exchange: Option<Exchange>,
+    /// The active request's id.
     id: u16,
-    /// When an idle connection (or a request still sending its params) is given up.
-    deadline: Instant,
-    /// Set once bytes of a new request arrived: the header timeout runs instead of idle.
-    request_started: bool,
 }
 
-impl Driver {
-    fn new<H: Handler>(shared: &Shared<H>) -> Self {
+impl Fcgi {
+    pub(crate) fn new<H>(shared: &Shared<H>) -> Self {
         Self {
             conn: Connection::new(ConnConfig {
                 limits: shared.limits,
                 max_conns: shared.max_conns,
                 max_reqs: shared.max_requests,
             }),
-            exchange: None,
             id: 0,
-            deadline: Instant::now() + shared.idle_timeout,
-            request_started: false,
         }
     }
+}
 
-    async fn run<S, H>(
-        &mut self,
-        io: S,
-        peer: &(dyn Display + Sync),
-        shared: &Arc<Shared<H>>,
-    ) -> Result<(), ConnError>
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-        H: Handler,
-    {
-        let (mut rd, mut wr) = tokio::io::split(io);
-        let mut rbuf = BytesMut::with_capacity(READ_BUF_SIZE);
-        let mut wbuf = BytesMut::new();
-        let mut read_closed = false;
-        let mut closing = false;
-        let mut body_deadline = Instant::now() + shared.idle_timeout;
+impl Wire for Fcgi {
+    const NAME: &'static str = "fastcgi";
 
+    fn handle_input(&mut self, src: &mut BytesMut) -> Result<(), ProtocolError> {
+        self.conn.handle_input(src)
+    }
+
+    fn handle_eof(&mut self, src: &BytesMut) -> Result<(), ProtocolError> {
+        self.conn.handle_eof(src)
+    }
+
+    fn poll_event(&mut self) -> Option<Incoming> {
         loop {
-            while let Some(event) = self.conn.poll_event() {
-                self.on_event(event, peer, shared);
-            }
-            self.conn.poll_transmit(&mut wbuf);
-
-            let flushed = wbuf.is_empty();
-            if flushed
-                && self.exchange.is_none()
-                && (self.conn.wants_close()
-                    || read_closed
-                    // A request that has started arriving is served even during a stop.
-                    || (closing && rbuf.is_empty() && !self.request_started))
-            {
-                if self.conn.wants_close() && !read_closed {
-                    // The end of the request may still be on its way (Caddy writes the empty
-                    // FCGI_STDIN after the response can be complete).
-                    close_lingering(&mut rd, &mut wr, &mut rbuf).await;
-                } else {
-                    let _ = wr.shutdown().await;
+            let ev = self.conn.poll_event()?;
+            return Some(match ev {
+                Event::Request { id, params, .. } => {
+                    self.id = id;
+                    Incoming::Request(params)
                 }
-                return Ok(());
-            }
-
-            let can_read = !read_closed
-                && !self.exchange.as_ref().is_some_and(Exchange::is_blocked)
-                && rbuf.len() < READ_BUF_SIZE;
-            let room = wbuf.len() + self.conn.queued_output() < MAX_QUEUED_OUTPUT;
-            let waiting = self.exchange.is_none();
-            let stalled_body = !read_closed && awaiting_body(&self.exchange);
-
-            tokio::select! {
-                written = write_some(&mut wr, &mut wbuf), if !flushed => written?,
-                read = rd.read_buf(&mut rbuf), if can_read => {
-                    if read? == 0 {
-                        read_closed = true;
-                        self.conn.handle_eof(&rbuf)?;
-                        if self.exchange.as_ref().is_some_and(|ex| !ex.body_done()) {
-                            // The web server gave up on the request (client abort): nginx and
-                            // Apache close the connection instead of sending
-                            // FCGI_ABORT_REQUEST.
-                            tracing::debug!(peer = %peer, "web server closed the connection mid-request");
-                            return Ok(());
-                        }
-                    } else {
-                        body_deadline = Instant::now() + shared.idle_timeout;
-                        if self.exchange.is_none() && !self.request_started {
-                            self.request_started = true;
-                            self.deadline = Instant::now() + shared.header_timeout;
-                        }
-                        self.conn.handle_input(&mut rbuf)?;
-                    }
-                }
-                progress = exchange::progress(&mut self.exchange, room, peer), if !waiting => {
-                    self.on_progress(progress, shared)?;
-                }
-                () = tokio::time::sleep_until(self.deadline), if waiting => {
-                    if self.request_started {
-                        tracing::warn!(peer = %peer, "fastcgi request params not received within {}s: closing", shared.header_timeout.as_secs());
-                    }
-                    return Ok(());
-                }
-                () = tokio::time::sleep_until(body_deadline), if stalled_body => {
-                    return Err(ConnError::BodyStalled(shared.idle_timeout));
-                }
-                () = shared.shutdown.cancelled(), if !closing => {
-                    closing = true;
-                }
-            }
+                Event::Stdin { id, data } if id == self.id => Incoming::Body(data),
+                Event::StdinEnd { id } if id == self.id => Incoming::BodyEnd,
+                Event::Abort { id } if id == self.id => Incoming::Abort,
+                _ => continue,
+            });
         }
     }
 
-    fn on_event<H: Handler>(
-        &mut self,
-        event: Event,
-        peer: &(dyn Display + Sync),
-        shared: &Arc<Shared<H>>,
-    ) {
-        match event {
-            Event::Request { id, params, .. } => {
-                self.request_started = false;
-                let Some(admission) = shared.try_admit() else {
-                    tracing::warn!(
-                        peer = %peer,
-                        "maxchildren={} requests in flight: answering FCGI_OVERLOADED",
-                        shared.max_requests
-                    );
-                    self.conn.reject_request(id, ProtocolStatus::Overloaded);
-                    return;
-                };
-                self.id = id;
-                self.exchange = Some(Exchange::start(shared, admission, params, peer));
-            }
-            Event::Stdin { id, data } => {
-                if let Some(ex) = self.exchange.as_mut().filter(|_| id == self.id) {
-                    ex.push_body(data);
-                }
-            }
-            Event::StdinEnd { id } => {
-                if let Some(ex) = self.exchange.as_mut().filter(|_| id == self.id) {
-                    ex.end_body();
-                }
-            }
-            Event::Abort { id } => {
-                if id == self.id {
-                    if let Some(ex) = self.exchange.take() {
-                        tracing::debug!(peer = %peer, "FCGI_ABORT_REQUEST for request {id}");
-                        ex.cancel();
-                        self.conn.end_request(id, 0);
-                        self.request_finished(shared);
-                    }
-                }
-            }
-        }
+    fn poll_transmit(&mut self, dst: &mut BytesMut) {
+        self.conn.poll_transmit(dst);
     }
 
-    fn on_progress<H: Handler>(
-        &mut self,
-        progress: Progress,
-        shared: &Arc<Shared<H>>,
-    ) -> Result<(), ConnError> {
-        match progress {
-            Progress::BodyMoved => {}
-            Progress::Response(resp) => {
-                let (head, body) = into_cgi(resp);
-                self.conn.send_stdout(self.id, &head);
-                if let Some(ex) = self.exchange.as_mut() {
-                    ex.stream(body);
-                }
-            }
-            Progress::Data(data) => self.conn.send_stdout(self.id, &data),
-            Progress::Done => {
-                self.exchange = None;
-                self.conn.end_request(self.id, 0);
-                self.request_finished(shared);
-            }
-            // Closing without END_REQUEST tells the web server the response is incomplete
-            // (nginx logs "upstream prematurely closed"); a normal end would pass a truncated
-            // body off as whole.
-            Progress::Failed(e) => return Err(ConnError::ResponseBody(e)),
-        }
-        Ok(())
+    fn queued_output(&self) -> usize {
+        self.conn.queued_output()
     }
 
-    fn request_finished<H: Handler>(&mut self, shared: &Shared<H>) {
-        self.request_started = false;
-        self.deadline = Instant::now() + shared.idle_timeout;
+    fn wants_close(&self) -> bool {
+        self.conn.wants_close()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.conn.is_idle()
+    }
+
+    fn send_head(&mut self, resp: Response, _peer: &(dyn Display + Sync)) -> Body {
+        let (head, body) = into_cgi(resp);
+        self.conn.send_stdout(self.id, &head);
+        body
+    }
+
+    fn send_data(&mut self, data: &[u8]) {
+        self.conn.send_stdout(self.id, data);
+    }
+
+    fn end_response(&mut self) {
+        self.conn.end_request(self.id, 0);
+    }
+
+    fn overloaded(&mut self) -> Option<Response> {
+        self.conn
+            .reject_request(self.id, ProtocolStatus::Overloaded);
+        None
     }
 }
 
@@ -460,12 +346,18 @@ mod tests {
     }
 
     /// A request without FCGI_KEEP_CONN whose empty FCGI_STDIN has not been sent yet (Caddy
-    /// sends it in a write of its own): the server answers, and the client reads to the end.
-    async fn answered_before_the_request_ended() -> (DuplexStream, tokio::task::JoinHandle<()>) {
+    /// sends it in a write of its own), with a body of `content_length` when given: the
+    /// server answers, and the client reads to the end.
+    async fn answered_before_the_request_ended(
+        content_length: Option<&str>,
+    ) -> (DuplexStream, tokio::task::JoinHandle<()>) {
         let (mut io, server) = tokio::io::duplex(64 * 1024);
         let task = tokio::spawn(serve(server, "test-peer", shared(Hello, 4)));
         let mut p = ParamsBuilder::new(Limits::default());
         p.push(b"REQUEST_URI", b"/").unwrap();
+        if let Some(len) = content_length {
+            p.push(b"CONTENT_LENGTH", len.as_bytes()).unwrap();
+        }
         let mut out = BytesMut::new();
         encode_request(1, Role::Responder, false, &p.finish(), &mut out);
         io.write_all(&out).await.unwrap();
@@ -480,7 +372,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_end_of_a_request_sent_after_its_response_is_still_read() {
-        let (mut io, task) = answered_before_the_request_ended().await;
+        let (mut io, task) = answered_before_the_request_ended(None).await;
         let mut end = BytesMut::new();
         encode_stdin(1, b"", &mut end);
         // A server that closed at END_REQUEST fails this write (EPIPE on a unix socket, a
@@ -493,33 +385,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn lingering_is_bounded_in_time() {
-        let (_io, task) = answered_before_the_request_ended().await;
-        // The client never closes: the server gives up after LINGER_TIMEOUT.
+    async fn discarding_an_unread_body_is_bounded_by_the_body_deadline() {
+        let (_io, task) = answered_before_the_request_ended(Some("1000000")).await;
+        // The client sends nothing more and never closes: the body deadline (body_timeout
+        // without a byte) ends the wait.
         let started = tokio::time::Instant::now();
         task.await.unwrap();
         let waited = started.elapsed();
+        let body = crate::driver::Timeouts::default().body;
         assert!(
-            waited >= super::super::LINGER_TIMEOUT
-                && waited < super::super::LINGER_TIMEOUT + Duration::from_secs(1),
+            waited >= body && waited < body + Duration::from_secs(1),
             "{waited:?}"
         );
     }
 
     #[tokio::test]
-    async fn lingering_is_bounded_in_bytes() {
-        let (mut io, task) = answered_before_the_request_ended().await;
-        // A client that keeps sending is cut off once LINGER_MAX_BYTES were discarded.
+    async fn an_unread_declared_body_is_discarded_whole_and_no_more() {
+        // 8 MiB declared and not read by the handler: all of it is taken (a web server
+        // still sending it would otherwise fail its request), then the connection ends.
+        const DECLARED: u64 = 8 << 20;
+        let (mut io, task) = answered_before_the_request_ended(Some("8388608")).await;
         let chunk = vec![0u8; 64 * 1024];
-        let mut sent = 0;
+        let mut sent = 0u64;
         while io.write_all(&chunk).await.is_ok() {
-            sent += chunk.len();
-            assert!(sent <= 4 * super::super::LINGER_MAX_BYTES, "never cut off");
+            sent += chunk.len() as u64;
+            assert!(sent <= 2 * DECLARED, "never cut off");
         }
-        assert!(
-            sent >= super::super::LINGER_MAX_BYTES,
-            "cut off early: {sent}"
-        );
+        assert!(sent >= DECLARED, "cut off before the declared body: {sent}");
         task.await.unwrap();
     }
 

@@ -1,18 +1,20 @@
 //! Drivers: the only code that reads and writes connection sockets (style rule 8).
 //!
-//! One driver per protocol, each generic over `AsyncRead + AsyncWrite` so tests can run it on
-//! `tokio::io::duplex`. A driver feeds bytes to the protocol's sans-IO connection from
-//! `appserver-proto`, turns its events into [`Request`]s for the handler and
-//! writes the handler's response back, with backpressure both ways. Drivers know sockets but
-//! not process models: the accept loop in `process` hands them connections.
+//! One connection engine ([`engine`]) serves every protocol: it feeds bytes to the protocol's
+//! sans-IO connection from `appserver-proto` (through a small [`engine::Wire`] per protocol in
+//! `fcgi.rs`, `scgi.rs`, `ajp.rs`), turns its events into [`Request`](crate::Request)s for the
+//! handler and writes the handler's response back, with backpressure both ways and a deadline
+//! for every phase ([`deadlines`]). Drivers know sockets but not process models: the accept
+//! loop in `process` hands them connections through [`serve`], the one place that matches on
+//! the protocol.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
+use appserver_proto::ajp::AjpConfig;
 use appserver_proto::Limits;
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -21,112 +23,68 @@ use crate::request::{Gateway, RequestOptions};
 use crate::response::plain;
 use crate::{BoxError, Handler, Request, Response};
 
-/// How long a connection that closes after its response keeps reading, and discarding, what
-/// the web server still sends: a request body the handler did not read, or the end of a
-/// request the web server writes after the response was complete (Caddy writes the empty
-/// FCGI_STDIN in a write of its own, after the response may already be out).
-///
-/// Closing a socket with unread input makes the kernel reset a TCP connection, which can
-/// destroy the response before the web server reads it, and fails the web server's next write
-/// to a unix socket with EPIPE; either way the client gets a 502. So the write side is shut
-/// first (the web server sees the response end) and the read side drained until the web
-/// server closes, as Apache's lingering close and libfcgi do. Bounded in time and bytes, so a
-/// peer that never closes holds the connection no longer than this.
-pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// At most this much input is read and discarded while lingering ([`LINGER_TIMEOUT`]); a web
-/// server still sending beyond it is cut off.
-pub const LINGER_MAX_BYTES: usize = 1 << 20;
-
-/// Ends a connection after its last response: shuts the write side, then drains the read side
-/// until the peer closes, [`LINGER_TIMEOUT`] passes or [`LINGER_MAX_BYTES`] were discarded.
-/// `buf` is the connection's read buffer, reused.
-pub async fn close_lingering<R, W>(rd: &mut R, wr: &mut W, buf: &mut BytesMut)
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    if wr.shutdown().await.is_err() {
-        return;
-    }
-    let drain = async {
-        let mut discarded = buf.len();
-        while discarded < LINGER_MAX_BYTES {
-            buf.clear();
-            match rd.read_buf(buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => discarded += n,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER_TIMEOUT, drain).await;
-}
-
 pub mod ajp;
+pub mod deadlines;
+pub(crate) mod engine;
 mod exchange;
 pub mod fcgi;
 pub mod scgi;
+pub(crate) mod slots;
+
+pub use deadlines::Timeouts;
+pub use engine::{LINGER_MAX_BYTES, LINGER_TIMEOUT, MAX_DISCARDED_BODY};
+pub(crate) use slots::{Slot, Slots};
 
 /// Bytes read from a socket at a time: one full FastCGI record (8-byte header + 65 535 content
 /// + 255 padding) fits, so a record never needs more than two reads.
 pub(crate) const READ_BUF_SIZE: usize = 64 * 1024 + 512;
 
-/// How long one socket write may stall before the connection is dropped: a web server that
-/// stops reading for a minute has gone away without closing.
-pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Why a connection ended early; drivers log it with the peer.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ConnError {
-    #[error("protocol error: {0}")]
-    Protocol(#[from] appserver_proto::ProtocolError),
-    #[error("io error: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("write stalled for {}s", WRITE_TIMEOUT.as_secs())]
-    WriteTimeout,
-    #[error("response body failed mid-stream: {0}")]
-    ResponseBody(BoxError),
-    #[error("request body stalled: no bytes from the web server for {}s (idle_timeout)", .0.as_secs())]
-    BodyStalled(Duration),
+/// The protocol a server speaks, with what it needs to know.
+#[derive(Clone, Debug)]
+pub enum Protocol {
+    /// FastCGI.
+    Fcgi,
+    /// SCGI.
+    Scgi,
+    /// AJP13.
+    Ajp {
+        /// `secret=`: the shared secret every request must carry.
+        secret: Option<Bytes>,
+        /// `packetsize=`.
+        packet_size: usize,
+    },
 }
 
-/// Ends a connection's task: logs why it closed early (naming the protocol and the peer) and
-/// cancels a request still in flight, so its handler stops and a body reader sees a
-/// truncated body.
-pub(crate) fn finish(
-    protocol: &str,
-    peer: &(dyn std::fmt::Display + Sync),
-    result: Result<(), ConnError>,
-    exchange: Option<exchange::Exchange>,
-) {
-    if let Err(e) = result {
-        tracing::warn!(peer = %peer, "{protocol} connection closed: {e}");
-    }
-    if let Some(ex) = exchange {
-        ex.cancel();
-    }
-}
-
-/// True while the request in flight waits for body bytes from the web server (not for the
-/// handler to take the ones it has): the time the idle timeout guards.
-pub(crate) fn awaiting_body(exchange: &Option<exchange::Exchange>) -> bool {
-    exchange
-        .as_ref()
-        .is_some_and(|ex| !ex.body_done() && !ex.is_blocked())
-}
-
-/// Writes some of `buf` (advancing it), failing when the peer stops reading for
-/// [`WRITE_TIMEOUT`].
-pub(crate) async fn write_some<W>(wr: &mut W, buf: &mut bytes::BytesMut) -> Result<(), ConnError>
-where
-    W: tokio::io::AsyncWrite + Unpin,
+/// Serves one accepted connection with the server's protocol until it ends; `slot` is its
+/// `maxconns` slot, through which the slot table may evict it while it waits for a request.
+pub(crate) async fn serve<S, H>(
+    io: S,
+    peer: impl std::fmt::Display + Send + Sync,
+    shared: Arc<Shared<H>>,
+    slot: Option<&Slot>,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+    H: Handler,
 {
-    use tokio::io::AsyncWriteExt;
-    match tokio::time::timeout(WRITE_TIMEOUT, wr.write_buf(buf)).await {
-        Ok(Ok(0)) => Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(ConnError::WriteTimeout),
+    match &shared.protocol {
+        Protocol::Fcgi => {
+            engine::run(io, &peer, &shared, fcgi::Fcgi::new(&shared), slot).await;
+        }
+        Protocol::Scgi => {
+            engine::run(io, &peer, &shared, scgi::Scgi::new(&shared), slot).await;
+        }
+        Protocol::Ajp {
+            secret,
+            packet_size,
+        } => {
+            let mut config = AjpConfig::default()
+                .with_limits(shared.limits)
+                .with_packet_size(*packet_size);
+            if let Some(secret) = secret {
+                config = config.with_secret(secret.clone());
+            }
+            engine::run(io, &peer, &shared, ajp::Ajp::new(config), slot).await;
+        }
     }
 }
 
@@ -134,10 +92,11 @@ where
 pub struct Shared<H> {
     /// The application.
     pub handler: H,
-    /// Requests in flight across all connections (`maxchildren`): beyond it FastCGI answers
-    /// `FCGI_OVERLOADED` and SCGI/AJP a 503, never a hang (design.md §3).
+    /// Requests in flight across all connections of this process (`maxchildren` threaded, one
+    /// per prefork worker): beyond it a request waits up to `queue_timeout` for a slot, then
+    /// FastCGI answers `FCGI_OVERLOADED` and SCGI/AJP a 503, never a hang (design.md §3).
     pub requests: Arc<Semaphore>,
-    /// `maxchildren`, for log lines and FastCGI's `FCGI_MAX_REQS`.
+    /// The size of `requests`, for log lines and FastCGI's `FCGI_MAX_REQS`.
     pub max_requests: u32,
     /// `maxconns`, advertised as FastCGI's `FCGI_MAX_CONNS`.
     pub max_conns: u32,
@@ -147,10 +106,10 @@ pub struct Shared<H> {
     pub gateway: Gateway,
     /// Parameter limits.
     pub limits: Limits,
-    /// `idle_timeout=`: how long a kept-alive connection may wait for its next request.
-    pub idle_timeout: Duration,
-    /// `header_timeout=`: how long a request may take to deliver its parameters.
-    pub header_timeout: Duration,
+    /// The protocol and its settings.
+    pub protocol: Protocol,
+    /// The deadline of every phase of a connection.
+    pub timeouts: Timeouts,
     /// Cancelled on graceful stop: idle connections close, busy ones finish first.
     pub shutdown: CancellationToken,
     /// Requests in flight and served, watched by prefork workers to report busy/idle and to
@@ -162,13 +121,18 @@ impl<H: Handler> Shared<H> {
     /// Takes one request slot, or `None` when `maxchildren` requests are in flight.
     pub(crate) fn try_admit(&self) -> Option<Admission> {
         let permit = Arc::clone(&self.requests).try_acquire_owned().ok()?;
+        Some(self.admit(permit))
+    }
+
+    /// Counts a request admitted with `permit`.
+    pub(crate) fn admit(&self, permit: OwnedSemaphorePermit) -> Admission {
         self.load.in_flight.fetch_add(1, Ordering::Relaxed);
         self.load.served.fetch_add(1, Ordering::Relaxed);
         self.load.changed.notify_one();
-        Some(Admission {
+        Admission {
             _permit: permit,
             load: Arc::clone(&self.load),
-        })
+        }
     }
 }
 
@@ -178,6 +142,8 @@ pub struct Load {
     in_flight: AtomicUsize,
     served: AtomicU64,
     changed: Notify,
+    /// Every waiter is woken when a request ends.
+    freed: Notify,
 }
 
 impl Load {
@@ -195,6 +161,18 @@ impl Load {
     pub async fn changed(&self) {
         self.changed.notified().await;
     }
+
+    /// Returns once fewer than `capacity` requests are in flight.
+    pub async fn room(&self, capacity: usize) {
+        loop {
+            // Registered before the check, so an end in between is not missed.
+            let freed = self.freed.notified();
+            if self.in_flight() < capacity {
+                return;
+            }
+            freed.await;
+        }
+    }
 }
 
 /// One admitted request: holds its `maxchildren` slot and counts as in flight until dropped.
@@ -208,6 +186,7 @@ impl Drop for Admission {
     fn drop(&mut self) {
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.load.changed.notify_one();
+        self.load.freed.notify_waiters();
     }
 }
 
@@ -224,6 +203,11 @@ impl Call {
         let shared = Arc::clone(shared);
         let task = tokio::spawn(async move { shared.handler.call(req).await });
         Self { task, what }
+    }
+
+    /// The request's method and URI.
+    pub(crate) fn what(&self) -> &str {
+        &self.what
     }
 
     /// Stops the handler (client abort).
@@ -276,13 +260,15 @@ impl Call {
     }
 }
 
-/// A [`Shared`] for driver tests: `max_requests` slots, 5 s timeouts, default limits.
+/// A [`Shared`] for driver tests: `max_requests` slots, 5 s head and idle timeouts, no
+/// waiting for a slot, default limits.
 #[cfg(test)]
 pub(crate) fn test_shared<H: Handler>(
     handler: H,
     max_requests: usize,
     protocol: &'static str,
 ) -> Arc<Shared<H>> {
+    use std::time::Duration;
     Arc::new(Shared {
         handler,
         requests: Arc::new(Semaphore::new(max_requests)),
@@ -294,8 +280,20 @@ pub(crate) fn test_shared<H: Handler>(
             method: "threaded",
         },
         limits: Limits::default(),
-        idle_timeout: Duration::from_secs(5),
-        header_timeout: Duration::from_secs(5),
+        protocol: match protocol {
+            "scgi" => Protocol::Scgi,
+            "ajp" => Protocol::Ajp {
+                secret: None,
+                packet_size: 8192,
+            },
+            _ => Protocol::Fcgi,
+        },
+        timeouts: Timeouts {
+            header: Duration::from_secs(5),
+            idle: Duration::from_secs(5),
+            queue: Duration::ZERO,
+            ..Timeouts::default()
+        },
         shutdown: CancellationToken::new(),
         load: Arc::default(),
     })

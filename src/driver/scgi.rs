@@ -1,24 +1,23 @@
-//! The SCGI driver: one connection, one request, around `appserver_proto::scgi::Connection`.
+//! SCGI on the connection engine: `appserver_proto::scgi::Connection` as a [`Wire`].
 //!
-//! SCGI has no framing on the way back: the response is the CGI head (`Status:` first, as
-//! for FastCGI) and the body, and closing the connection ends it. Beyond `maxchildren` the
-//! answer is a 503 (SCGI has no overload signal). The request body streams to the handler
-//! with the same backpressure as FastCGI; bytes after it are never parsed.
+//! One connection, one request. SCGI has no framing on the way back: the response is the CGI
+//! head (`Status:` first, as for FastCGI) and the body, and closing the connection ends it.
+//! Beyond `maxchildren` the answer is a 503 (SCGI has no overload signal). Once the body is
+//! complete nothing more is parsed, and a half-close after it (lighttpd) is not an abort.
 
 use std::fmt::Display;
 use std::sync::Arc;
 
-use appserver_proto::limits::MAX_QUEUED_OUTPUT;
 use appserver_proto::scgi::{Connection, Event};
 use appserver_proto::ProtocolError;
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::exchange::{self, Exchange, Progress};
-use super::{awaiting_body, close_lingering, write_some, ConnError, Shared, READ_BUF_SIZE};
-use crate::response::into_cgi;
-use crate::Handler;
+use super::engine::{Incoming, Wire};
+use super::{Shared, READ_BUF_SIZE};
+use crate::response::{into_cgi, plain};
+use crate::{Body, Handler, Response};
 
 /// Serves one SCGI connection: reads the request, answers it, closes.
 pub async fn serve<S, H>(io: S, peer: impl Display + Send + Sync, shared: Arc<Shared<H>>)
@@ -26,126 +25,105 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
 {
-    let mut exchange = None;
-    let result = run(io, &peer, &shared, &mut exchange).await;
-    super::finish("scgi", &peer, result, exchange);
+    super::engine::run(io, &peer, &shared, Scgi::new(&shared), None).await;
 }
 
-async fn run<S, H>(
-    io: S,
-    peer: &(dyn Display + Sync),
-    shared: &Arc<Shared<H>>,
-    exchange: &mut Option<Exchange>,
-) -> Result<(), ConnError>
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-    H: Handler,
-{
-    let (mut rd, mut wr) = tokio::io::split(io);
-    let mut conn = Connection::new(shared.limits);
-    let mut rbuf = BytesMut::with_capacity(READ_BUF_SIZE);
-    let mut wbuf = BytesMut::new();
-    let mut read_closed = false;
-    let mut finished = false;
-    let deadline = Instant::now() + shared.header_timeout;
-    let mut body_deadline = deadline;
+/// The SCGI side of a connection.
+pub(crate) struct Scgi {
+    conn: Connection,
+    out: BytesMut,
+    requested: bool,
+    ended: bool,
+    /// A whole head must fit the read buffer: the netstring's digits, `:` and `,` around at
+    /// most `maxparams` bytes.
+    input_bound: usize,
+}
 
-    loop {
-        while let Some(event) = conn.poll_event() {
-            match event {
-                Event::Request {
-                    params,
-                    scgi_missing,
-                    ..
-                } => {
-                    if scgi_missing {
-                        tracing::debug!(peer = %peer, "scgi request without SCGI=1 (accepted)");
-                    }
-                    *exchange = Some(match shared.try_admit() {
-                        Some(admission) => Exchange::start(shared, admission, params, peer),
-                        None => Exchange::overloaded(shared, peer),
-                    });
-                }
-                Event::Body(data) => {
-                    if let Some(ex) = exchange.as_mut() {
-                        ex.push_body(data);
-                    }
-                }
-                Event::BodyEnd => {
-                    if let Some(ex) = exchange.as_mut() {
-                        ex.end_body();
-                    }
-                }
-            }
-        }
-        if finished && wbuf.is_empty() {
-            if read_closed {
-                let _ = wr.shutdown().await;
-            } else {
-                // The rest of a body the handler did not read may still be arriving.
-                close_lingering(&mut rd, &mut wr, &mut rbuf).await;
-            }
-            return Ok(());
-        }
+/// Room for a netstring's length digits, `:` and `,` beyond its content.
+const NETSTRING_OVERHEAD: usize = 16;
 
-        // Once the body is complete nothing more is read: SCGI carries one request, and a
-        // half-close after the body (lighttpd) is not an abort.
-        let can_read = !read_closed
-            && !conn.is_done()
-            && !exchange.as_ref().is_some_and(Exchange::is_blocked)
-            && rbuf.len() < READ_BUF_SIZE;
-        let room = wbuf.len() < MAX_QUEUED_OUTPUT;
-        let waiting = exchange.is_none();
-        let stalled_body = !read_closed && awaiting_body(exchange);
-
-        tokio::select! {
-            written = write_some(&mut wr, &mut wbuf), if !wbuf.is_empty() => written?,
-            read = rd.read_buf(&mut rbuf), if can_read => {
-                if read? == 0 {
-                    read_closed = true;
-                    match conn.handle_eof(&rbuf) {
-                        Ok(()) if waiting => return Ok(()),
-                        Ok(()) => {}
-                        Err(ProtocolError::TruncatedBody { .. }) => {
-                            // The client went away mid-upload: the handler sees a truncated
-                            // body; nobody is left to answer.
-                            tracing::debug!(peer = %peer, "web server closed the connection mid-body");
-                            return Ok(());
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                } else {
-                    body_deadline = Instant::now() + shared.idle_timeout;
-                    conn.handle_input(&mut rbuf)?;
-                }
-            }
-            progress = exchange::progress(exchange, room, peer), if !waiting => {
-                match progress {
-                    Progress::BodyMoved => {}
-                    Progress::Response(resp) => {
-                        let (head, body) = into_cgi(resp);
-                        wbuf.extend_from_slice(&head);
-                        if let Some(ex) = exchange.as_mut() {
-                            ex.stream(body);
-                        }
-                    }
-                    Progress::Data(data) => wbuf.extend_from_slice(&data),
-                    Progress::Done => {
-                        *exchange = None;
-                        finished = true;
-                    }
-                    Progress::Failed(e) => return Err(ConnError::ResponseBody(e)),
-                }
-            }
-            () = tokio::time::sleep_until(body_deadline), if stalled_body => {
-                return Err(ConnError::BodyStalled(shared.idle_timeout));
-            }
-            () = shared.shutdown.cancelled(), if waiting && rbuf.is_empty() => return Ok(()),
-            () = tokio::time::sleep_until(deadline), if waiting => {
-                tracing::warn!(peer = %peer, "scgi request head not received within {}s: closing", shared.header_timeout.as_secs());
-                return Ok(());
-            }
+impl Scgi {
+    pub(crate) fn new<H>(shared: &Shared<H>) -> Self {
+        Self {
+            conn: Connection::new(shared.limits),
+            out: BytesMut::new(),
+            requested: false,
+            ended: false,
+            input_bound: READ_BUF_SIZE.max(shared.limits.max_params_bytes() + NETSTRING_OVERHEAD),
         }
+    }
+}
+
+impl Wire for Scgi {
+    const NAME: &'static str = "scgi";
+
+    fn handle_input(&mut self, src: &mut BytesMut) -> Result<(), ProtocolError> {
+        self.conn.handle_input(src)
+    }
+
+    fn handle_eof(&mut self, src: &BytesMut) -> Result<(), ProtocolError> {
+        self.conn.handle_eof(src)
+    }
+
+    fn poll_event(&mut self) -> Option<Incoming> {
+        Some(match self.conn.poll_event()? {
+            Event::Request { params, .. } => {
+                self.requested = true;
+                Incoming::Request(params)
+            }
+            Event::Body(data) => Incoming::Body(data),
+            Event::BodyEnd => Incoming::BodyEnd,
+        })
+    }
+
+    fn poll_transmit(&mut self, dst: &mut BytesMut) {
+        if dst.is_empty() {
+            std::mem::swap(dst, &mut self.out);
+        } else {
+            dst.extend_from_slice(&self.out);
+            self.out.clear();
+        }
+    }
+
+    fn queued_output(&self) -> usize {
+        self.out.len()
+    }
+
+    fn wants_close(&self) -> bool {
+        self.ended
+    }
+
+    fn input_done(&self) -> bool {
+        self.conn.is_done()
+    }
+
+    fn is_idle(&self) -> bool {
+        !self.requested
+    }
+
+    fn input_bound(&self) -> usize {
+        self.input_bound
+    }
+
+    fn send_head(&mut self, resp: Response, _peer: &(dyn Display + Sync)) -> Body {
+        let (head, body) = into_cgi(resp);
+        self.out.extend_from_slice(&head);
+        body
+    }
+
+    fn send_data(&mut self, data: &[u8]) {
+        self.out.extend_from_slice(data);
+    }
+
+    fn end_response(&mut self) {
+        self.ended = true;
+    }
+
+    fn overloaded(&mut self) -> Option<Response> {
+        Some(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+        ))
     }
 }
 
@@ -155,6 +133,8 @@ mod tests {
     use appserver_proto::scgi::encode_request;
     use appserver_proto::Limits;
     use tokio::io::DuplexStream;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
     use crate::{Body, BoxError, Request, Response};

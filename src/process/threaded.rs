@@ -1,8 +1,10 @@
 //! `method=threaded`: one process, a multi-threaded tokio runtime.
 //!
-//! The accept loop admits at most `maxconns` connections at once (more wait in the listen
-//! backlog) and gives each to its protocol driver on its own task; `maxchildren` bounds the
-//! requests in flight inside the drivers. Signals map to [`Control`]: a graceful stop stops
+//! The accept loop gives each connection to the connection engine on its own task. It accepts
+//! only while the process has room for another request (`maxchildren` threaded, one per
+//! prefork worker), so connections wait in the listen backlog, where another worker can take
+//! them, instead of queueing behind a busy process. At most `maxconns` connections are open:
+//! when all are, a new one evicts the one that has waited longest for a request. Signals map to [`Control`]: a graceful stop stops
 //! accepting, lets busy connections finish within `graceful_timeout=`, then returns.
 //!
 //! The process reloads itself in place ([`Reload`]) on SIGHUP, when the `touch_reload=` file
@@ -20,12 +22,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Protocol;
-use crate::driver::{self, Shared};
+use crate::driver::{self, Shared, Slot, Slots};
 use crate::listen::{AllowList, Listener, StdListener};
 use crate::process::control::{
     Control, Signals, TouchReload, CONTROL_SIGNALS, TOUCH_RELOAD_INTERVAL,
@@ -56,8 +57,6 @@ pub const BACKLOG_DRAIN_LIMIT: Duration = Duration::from_millis(200);
 /// How the accept loop runs; resolved from the configuration.
 #[derive(Clone)]
 pub struct ServeOptions {
-    /// Which driver serves the connections.
-    pub protocol: Protocol,
     /// `maxconns=`: connections served at once.
     pub max_conns: usize,
     /// Who may connect (`allow=`, `FCGI_WEB_SERVER_ADDRS`).
@@ -73,14 +72,11 @@ pub struct ServeOptions {
     pub retire: CancellationToken,
     /// `threaded` or `prefork`, for log lines.
     pub method: &'static str,
-    /// AJP settings (secret, packet size, attribute allowlist) when `protocol=ajp`.
-    pub ajp: appserver_proto::ajp::AjpConfig,
 }
 
 impl std::fmt::Debug for ServeOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServeOptions")
-            .field("protocol", &self.protocol)
             .field("max_conns", &self.max_conns)
             .field("allow", &self.allow)
             .field("graceful_timeout", &self.graceful_timeout)
@@ -213,6 +209,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FirstRead<S> {
     }
 }
 
+/// A `maxconns` slot for a connection just accepted: a free one, or the slot of the
+/// connection that has waited longest for a request, evicted for it; `None` when a stop
+/// comes first (the connection is then dropped).
+async fn take_slot(
+    slots: &Arc<Slots>,
+    max_conns: usize,
+    stop: &CancellationToken,
+    drain_until: Option<tokio::time::Instant>,
+) -> Option<Slot> {
+    if let Some(slot) = slots.try_take() {
+        return Some(slot);
+    }
+    if !slots.evict_oldest() {
+        tracing::warn!(
+            "maxconns={max_conns} connections are busy with requests: the new one waits for a slot"
+        );
+    }
+    match drain_until {
+        Some(until) => tokio::time::timeout_at(until, slots.take()).await.ok(),
+        None => tokio::select! {
+            slot = slots.take() => Some(slot),
+            () = stop.cancelled() => None,
+        },
+    }
+}
+
 /// Unblocks the control signals and SIGCHLD in this thread, once their handlers exist.
 ///
 /// A prefork worker is forked with the master's mask, in which they are blocked (the master
@@ -263,7 +285,7 @@ pub async fn serve<H: Handler>(
 ) -> io::Result<Exit> {
     let mut signals = Signals::install()?;
     unblock_control_signals();
-    let conns = Arc::new(Semaphore::new(options.max_conns));
+    let slots = Slots::new(options.max_conns);
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
     ready();
@@ -298,29 +320,25 @@ pub async fn serve<H: Handler>(
                     }
                     drain_until = Some(tokio::time::Instant::now() + BACKLOG_DRAIN_LIMIT);
                 }
-                let (permit, accepted) = match drain_until {
+                let accepted = match drain_until {
                     Some(until) => {
-                        let Ok(permit) = Arc::clone(&conns).try_acquire_owned() else {
-                            return;
-                        };
                         if tokio::time::Instant::now() >= until {
                             return;
                         }
                         match tokio::time::timeout(BACKLOG_DRAIN_WAIT, listener.accept()).await {
-                            Ok(a) => (permit, a),
+                            Ok(a) => a,
                             Err(_) => return,
                         }
                     }
                     None => {
-                        let permit = tokio::select! {
-                            p = Arc::clone(&conns).acquire_owned() => match p {
-                                Ok(p) => p,
-                                Err(_) => return,
-                            },
-                            () = stop.cancelled() => continue,
-                        };
+                        // A process running all the requests it may leaves new connections
+                        // in the backlog, to a worker with room.
                         tokio::select! {
-                            a = listener.accept() => (permit, a),
+                            () = shared.load.room(shared.max_requests as usize) => {}
+                            () = stop.cancelled() => continue,
+                        }
+                        tokio::select! {
+                            a = listener.accept() => a,
                             () = stop.cancelled() => continue,
                         }
                     }
@@ -342,20 +360,19 @@ pub async fn serve<H: Handler>(
                     tracing::warn!(peer = %peer, "connection refused: peer not in allow= / FCGI_WEB_SERVER_ADDRS");
                     continue;
                 }
+                let Some(slot) = take_slot(&slots, options.max_conns, &stop, drain_until).await
+                else {
+                    continue;
+                };
                 let stream = FirstRead::new(stream, &unread);
                 let shared = Arc::clone(&shared);
-                let protocol = options.protocol;
-                let options = options.clone();
                 tracker.spawn(async move {
-                    match protocol {
-                        Protocol::Fcgi => driver::fcgi::serve(stream, peer, shared).await,
-                        Protocol::Scgi => driver::scgi::serve(stream, peer, shared).await,
-                        Protocol::Ajp => {
-                            driver::ajp::serve(stream, peer, shared, options.ajp.clone()).await;
-                        }
-                    }
-                    drop(permit);
+                    driver::serve(stream, peer, shared, Some(&slot)).await;
+                    drop(slot);
                 });
+                // The new connection reads its request before the next accept, so a worker
+                // whose request slot it takes stops accepting.
+                tokio::task::yield_now().await;
             }
         }
     };

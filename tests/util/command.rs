@@ -36,33 +36,44 @@ pub(crate) fn appserver_bin() -> PathBuf {
 /// Cargo has released its build lock by the time tests run, so this cannot deadlock.
 pub(crate) fn axum_example_bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            // current_exe = target/<profile>/deps/tests-HASH
-            let exe = std::env::current_exe().expect("test binary path");
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("test binary lives in target/<profile>/deps");
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "--quiet", "--example", "axum"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            match profile_dir.file_name().and_then(|p| p.to_str()) {
-                Some("debug") | None => {}
-                Some("release") => {
-                    cmd.arg("--release");
-                }
-                Some(profile) => {
-                    cmd.args(["--profile", profile]);
-                }
-            }
-            let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-            assert!(status.success(), "{cmd:?} failed: {status}");
-            let bin = profile_dir.join("examples").join("axum");
-            assert!(bin.exists(), "axum example not found at {}", bin.display());
-            bin
-        })
-        .clone()
+    BUILT.get_or_init(|| build_example("axum")).clone()
+}
+
+/// The hello example binary, built on first use as [`axum_example_bin`] is.
+pub(crate) fn hello_example_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| build_example("hello")).clone()
+}
+
+/// Runs `cargo build --example NAME` for the test binary's profile; returns the binary.
+fn build_example(name: &str) -> PathBuf {
+    // current_exe = target/<profile>/deps/tests-HASH
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    match profile_dir.file_name().and_then(|p| p.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(profile) => {
+            cmd.args(["--profile", profile]);
+        }
+    }
+    let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(status.success(), "{cmd:?} failed: {status}");
+    let bin = profile_dir.join("examples").join(name);
+    assert!(
+        bin.exists(),
+        "{name} example not found at {}",
+        bin.display()
+    );
+    bin
 }
 
 /// Where a started server listens, parsed from its ready line.
@@ -124,6 +135,11 @@ impl TestCommand {
     /// The axum example binary.
     pub(crate) fn axum() -> TestCommand {
         TestCommand::new(axum_example_bin())
+    }
+
+    /// The hello example binary: answers every request without reading its body.
+    pub(crate) fn hello() -> TestCommand {
+        TestCommand::new(hello_example_bin())
     }
 
     fn new(bin: PathBuf) -> TestCommand {

@@ -31,8 +31,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::limits::{AJP_DEFAULT_PACKET_SIZE, AJP_MAX_PACKET_SIZE, AJP_MIN_PACKET_SIZE};
-use crate::{Limits, ProtocolError};
+use crate::{Limits, Params, ProtocolError};
 
+use super::cgi::cgi_params;
 use super::decode::{load_body, BodyFraming, BodyPacket, PacketDecoder};
 use super::encode::{
     encode_cpong, encode_end_response, encode_flush, encode_get_body_chunk, encode_send_body_chunk,
@@ -201,7 +202,19 @@ impl AjpConfig {
 pub enum Event {
     /// A request: start a handler. Its secret, if any, has been checked and cleared. When the
     /// body is empty, [`Event::BodyEnd`] follows at once.
-    Request(Box<ForwardRequest>),
+    Request {
+        /// The CGI variables for the request ([`cgi_params`](super::cgi_params)), as for the
+        /// other protocols.
+        params: Params,
+        /// The packet itself, for what the variables do not say.
+        request: Box<ForwardRequest>,
+    },
+    /// A request whose CGI variables exceed the parameter limits: the driver answers 400 the
+    /// way it answers [`Event::Forbidden`].
+    BadRequest {
+        /// What was wrong, for the log line.
+        error: ProtocolError,
+    },
     /// A request refused before it reached any handler: the driver answers 403 with
     /// [`send_headers`](Connection::send_headers) and
     /// [`end_response`](Connection::end_response), which then closes the connection.
@@ -618,26 +631,34 @@ impl Connection {
                 .map(|(name, _)| ForbiddenReason::AttributeNotAllowed(name.clone())),
         };
         let body = Body::for_request(&req);
-        if let Some(reason) = refused {
-            self.events.push_back(Event::Forbidden { reason });
-            self.state = State::Active(Active {
-                body,
-                headers_sent: false,
-                forbidden: true,
-            });
-            return;
-        }
-        self.stray_end_allowed =
-            self.config.lighttpd_framing && !req.chunked && req.content_length == Some(0);
-        let ended = body.ended;
-        self.events.push_back(Event::Request(Box::new(req)));
-        if ended {
-            self.events.push_back(Event::BodyEnd);
+        let refusal = match refused {
+            Some(reason) => Some(Event::Forbidden { reason }),
+            None => match cgi_params(&req, &self.config.limits()) {
+                Ok(params) => {
+                    self.stray_end_allowed = self.config.lighttpd_framing
+                        && !req.chunked
+                        && req.content_length == Some(0);
+                    let ended = body.ended;
+                    self.events.push_back(Event::Request {
+                        params,
+                        request: Box::new(req),
+                    });
+                    if ended {
+                        self.events.push_back(Event::BodyEnd);
+                    }
+                    None
+                }
+                Err(error) => Some(Event::BadRequest { error }),
+            },
+        };
+        let forbidden = refusal.is_some();
+        if let Some(event) = refusal {
+            self.events.push_back(event);
         }
         self.state = State::Active(Active {
             body,
             headers_sent: false,
-            forbidden: false,
+            forbidden,
         });
     }
 }
@@ -800,7 +821,7 @@ mod tests {
     }
 
     fn is_request(e: &Event) -> bool {
-        matches!(e, Event::Request(_))
+        matches!(e, Event::Request { .. })
     }
 
     #[test]
@@ -819,7 +840,7 @@ mod tests {
     fn case2_minimal_get_full_exchange_byte_for_byte() {
         let mut c = conn();
         let ev = feed(&mut c, MINIMAL_GET).unwrap();
-        let Event::Request(req) = &ev[0] else {
+        let Event::Request { request: req, .. } = &ev[0] else {
             panic!("expected a request: {ev:?}");
         };
         assert_eq!(req.method, "GET");
@@ -848,7 +869,7 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
         wire.extend_from_slice(b"\x12\x34\x00\x05\x00\x03abc");
         let ev = feed(&mut c, &wire).unwrap();
         assert_eq!(ev.len(), 3);
-        let Event::Request(req) = &ev[0] else {
+        let Event::Request { request: req, .. } = &ev[0] else {
             panic!("{ev:?}");
         };
         assert_eq!(req.content_length, Some(3));
@@ -987,7 +1008,7 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
             let req = request("POST", &[("Transfer-Encoding", "chunked")]);
             let ev = feed(&mut c, &packet(&req)).unwrap();
             assert_eq!(ev.len(), 1, "no body, no BodyEnd yet: {ev:?}");
-            let Event::Request(req) = &ev[0] else {
+            let Event::Request { request: req, .. } = &ev[0] else {
                 panic!("{ev:?}");
             };
             assert!(req.chunked);
@@ -1037,7 +1058,7 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
         assert_eq!(wire[5], 0xff);
         let mut c = conn();
         let ev = feed(&mut c, &wire).unwrap();
-        let Event::Request(got) = &ev[0] else {
+        let Event::Request { request: got, .. } = &ev[0] else {
             panic!("{ev:?}");
         };
         assert_eq!(**got, req);
@@ -1121,7 +1142,7 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
             forbidden(ForbiddenReason::WrongSecret)
         );
         let (mut c, ev) = with_secret(Some(b"s3cret"));
-        let Event::Request(req) = &ev[0] else {
+        let Event::Request { request: req, .. } = &ev[0] else {
             panic!("{ev:?}");
         };
         assert_eq!(
@@ -1134,7 +1155,7 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
         let mut req = request("GET", &[]);
         req.attributes.secret = Some(Bytes::from_static(b"anything"));
         let ev = feed(&mut conn(), &packet(&req)).unwrap();
-        let Event::Request(req) = &ev[0] else {
+        let Event::Request { request: req, .. } = &ev[0] else {
             panic!("{ev:?}");
         };
         assert_eq!(req.attributes.secret, None);
@@ -1510,7 +1531,7 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
                 c.handle_input(&mut src).unwrap();
                 while let Some(e) = c.poll_event() {
                     match &e {
-                        Event::Request(r) if r.chunked => {
+                        Event::Request { request: r, .. } if r.chunked => {
                             c.request_body_chunk();
                         }
                         Event::Body(_) => {

@@ -91,11 +91,13 @@
 //! first two off for deployments behind Apache only. lighttpd also sends only its mount as
 //! `req_uri` (PATH_INFO is lost); that is outside this layer.
 
+pub mod cgi;
 pub mod conn;
 pub mod decode;
 pub mod encode;
 pub mod packet;
 
+pub use cgi::cgi_params;
 pub use conn::{AjpConfig, Connection, Event, ForbiddenReason, DEFAULT_ALLOWED_ATTRIBUTES};
 pub use decode::{
     load_body, BodyFraming, BodyPacket, ClientDecoder, ContainerPacket, PacketDecoder,

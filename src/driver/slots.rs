@@ -1,0 +1,182 @@
+//! Connection slots (`maxconns=`) and eviction: when every slot is taken, a new connection
+//! closes the connection that has waited longest without a request in progress (never sent
+//! a byte, or idle between requests), as nginx reuses its idle keep-alive connections when
+//! `worker_connections` run out. Silent connections therefore cannot keep the server from
+//! answering: each new connection pushes the oldest silent one out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// Marks a connection that is busy with a request: not evictable.
+const BUSY: u64 = u64::MAX;
+
+/// The `maxconns` slots of one process.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    permits: Arc<Semaphore>,
+    /// Every open connection's state, by id; bounded by `maxconns` (plus the one being
+    /// admitted).
+    table: Mutex<HashMap<u64, Arc<SlotState>>>,
+    next_id: AtomicU64,
+    base: Instant,
+}
+
+/// What the engine tells the slot table about one connection, and how it is told to go.
+#[derive(Debug)]
+pub(crate) struct SlotState {
+    /// Nanoseconds since [`Slots::base`] at which the connection became evictable, or
+    /// [`BUSY`].
+    evictable_since: AtomicU64,
+    evict: Notify,
+}
+
+/// One connection's slot; freed when dropped.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    id: u64,
+    state: Arc<SlotState>,
+    slots: Arc<Slots>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slots {
+    /// `max` slots.
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            permits: Arc::new(Semaphore::new(max)),
+            table: Mutex::new(HashMap::with_capacity(max.min(4096))),
+            next_id: AtomicU64::new(0),
+            base: Instant::now(),
+        })
+    }
+
+    /// A free slot, if there is one.
+    pub(crate) fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        Some(self.register(permit))
+    }
+
+    /// Waits for a free slot.
+    pub(crate) async fn take(self: &Arc<Self>) -> Slot {
+        // The semaphore is never closed, so acquiring only fails if it were.
+        let permit = loop {
+            if let Ok(p) = Arc::clone(&self.permits).acquire_owned().await {
+                break p;
+            }
+        };
+        self.register(permit)
+    }
+
+    fn register(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Slot {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(SlotState {
+            evictable_since: AtomicU64::new(self.nanos(Instant::now())),
+            evict: Notify::new(),
+        });
+        self.lock().insert(id, Arc::clone(&state));
+        Slot {
+            id,
+            state,
+            slots: Arc::clone(self),
+            _permit: permit,
+        }
+    }
+
+    /// Tells the connection that has been evictable the longest to close; false when every
+    /// connection is busy with a request.
+    pub(crate) fn evict_oldest(&self) -> bool {
+        let table = self.lock();
+        let oldest = table
+            .values()
+            .map(|s| (s.evictable_since.load(Ordering::Relaxed), s))
+            .filter(|(since, _)| *since != BUSY)
+            .min_by_key(|(since, _)| *since);
+        match oldest {
+            Some((_, state)) => {
+                // Not evictable twice: the next eviction picks another connection.
+                state.evictable_since.store(BUSY, Ordering::Relaxed);
+                state.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Connections open now.
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(BUSY - 1)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SlotState>>> {
+        // A panic while holding the lock leaves a consistent map (single inserts and
+        // removes), so a poisoned lock is still usable.
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Slot {
+    /// The connection waits for a request (`true`, since `now`) or is busy with one.
+    pub(crate) fn set_evictable(&self, evictable: bool, now: Instant) {
+        let v = if evictable {
+            self.slots.nanos(now)
+        } else {
+            BUSY
+        };
+        self.state.evictable_since.store(v, Ordering::Relaxed);
+    }
+
+    /// Resolves when the slot table wants this connection closed.
+    pub(crate) async fn evicted(&self) {
+        self.state.evict.notified().await;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.lock().remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_oldest_waiting_connection_is_evicted_never_a_busy_one() {
+        let slots = Slots::new(3);
+        let a = slots.try_take().unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let b = slots.try_take().unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let c = slots.try_take().unwrap();
+        assert!(slots.try_take().is_none(), "maxconns=3 taken");
+        a.set_evictable(false, Instant::now());
+        assert!(slots.evict_oldest());
+        // b is the oldest waiting one.
+        tokio::time::timeout(Duration::from_millis(1), b.evicted())
+            .await
+            .expect("b evicted");
+        assert!(tokio::time::timeout(Duration::from_millis(1), c.evicted())
+            .await
+            .is_err());
+        drop(b);
+        assert_eq!(slots.open(), 2);
+        assert!(slots.try_take().is_some());
+        // c is next; then only the busy a is left.
+        assert!(slots.evict_oldest());
+        assert!(!slots.evict_oldest());
+    }
+}
