@@ -295,6 +295,9 @@ fn cgi_fcgi(server: &Server, vars: &[(&str, &str)], stdin: &[u8]) -> String {
 const SHA256_1GIB_PATTERN: &str =
     "9cc5601236c455c6af19a76e64d2d95953a93b10eeb8b8b756a57090e1499b3e";
 
+/// How long one side of a 1 GiB transfer may wait for the other.
+const GIB_TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The memory bound of design.md §1: the server's peak RSS.
 const MAX_PEAK_RSS: u64 = 64 << 20;
 
@@ -306,8 +309,11 @@ fn rss_stays_bounded_for_1gib_upload_and_download() {
     let server = axum_server(Transport::Unix);
     let rss_idle = server.rss();
 
-    // Upload: 1 GiB of STDIN produced as it is sent; /echo hashes it as it arrives.
+    // Upload: 1 GiB of STDIN produced as it is sent; /echo hashes it as it arrives. The
+    // response is read while the upload runs, so its read waits for the whole upload: a
+    // debug build on a busy 2-core machine can take longer than the usual IO timeout.
     let mut stream = Stream::connect(server.listen());
+    stream.set_timeouts(GIB_TRANSFER_TIMEOUT);
     let params = cgi_params(
         "POST",
         "/echo",
@@ -334,6 +340,7 @@ fn rss_stays_bounded_for_1gib_upload_and_download() {
 
     // Download: 1 GiB of STDOUT checked against the pattern as it arrives, never kept.
     let mut stream = Stream::connect(server.listen());
+    stream.set_timeouts(GIB_TRANSFER_TIMEOUT);
     let params = cgi_params("GET", &format!("/bytes/{GIB}"), &[]);
     let mut offset = 0u64;
     let mut in_order = true;
