@@ -246,6 +246,7 @@ pub(crate) async fn run<S, H, W>(
         peer,
         active: None,
         queued: None,
+        clean_end: false,
         phase: Phase::Fresh,
         phase_since: Instant::now(),
     };
@@ -270,6 +271,9 @@ struct Engine<'a, H, W> {
     peer: &'a (dyn Display + Sync),
     active: Option<Active>,
     queued: Option<Queued>,
+    /// The last response ended with its request wholly received: nothing more is due
+    /// from the web server on a connection that closes.
+    clean_end: bool,
     /// What the connection waits for while no request is in flight.
     phase: Phase,
     phase_since: Instant,
@@ -339,6 +343,10 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                 if self.wire.wants_close() {
                     if read_closed {
                         let _ = wr.shutdown().await;
+                    } else if self.clean_end && rbuf.is_empty() {
+                        // The web server sent the whole request and nothing else is due:
+                        // closing cannot reset a connection with unread input, so no
+                        // lingering read (and no wait for the web server's close).
                     } else {
                         let clock = RateClock::total(now, LINGER_TIMEOUT);
                         linger(&mut rd, &mut wr, &mut rbuf, LINGER_MAX_BYTES, clock).await;
@@ -368,7 +376,27 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
             let room = owed < MAX_QUEUED_OUTPUT;
             let deadline = self.deadline(send.as_ref(), read_closed);
 
+            // Biased: the request's progress first, so a response head, its body and the
+            // protocol's end marker that are ready together go out in one write.
             tokio::select! {
+                biased;
+                progress = exchange::progress(self.active.as_mut().map(|a| &mut a.exchange), room, peer), if self.active.is_some() => {
+                    match self.on_progress(progress) {
+                        Ok(None) => {}
+                        Ok(Some(owed_body)) => {
+                            // An early answer: the rest of the body is still on its way.
+                            if !read_closed && self.wire.wants_close() {
+                                let _ = self.flush(&mut wr, &mut wbuf).await;
+                                // Framing (record headers, padding) comes on top of the body.
+                                let max = owed_body.saturating_add(owed_body / 16);
+                                let clock = RateClock::new(Instant::now(), t.body, t.body_min_rate);
+                                linger(&mut rd, &mut wr, &mut rbuf, max, clock).await;
+                                return Close::Done;
+                            }
+                        }
+                        Err(close) => return close,
+                    }
+                }
                 written = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => match written {
                     Ok(0) => return Close::Io(std::io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
@@ -398,23 +426,6 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                     }
                     Err(e) => return Close::Io(e),
                 },
-                progress = exchange::progress(self.active.as_mut().map(|a| &mut a.exchange), room, peer), if self.active.is_some() => {
-                    match self.on_progress(progress) {
-                        Ok(None) => {}
-                        Ok(Some(owed_body)) => {
-                            // An early answer: the rest of the body is still on its way.
-                            if !read_closed && self.wire.wants_close() {
-                                let _ = self.flush(&mut wr, &mut wbuf).await;
-                                // Framing (record headers, padding) comes on top of the body.
-                                let max = owed_body.saturating_add(owed_body / 16);
-                                let clock = RateClock::new(Instant::now(), t.body, t.body_min_rate);
-                                linger(&mut rd, &mut wr, &mut rbuf, max, clock).await;
-                                return Close::Done;
-                            }
-                        }
-                        Err(close) => return close,
-                    }
-                }
                 permit = poll_queued(&mut self.queued), if self.queued.is_some() => {
                     self.admit_queued(permit.ok(), Instant::now());
                 }
@@ -604,6 +615,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
     }
 
     fn begin(&mut self, exchange: Exchange, what: String, now: Instant) {
+        self.clean_end = false;
         let t = &self.shared.timeouts;
         self.active = Some(Active {
             calling: !what.is_empty(),
@@ -622,6 +634,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
             self.shared.max_requests,
             self.shared.timeouts.queue.as_secs()
         );
+        self.clean_end = false;
         match self.wire.overloaded() {
             Some(resp) => self.begin(Exchange::respond(resp, None), String::new(), now),
             None => self.set_phase(Phase::Idle, now),
@@ -673,6 +686,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                 };
                 self.wire.end_response();
                 self.set_phase(Phase::Idle, Instant::now());
+                self.clean_end = a.exchange.body_done();
                 if !a.exchange.body_done() {
                     let rest = a.exchange.body_remaining().unwrap_or(MAX_DISCARDED_BODY);
                     return Ok(Some(rest.min(MAX_DISCARDED_BODY)));

@@ -9,7 +9,6 @@
 
 use std::collections::VecDeque;
 use std::fmt::Display;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -82,7 +81,7 @@ impl Exchange {
                 body_done: false,
                 received: 0,
                 content_length,
-                phase: Phase::Calling(Call::spawn(shared, req)),
+                phase: Phase::Calling(Call::start(shared, req)),
                 _admission: Some(admission),
             },
             Err(e) => {
@@ -205,10 +204,7 @@ impl Exchange {
                 Some(resp) => Poll::Ready(Progress::Response(resp)),
                 None => Poll::Pending,
             },
-            Phase::Calling(call) => match Pin::new(call.task_mut()).poll(cx) {
-                Poll::Ready(result) => Poll::Ready(Progress::Response(call.outcome(result, peer))),
-                Poll::Pending => Poll::Pending,
-            },
+            Phase::Calling(call) => call.poll_response(cx, peer).map(Progress::Response),
             Phase::Streaming(body) if room => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) if !data.is_empty() => Poll::Ready(Progress::Data(data)),
@@ -228,9 +224,7 @@ impl Exchange {
 
     /// Stops the handler and tells a body reader the request is gone (client abort).
     pub(crate) fn cancel(self) {
-        if let Phase::Calling(call) = &self.phase {
-            call.abort();
-        }
+        // Dropping the call (with `self`) stops the handler.
         if let Some(tx) = self.body_tx.and_then(|tx| tx.get_ref().cloned()) {
             let _ = tx.try_send(Err(BodyError::Truncated {
                 received: self.received,

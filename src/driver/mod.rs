@@ -8,15 +8,18 @@
 //! loop in `process` hands them connections through [`serve`], the one place that matches on
 //! the protocol.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use appserver_proto::ajp::AjpConfig;
 use appserver_proto::Limits;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::request::{Gateway, RequestOptions};
@@ -190,19 +193,20 @@ impl Drop for Admission {
     }
 }
 
-/// A handler call running on its own task, so a panic is contained and reported.
+/// A handler call, polled by its connection's task (no task of its own: no cross-thread
+/// wake-up per request); a panic is caught at each poll, contained and reported.
 pub(crate) struct Call {
-    task: JoinHandle<Result<Response, BoxError>>,
+    future: Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>,
     what: String,
 }
 
 impl Call {
     /// Starts the handler on `req`.
-    pub(crate) fn spawn<H: Handler>(shared: &Arc<Shared<H>>, req: Request) -> Self {
+    pub(crate) fn start<H: Handler>(shared: &Arc<Shared<H>>, req: Request) -> Self {
         let what = format!("{} {}", req.method(), req.uri());
         let shared = Arc::clone(shared);
-        let task = tokio::spawn(async move { shared.handler.call(req).await });
-        Self { task, what }
+        let future = Box::pin(async move { shared.handler.call(req).await });
+        Self { future, what }
     }
 
     /// The request's method and URI.
@@ -210,53 +214,33 @@ impl Call {
         &self.what
     }
 
-    /// Stops the handler (client abort).
-    pub(crate) fn abort(&self) {
-        self.task.abort();
-    }
-
-    /// The handler's task, to poll.
-    pub(crate) fn task_mut(&mut self) -> &mut JoinHandle<Result<Response, BoxError>> {
-        &mut self.task
-    }
-
-    /// Turns the task's outcome into a response: errors and panics become a 500 and a log line
-    /// naming the request and the peer; the worker carries on.
-    pub(crate) fn outcome(
-        &self,
-        result: Result<Result<Response, BoxError>, tokio::task::JoinError>,
+    /// Polls the handler: its response, or for an error or a panic a 500 and a log line
+    /// naming the request and the peer (the worker carries on). Not to be polled again once
+    /// ready.
+    pub(crate) fn poll_response(
+        &mut self,
+        cx: &mut Context<'_>,
         peer: &(dyn std::fmt::Display + Sync),
-    ) -> Response {
-        match result {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => {
-                tracing::error!(peer = %peer, request = %self.what, "handler error: {e}");
-                plain(
-                    http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "Internal Server Error",
-                )
-            }
-            Err(e) if e.is_panic() => {
-                let panic = e.into_panic();
+    ) -> Poll<Response> {
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| self.future.as_mut().poll(cx)));
+        let failure = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Ok(resp))) => return Poll::Ready(resp),
+            Ok(Poll::Ready(Err(e))) => format!("handler error: {e}"),
+            Err(panic) => {
                 let msg = panic
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string panic payload".to_owned());
-                tracing::error!(peer = %peer, request = %self.what, "handler panicked: {msg}");
-                plain(
-                    http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "Internal Server Error",
-                )
+                format!("handler panicked: {msg}")
             }
-            Err(e) => {
-                tracing::error!(peer = %peer, request = %self.what, "handler task failed: {e}");
-                plain(
-                    http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "Internal Server Error",
-                )
-            }
-        }
+        };
+        tracing::error!(peer = %peer, request = %self.what, "{failure}");
+        Poll::Ready(plain(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+        ))
     }
 }
 
