@@ -39,6 +39,7 @@
 //! - [`listen`]: TCP, unix sockets and the listener inherited on fd 0.
 //! - [`config`]: the `runfcgi` option table, parsing and validation.
 //! - [`daemon`]: daemonizing and the pidfile.
+//! - `log_limit`: rate limits on the log lines peers and scripts can cause.
 //! - [`apps`]: built-in apps (`info`, `cgi`).
 //! - [`probe`]: the `appserver probe` client.
 //! - [`cli`]: the command line shared by `appserver` and your own binaries.
@@ -54,6 +55,7 @@ pub mod daemon;
 pub mod driver;
 pub mod handler;
 pub mod listen;
+pub(crate) mod log_limit;
 pub mod probe;
 pub mod process;
 pub mod request;

@@ -260,7 +260,13 @@ pub(crate) async fn run<S, H, W>(
             tracing::debug!(peer = %peer, reason = close.reason(), "{} connection closed: {close}", W::NAME);
         }
         _ => {
-            tracing::warn!(peer = %peer, reason = close.reason(), "{} connection closed: {close}", W::NAME);
+            let limit = crate::log_limit::peer_warnings();
+            if let Some(more) = limit
+                .admit(crate::log_limit::peer_key(&peer.to_string()))
+                .note()
+            {
+                tracing::warn!(peer = %peer, reason = close.reason(), "{} connection closed: {close}{more}", W::NAME);
+            }
         }
     }
 }

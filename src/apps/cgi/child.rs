@@ -20,14 +20,27 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::log_limit::{Suppressed, TokenBucket, Verdict};
 use crate::{Body, BoxError};
 
 use super::Outcome;
 
 /// How long a script's process group has between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
-/// Longest stderr line logged as one line; longer ones are split (mod_fcgid buffers 8000).
-pub(super) const STDERR_LINE_MAX: usize = 8 * 1024;
+
+/// Most bytes of one stderr line that reach the log (mod_fcgid buffers 8000); the rest of a
+/// longer line is cut and counted, so one line without a newline cannot fill the log.
+pub const STDERR_LINE_MAX: usize = 8 * 1024;
+
+/// Stderr lines of one script logged at once before the rate applies: a Python traceback
+/// or a shell's error report fits whole.
+pub const STDERR_LINE_BURST: u32 = 100;
+
+/// Stderr lines of one script logged per second once [`STDERR_LINE_BURST`] is spent: a
+/// script writing to stderr in a loop costs this much log, not what it writes. The lines
+/// left out are counted and the count logged.
+pub const STDERR_LINES_PER_SEC: u32 = 20;
+
 /// Names a script and its request in log lines.
 #[derive(Debug)]
 pub(super) struct LogContext {
@@ -65,36 +78,119 @@ pub(super) async fn feed_stdin(
     }
 }
 
-/// Logs the script's stderr, one `warn` line per line (long lines split), until it closes.
+/// Logs the script's stderr until it closes: one `warn` line per line, each cut at
+/// [`STDERR_LINE_MAX`] bytes, at most [`STDERR_LINE_BURST`] lines and then
+/// [`STDERR_LINES_PER_SEC`] a second; what is left out is counted and summarised, and the
+/// rest of stderr is still read so the script never blocks on it.
 pub(super) async fn log_stderr(stderr: ChildStderr, log: Arc<LogContext>) {
     let mut reader = BufReader::with_capacity(STDERR_LINE_MAX, stderr);
-    let mut line = Vec::with_capacity(256);
-    let emit = |line: &[u8]| {
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        tracing::warn!(
-            script = %log.script, request = %log.request,
-            "stderr: {}", String::from_utf8_lossy(line)
-        );
-    };
+    let mut lines = StderrLines::new(std::time::Instant::now());
     while let Ok(buf) = reader.fill_buf().await {
         if buf.is_empty() {
             break;
         }
-        let wanted = match buf.iter().position(|&b| b == b'\n') {
-            Some(at) => at + 1,
-            None => buf.len(),
-        };
-        let take = wanted.min(STDERR_LINE_MAX - line.len());
-        line.extend_from_slice(&buf[..take]);
-        reader.consume(take);
-        if line.ends_with(b"\n") || line.len() >= STDERR_LINE_MAX {
-            emit(&line);
-            line.clear();
+        let taken = lines.push(buf, std::time::Instant::now(), &|line| {
+            tracing::warn!(script = %log.script, request = %log.request, "stderr: {line}");
+        });
+        reader.consume(taken);
+    }
+    lines.finish(std::time::Instant::now(), &|line| {
+        tracing::warn!(script = %log.script, request = %log.request, "stderr: {line}");
+    });
+    if let Some(summary) = lines.summary() {
+        tracing::warn!(script = %log.script, request = %log.request, "{summary}");
+    }
+}
+
+/// Splits a script's stderr into log lines and applies the bounds of [`log_stderr`]; time is
+/// a parameter, so the bounds are tested without a clock.
+#[derive(Debug)]
+pub(super) struct StderrLines {
+    /// The line being read, at most [`STDERR_LINE_MAX`] bytes.
+    line: Vec<u8>,
+    /// Bytes of the line being read beyond [`STDERR_LINE_MAX`].
+    cut: usize,
+    bucket: TokenBucket,
+    /// Lines left out by the rate since the last logged line, and their bytes.
+    dropped_lines: u64,
+    dropped_bytes: u64,
+}
+
+impl StderrLines {
+    pub(super) fn new(now: std::time::Instant) -> StderrLines {
+        StderrLines {
+            line: Vec::with_capacity(256),
+            cut: 0,
+            bucket: TokenBucket::new(STDERR_LINE_BURST, STDERR_LINES_PER_SEC, now),
+            dropped_lines: 0,
+            dropped_bytes: 0,
         }
     }
-    if !line.is_empty() {
-        emit(&line);
+
+    /// Takes bytes of `buf` up to and including its first newline (or all of it); calls
+    /// `emit` for a line that ends there and may be logged. Returns how many bytes it took.
+    pub(super) fn push(
+        &mut self,
+        buf: &[u8],
+        now: std::time::Instant,
+        emit: &dyn Fn(&str),
+    ) -> usize {
+        let (chunk, complete) = match buf.iter().position(|&b| b == b'\n') {
+            Some(at) => (&buf[..=at], true),
+            None => (buf, false),
+        };
+        let room = STDERR_LINE_MAX - self.line.len();
+        let keep = chunk.len().min(room);
+        self.line.extend_from_slice(&chunk[..keep]);
+        self.cut += chunk.len() - keep;
+        if complete {
+            self.end_line(now, emit);
+        }
+        chunk.len()
+    }
+
+    /// Ends the stream: a last line without a newline is still a line.
+    pub(super) fn finish(&mut self, now: std::time::Instant, emit: &dyn Fn(&str)) {
+        if !self.line.is_empty() || self.cut > 0 {
+            self.end_line(now, emit);
+        }
+    }
+
+    /// The summary of what the rate left out since the last logged line, if anything was.
+    pub(super) fn summary(&mut self) -> Option<String> {
+        self.bucket.take_suppressed();
+        (self.dropped_lines > 0).then(|| {
+            format!(
+                "{} stderr lines ({} bytes) not logged: more than {STDERR_LINE_BURST} lines, \
+                 then {STDERR_LINES_PER_SEC} a second",
+                self.dropped_lines, self.dropped_bytes
+            )
+        })
+    }
+
+    fn end_line(&mut self, now: std::time::Instant, emit: &dyn Fn(&str)) {
+        let bytes = self.line.len() + self.cut;
+        match self.bucket.admit(now) {
+            Verdict::Log { suppressed } => {
+                let line = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let text = String::from_utf8_lossy(line);
+                let cut = match self.cut {
+                    0 => String::new(),
+                    n => format!(" [{n} more bytes cut]"),
+                };
+                emit(&format!("{text}{cut}{}", Suppressed(suppressed)));
+                // That line said how many were left out before it.
+                self.dropped_lines = 0;
+                self.dropped_bytes = 0;
+            }
+            Verdict::Suppress => {
+                self.dropped_lines += 1;
+                self.dropped_bytes += bytes as u64;
+            }
+        }
+        self.line.clear();
+        self.cut = 0;
     }
 }
 

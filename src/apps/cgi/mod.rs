@@ -51,7 +51,7 @@ use crate::request::{percent_decode, Env};
 use crate::response::plain;
 use crate::{Body, BoxError, Handler, Request, Response};
 
-pub use child::KILL_GRACE;
+pub use child::{KILL_GRACE, STDERR_LINES_PER_SEC, STDERR_LINE_BURST, STDERR_LINE_MAX};
 pub use head::MAX_HEAD_BYTES;
 
 use child::{feed_stdin, log_stderr, LogContext, Run, ScriptBody};

@@ -752,3 +752,82 @@ async fn failed_request_body_kills_the_script() {
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(group_gone(pid_in(dir.path())).await, "process group alive");
 }
+
+// --- stderr, bounded
+
+/// Feeds `input` to a fresh [`StderrLines`] at one instant and returns the logged lines.
+fn stderr_lines(input: &[u8], now: std::time::Instant) -> (Vec<String>, Option<String>) {
+    let logged = std::cell::RefCell::new(Vec::new());
+    let emit = |line: &str| logged.borrow_mut().push(line.to_owned());
+    let mut lines = StderrLines::new(now);
+    let mut rest = input;
+    while !rest.is_empty() {
+        let taken = lines.push(rest, now, &emit);
+        rest = &rest[taken..];
+    }
+    lines.finish(now, &emit);
+    let summary = lines.summary();
+    (logged.into_inner(), summary)
+}
+
+#[test]
+fn stderr_lines_are_cut_at_the_limit() {
+    let now = std::time::Instant::now();
+    let at_limit = format!("{}\n", "a".repeat(STDERR_LINE_MAX - 1));
+    let (logged, summary) = stderr_lines(at_limit.as_bytes(), now);
+    assert_eq!(logged, [at_limit.trim_end()]);
+    assert_eq!(summary, None);
+
+    let over = format!("{}\r\nlast", "b".repeat(STDERR_LINE_MAX + 10));
+    let (logged, _) = stderr_lines(over.as_bytes(), now);
+    assert_eq!(logged.len(), 2);
+    assert_eq!(
+        logged[0],
+        format!("{} [12 more bytes cut]", "b".repeat(STDERR_LINE_MAX))
+    );
+    assert_eq!(logged[1], "last", "a last line without newline is logged");
+}
+
+#[test]
+fn stderr_lines_beyond_the_burst_are_counted_not_logged() {
+    let now = std::time::Instant::now();
+    let burst = STDERR_LINE_BURST as usize;
+    let at_limit = "x\n".repeat(burst);
+    let (logged, summary) = stderr_lines(at_limit.as_bytes(), now);
+    assert_eq!(logged.len(), burst);
+    assert_eq!(summary, None);
+
+    let over = "y\n".repeat(burst + 5000);
+    let (logged, summary) = stderr_lines(over.as_bytes(), now);
+    assert_eq!(logged.len(), burst);
+    assert_eq!(
+        summary.as_deref(),
+        Some(
+            format!(
+                "5000 stderr lines (10000 bytes) not logged: more than {STDERR_LINE_BURST} \
+                 lines, then {STDERR_LINES_PER_SEC} a second"
+            )
+            .as_str()
+        )
+    );
+}
+
+#[test]
+fn stderr_rate_refills_and_says_how_many_were_left_out() {
+    let t0 = std::time::Instant::now();
+    let logged = std::cell::RefCell::new(Vec::new());
+    let emit = |line: &str| logged.borrow_mut().push(line.to_owned());
+    let mut lines = StderrLines::new(t0);
+    for _ in 0..STDERR_LINE_BURST + 3 {
+        lines.push(b"z\n", t0, &emit);
+    }
+    let t1 = t0 + std::time::Duration::from_secs(1);
+    lines.push(b"again\n", t1, &emit);
+    assert_eq!(lines.summary(), None, "the count was logged with the line");
+    let logged = logged.into_inner();
+    assert_eq!(logged.len(), STDERR_LINE_BURST as usize + 1);
+    assert_eq!(
+        logged.last().map(String::as_str),
+        Some("again (3 similar lines suppressed)")
+    );
+}
