@@ -288,6 +288,35 @@ pub static OPTIONS: &[OptionDef] = &[
                never passed.",
     },
     OptionDef {
+        name: "cgi_vars",
+        metavar: "NAMES",
+        kind: Kind::Text,
+        default: "none",
+        help: "app=cgi: comma-separated request variables passed to scripts besides the \
+               allowlist (RFC 3875 names, HTTP_*, SSL_*, what web servers send: see \
+               docs/cgi.md), such as one set with fastcgi_param or SetEnv. LD_*, BASH_ENV \
+               and the like are refused.",
+    },
+    OptionDef {
+        name: "cgi_background",
+        metavar: "BOOL",
+        kind: Kind::Bool,
+        default: "false",
+        help: "app=cgi: leave processes a script started in its process group running when \
+               the script exits. By default they get SIGTERM, then SIGKILL 2 s later. A \
+               timeout or an aborted request stops the group either way.",
+    },
+    OptionDef {
+        name: "cgi_unconfined",
+        metavar: "BOOL",
+        kind: Kind::Bool,
+        default: "false",
+        help: "app=cgi: accept serving without docroot= or script= on a listener that is \
+               not loopback. Then any peer that can connect runs any program it names in \
+               SCRIPT_FILENAME; without this option appserver refuses to start (see \
+               docs/security.md).",
+    },
+    OptionDef {
         name: "script_name",
         metavar: "PREFIX",
         kind: Kind::Text,
@@ -331,6 +360,16 @@ pub static OPTIONS: &[OptionDef] = &[
         help: "protocol=ajp: the shared secret Apache sends (ProxyPass ... secret=TEXT). \
                Requests without it or with another one get 403 (constant-time compare). \
                Required when host= is not a loopback address.",
+    },
+    OptionDef {
+        name: "underscores_in_headers",
+        metavar: "BOOL",
+        kind: Kind::Bool,
+        default: "false",
+        help: "protocol=ajp: keep request headers whose names contain an underscore. By \
+               default they are dropped, as nginx and Apache's CGI mapping do: X_User and \
+               X-User would both become HTTP_X_USER, so a client could forge a header the \
+               app trusts.",
     },
     OptionDef {
         name: "packetsize",
@@ -667,6 +706,14 @@ pub struct Config {
     /// `cgi_env=` (app=cgi): names of environment variables passed on to scripts; default
     /// `["PATH"]`.
     pub cgi_env: Vec<String>,
+    /// `cgi_vars=` (app=cgi): request variables passed besides the allowlist; default none.
+    pub cgi_vars: Vec<String>,
+    /// `cgi_background=` (app=cgi): leave a script's group running after it exits; default
+    /// false.
+    pub cgi_background: bool,
+    /// `cgi_unconfined=` (app=cgi): serve without `docroot=`/`script=` on a non-loopback
+    /// listener; default false (refused).
+    pub cgi_unconfined: bool,
     /// `allow=` merged with `FCGI_WEB_SERVER_ADDRS`; default empty (anyone may connect).
     pub allow: AllowList,
     /// `user=`, a name or a numeric uid, resolved when switching; default none (unchanged).
@@ -676,6 +723,8 @@ pub struct Config {
     pub group: Option<String>,
     /// `secret=` (AJP); default none.
     pub secret: Option<String>,
+    /// `underscores_in_headers=` (AJP): keep header names with `_`; default false.
+    pub underscores_in_headers: bool,
     /// `packetsize=` (AJP); default 8192.
     pub packetsize: usize,
     /// `backlog=`; default 1024.
@@ -779,7 +828,7 @@ impl Config {
         let user = account(&args, "user")?;
         let group = account(&args, "group")?;
         let secret = args.get("secret").map(str::to_owned);
-        for name in ["secret", "packetsize"] {
+        for name in ["secret", "packetsize", "underscores_in_headers"] {
             if protocol != Protocol::Ajp && args.get(name).is_some() {
                 return Err(ConfigError::new(
                     name,
@@ -824,10 +873,14 @@ impl Config {
             docroot: optional_path(&args, "docroot")?,
             cgi_timeout: Duration::from_secs(number(&args, "cgi_timeout")?),
             cgi_env,
+            cgi_vars: names("cgi_vars", args.get("cgi_vars").unwrap_or_default())?,
+            cgi_background: boolean(&args, "cgi_background")?,
+            cgi_unconfined: boolean(&args, "cgi_unconfined")?,
             allow,
             user,
             group,
             secret,
+            underscores_in_headers: boolean(&args, "underscores_in_headers")?,
             packetsize: number_usize(&args, "packetsize")?,
             backlog: number_u32(&args, "backlog")?,
             maxconns: number_usize(&args, "maxconns")?,
@@ -1115,7 +1168,32 @@ fn script_name(value: &str) -> Result<String, ConfigError> {
 }
 
 /// The options only `app=cgi` uses.
-const CGI_OPTIONS: [&str; 4] = ["script", "docroot", "cgi_timeout", "cgi_env"];
+const CGI_OPTIONS: [&str; 7] = [
+    "script",
+    "docroot",
+    "cgi_timeout",
+    "cgi_env",
+    "cgi_vars",
+    "cgi_background",
+    "cgi_unconfined",
+];
+
+/// Parses a comma-separated list of variable names (`cgi_vars=`), empty entries skipped.
+fn names(option: &str, value: &str) -> Result<Vec<String>, ConfigError> {
+    let mut names: Vec<String> = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if name.contains('=') || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ConfigError::new(
+                option,
+                format!("{name:?} is not a variable name"),
+            ));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
 
 /// Parses `cgi_env=`: comma-separated environment variable names, empty entries skipped.
 fn cgi_env(value: &str) -> Result<Vec<String>, ConfigError> {
@@ -1517,8 +1595,8 @@ mod tests {
             let item = format!("{}={}", o.name, o.default);
             // Options of one protocol are compared within that protocol.
             let context: &[&str] = match o.name {
-                "packetsize" => &["protocol=ajp"],
-                "cgi_timeout" => &["app=cgi"],
+                "packetsize" | "underscores_in_headers" => &["protocol=ajp"],
+                name if CGI_OPTIONS.contains(&name) => &["app=cgi"],
                 _ => &[],
             };
             let with: Vec<&str> = context.iter().copied().chain([item.as_str()]).collect();
@@ -1553,8 +1631,8 @@ mod tests {
                 "port" => items.push("host=h"),
                 "maxspare" => items.push("maxchildren=10000"),
                 "minspare" => items.extend(["maxchildren=10000", "maxspare=10000"]),
-                "secret" | "packetsize" => items.push("protocol=ajp"),
-                "script" | "docroot" | "cgi_timeout" | "cgi_env" => items.push("app=cgi"),
+                "secret" | "packetsize" | "underscores_in_headers" => items.push("protocol=ajp"),
+                name if CGI_OPTIONS.contains(&name) => items.push("app=cgi"),
                 _ => {}
             }
             let c = config(&items);

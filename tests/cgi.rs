@@ -699,7 +699,7 @@ fn git(home: &Path, dir: &Path, args: &[&str]) -> String {
 
 /// `git clone` and `git push` through nginx → appserver app=cgi → git-http-backend, set up
 /// the way fcgiwrap users do it: SCRIPT_FILENAME, GIT_PROJECT_ROOT and an empty
-/// GIT_HTTP_EXPORT_ALL from fastcgi_param.
+/// GIT_HTTP_EXPORT_ALL from fastcgi_param, which `cgi_vars=` adds to the allowlist.
 #[test]
 fn git_clone_and_push_through_git_http_backend() {
     let tmp = tempfile::tempdir().unwrap();
@@ -716,7 +716,7 @@ fn git_clone_and_push_through_git_http_backend() {
         &["config", "http.receivepack", "true"],
     );
 
-    let server = appserver(&[]);
+    let server = appserver(&["cgi_vars=GIT_PROJECT_ROOT,GIT_HTTP_EXPORT_ALL"]);
     let pass = server.listen().nginx_addr();
     let nginx = Nginx::start(
         "",

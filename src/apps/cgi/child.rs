@@ -16,6 +16,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -194,14 +195,67 @@ impl StderrLines {
     }
 }
 
-/// One running script: its process (and group) until it has been waited for.
+/// How often the group of a script that exited is checked for members while they have
+/// [`KILL_GRACE`] to go: the kernel signals nobody when a process group empties (its members
+/// are children of init by then), so polling is the only way to know.
+const GROUP_POLL: Duration = Duration::from_millis(50);
+
+/// How the script ended, once it has: `Some(None)` when waiting for it failed.
+type Exited = watch::Receiver<Option<Option<ExitStatus>>>;
+
+/// Starts the task that waits for the script and, when it exits, ends what it left in its
+/// process group (unless `background`); returns where its exit status will appear.
+pub(super) fn reap(mut child: Child, group: Pid, background: bool, log: Arc<LogContext>) -> Exited {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let status = child.wait().await.ok();
+        let _ = tx.send(Some(status));
+        if !background {
+            end_leftovers(group, &log).await;
+        }
+    });
+    rx
+}
+
+/// After the script itself exited: SIGTERM to what is left of its process group, SIGKILL to
+/// what is still there [`KILL_GRACE`] later. A process that left the group (`setsid`, a
+/// double-forked daemon) is out of reach.
+///
+/// The group id is the script's pid; the kernel does not give it to a new process while any
+/// member of the group is alive, and the check for members comes first, so no unrelated
+/// process is signalled.
+pub(super) async fn end_leftovers(group: Pid, log: &LogContext) {
+    if killpg(group, None).is_err() {
+        return;
+    }
+    tracing::info!(
+        script = %log.script, request = %log.request,
+        "the script exited leaving processes in its group: SIGTERM to them, SIGKILL in {}s \
+         (cgi_background=true leaves them running)",
+        KILL_GRACE.as_secs()
+    );
+    signal_group(group, Signal::SIGTERM);
+    let deadline = Instant::now() + KILL_GRACE;
+    while Instant::now() < deadline {
+        tokio::time::sleep(GROUP_POLL).await;
+        if killpg(group, None).is_err() {
+            return;
+        }
+    }
+    signal_group(group, Signal::SIGKILL);
+}
+
+/// One running script: its process group until the script has exited.
 ///
 /// Dropped before [`Run::finish`] or [`Run::terminate`] (the handler future or the response
 /// body dropped: a client abort), it stops the whole group in the background.
 pub(super) struct Run {
-    pub(super) child: Option<Child>,
     /// The script's process group: its pid, as it was started with `process_group(0)`.
     pub(super) group: Pid,
+    /// The script's exit, from the task that waits for it ([`reap`]).
+    pub(super) exited: Exited,
+    /// False once the run was finished or terminated.
+    pub(super) live: bool,
     pub(super) deadline: Instant,
     pub(super) timeout: Duration,
     pub(super) stdin_task: Option<AbortHandle>,
@@ -232,25 +286,28 @@ impl Run {
     /// Stops the whole group now (TERM, KILL after [`KILL_GRACE`]) and waits for the script;
     /// returns how it ended.
     pub(super) async fn terminate(mut self) -> Option<ExitStatus> {
+        self.live = false;
         if let Some(task) = self.stdin_task.take() {
             task.abort();
         }
-        let child = self.child.take()?;
-        stop_group(child, self.group).await
+        stop_group(self.exited.clone(), self.group).await
     }
 
     /// The script's output was taken whole: wait for it in the background, and stop its
-    /// group if it is still running at the deadline.
+    /// group if it is still running at the deadline. What it leaves in its group when it
+    /// exits is ended by [`reap`].
     pub(super) fn finish(mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
+        self.live = false;
         let (group, deadline, timeout) = (self.group, self.deadline, self.timeout);
         let stdin_task = self.stdin_task.take();
         let log = Arc::clone(&self.log);
+        let mut exited = self.exited.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout_at(deadline, child.wait()).await {
-                Ok(Ok(status)) if !status.success() => {
+            let waited = tokio::time::timeout_at(deadline, exited.wait_for(Option::is_some))
+                .await
+                .map(|status| status.ok().and_then(|s| *s).flatten());
+            match waited {
+                Ok(Some(status)) if !status.success() => {
                     tracing::warn!(script = %log.script, request = %log.request, "script {status}");
                 }
                 Ok(_) => {}
@@ -260,7 +317,7 @@ impl Run {
                         "still running at cgi_timeout={}s after its output ended: stopping its process group",
                         timeout.as_secs()
                     );
-                    stop_group(child, group).await;
+                    stop_group(exited, group).await;
                 }
             }
             if let Some(task) = stdin_task {
@@ -275,46 +332,43 @@ impl Drop for Run {
         if let Some(task) = self.stdin_task.take() {
             task.abort();
         }
-        let Some(child) = self.child.take() else {
+        if !self.live {
             return;
-        };
+        }
+        self.live = false;
         tracing::debug!(
             script = %self.log.script, request = %self.log.request,
             "request ended before the script: stopping its process group"
         );
-        signal_group(self.group, Signal::SIGTERM);
+        if self.exited.borrow().is_none() {
+            signal_group(self.group, Signal::SIGTERM);
+        }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(stop_group(child, self.group));
+                runtime.spawn(stop_group(self.exited.clone(), self.group));
             }
             Err(_) => {
                 // No runtime left to wait in: kill now; `kill_on_drop` and tokio's orphan
                 // reaping take care of the leader.
                 signal_group(self.group, Signal::SIGKILL);
-                drop(child);
             }
         }
     }
 }
 
 /// TERM to the group, up to [`KILL_GRACE`] for the script to exit, then KILL to whatever is
-/// left of the group (members that ignored TERM or outlived the script), and the script
-/// reaped.
+/// left of the group (members that ignored TERM or outlived the script), and the script's
+/// exit awaited.
 ///
 /// The group id is the script's pid, which cannot be reused while any member of the group is
 /// alive or the script is unreaped; KILL right after reaping a group with no members left can
 /// only miss (ESRCH).
-pub(super) async fn stop_group(mut child: Child, group: Pid) -> Option<ExitStatus> {
+pub(super) async fn stop_group(mut exited: Exited, group: Pid) -> Option<ExitStatus> {
     signal_group(group, Signal::SIGTERM);
-    let exited = match tokio::time::timeout(KILL_GRACE, child.wait()).await {
-        Ok(Ok(status)) => Some(status),
-        _ => None,
-    };
+    let _ = tokio::time::timeout(KILL_GRACE, exited.wait_for(Option::is_some)).await;
     signal_group(group, Signal::SIGKILL);
-    match exited {
-        Some(status) => Some(status),
-        None => child.wait().await.ok(),
-    }
+    let status = exited.wait_for(Option::is_some).await.ok()?;
+    status.flatten()
 }
 
 pub(super) fn signal_group(group: Pid, signal: Signal) {

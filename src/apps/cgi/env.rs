@@ -3,28 +3,118 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
+use std::sync::LazyLock;
+
 use super::{Inner, Vars};
+use crate::log_limit::KeyedLimit;
 
-/// Request variables never put in a script's environment, whoever sent them. `HTTP_PROXY`
-/// is a client's `Proxy:` header that HTTP libraries read as their proxy (httpoxy); the
-/// others make the dynamic loader or the shell run code of the sender's choosing before the
-/// script's first line.
-pub(super) const DENIED_NAMES: [&str; 3] = ["HTTP_PROXY", "BASH_ENV", "ENV"];
+/// The RFC 3875 §4.1 meta-variables: what a CGI script is promised.
+pub const RFC3875_NAMES: [&str; 17] = [
+    "AUTH_TYPE",
+    "CONTENT_LENGTH",
+    "CONTENT_TYPE",
+    "GATEWAY_INTERFACE",
+    "PATH_INFO",
+    "PATH_TRANSLATED",
+    "QUERY_STRING",
+    "REMOTE_ADDR",
+    "REMOTE_HOST",
+    "REMOTE_IDENT",
+    "REMOTE_USER",
+    "REQUEST_METHOD",
+    "SCRIPT_NAME",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "SERVER_PROTOCOL",
+    "SERVER_SOFTWARE",
+];
 
-/// Prefixes of request variables never put in a script's environment; see [`DENIED_NAMES`].
-pub(super) const DENIED_PREFIXES: [&str; 2] = ["LD_", "BASH_FUNC_"];
+/// What the web servers in front are known to send besides (nginx's `fastcgi_params`,
+/// Apache's mod_proxy_fcgi and mod_rewrite, lighttpd's mod_fastcgi, appserver's own AJP
+/// mapping), and scripts read: PHP's `REDIRECT_STATUS`, `HTTPS`, `REQUEST_URI`...
+pub const WEB_SERVER_NAMES: [&str; 17] = [
+    "CONTEXT_DOCUMENT_ROOT",
+    "CONTEXT_PREFIX",
+    "DOCUMENT_ROOT",
+    "DOCUMENT_URI",
+    "HTTPS",
+    "REDIRECT_QUERY_STRING",
+    "REDIRECT_STATUS",
+    "REDIRECT_URL",
+    "REMOTE_PORT",
+    "REQUEST_SCHEME",
+    "REQUEST_URI",
+    "SCRIPT_FILENAME",
+    "SCRIPT_URI",
+    "SCRIPT_URL",
+    "SERVER_ADDR",
+    "SERVER_ADMIN",
+    "SERVER_SIGNATURE",
+];
+
+/// Prefixes of request variables that pass: request headers (`HTTP_*`) and mod_ssl's TLS
+/// variables (`SSL_*`), minus [`DENIED_NAMES`].
+pub const ALLOWED_PREFIXES: [&str; 2] = ["HTTP_", "SSL_"];
+
+/// Names with an allowed prefix that still never pass. `HTTP_PROXY` is a client's `Proxy:`
+/// header that HTTP libraries read as their proxy (httpoxy, protocols.md §4);
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR` make OpenSSL, and so curl or Python in a script,
+/// trust the certificates a sender names.
+pub const DENIED_NAMES: [&str; 3] = ["HTTP_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR"];
+
+/// Names `cgi_vars=` may not add: the ones the dynamic loader or a shell acts on before the
+/// script's first line (`LD_PRELOAD`, `BASH_ENV`, `BASH_FUNC_*`...), besides [`DENIED_NAMES`].
+pub const NEVER_PREFIXES: [&str; 2] = ["LD_", "BASH_FUNC_"];
+
+/// See [`NEVER_PREFIXES`].
+pub const NEVER_NAMES: [&str; 4] = ["BASH_ENV", "ENV", "SHELLOPTS", "PS4"];
+
+/// Whether `name` may be added to the allowlist with `cgi_vars=`.
+pub(super) fn may_allow(name: &str) -> bool {
+    !DENIED_NAMES.contains(&name)
+        && !NEVER_NAMES.contains(&name)
+        && !NEVER_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Whether the request variable `name` is on the allowlist: an RFC 3875 name, a name web
+/// servers send, `HTTP_*` or `SSL_*` (minus [`DENIED_NAMES`]), or one of `extra`
+/// (`cgi_vars=`). Everything else a peer sends stays out of the script's environment.
+pub(super) fn allowed(name: &[u8], extra: &[String]) -> bool {
+    let Ok(name) = std::str::from_utf8(name) else {
+        return false;
+    };
+    if DENIED_NAMES.contains(&name) {
+        return false;
+    }
+    RFC3875_NAMES.contains(&name)
+        || WEB_SERVER_NAMES.contains(&name)
+        || ALLOWED_PREFIXES
+            .iter()
+            .any(|p| name.len() > p.len() && name.starts_with(p))
+        || extra.iter().any(|e| e == name)
+}
+
+/// Logs the first time each name is left out, process-wide: an operator sees once that the
+/// web server sends a variable scripts do not get (and can add it with `cgi_vars=`), and a
+/// peer sending thousands of names gets at most [`MAX_NAMES_LOGGED`] lines.
+fn dropped_names() -> &'static KeyedLimit {
+    static LIMIT: LazyLock<KeyedLimit> = LazyLock::new(|| KeyedLimit::new(1, 0, MAX_NAMES_LOGGED));
+    &LIMIT
+}
+
+/// Most distinct dropped names logged by one process; see [`dropped_names`].
+const MAX_NAMES_LOGGED: usize = 256;
+
 impl Inner {
-    /// The script's whole environment: the request's variables (minus the denied ones), the
+    /// The script's whole environment: the request's variables on the allowlist, the
     /// CGI variables the gateway itself owes, and the pass-through list.
     pub(super) fn environment(&self, vars: &Vars) -> Vec<(OsString, OsString)> {
         let mut env: Vec<(OsString, OsString)> = Vec::with_capacity(vars.0.len() + 4);
         let path_info = vars.get(b"PATH_INFO").unwrap_or_default();
+        let mut dropped: Vec<&[u8]> = Vec::new();
         for (name, value) in &vars.0 {
-            if !passable(name, value) {
-                tracing::debug!(
-                    "not passing request variable {} to the script",
-                    String::from_utf8_lossy(name)
-                );
+            if !valid(name, value) || !allowed(name, &self.allow_vars) {
+                dropped.push(name);
                 continue;
             }
             // RFC 3875 §4.1.5: PATH_INFO is set when the URI has a path-info part.
@@ -32,6 +122,26 @@ impl Inner {
                 continue;
             }
             env.push((os(name), os(value)));
+        }
+        if !dropped.is_empty() {
+            for name in &dropped {
+                let name = String::from_utf8_lossy(name);
+                if dropped_names().admit(&name).note().is_some() {
+                    tracing::info!(
+                        "request variable {name:?} not passed to CGI scripts: not on the \
+                         allowlist (docs/cgi.md; cgi_vars= adds names)"
+                    );
+                }
+            }
+            tracing::debug!(
+                "{} request variables not passed to the script: {}",
+                dropped.len(),
+                dropped
+                    .iter()
+                    .map(|n| String::from_utf8_lossy(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         let mut put = |name: &str, value: OsString| {
             env.retain(|(n, _)| n != name);
@@ -63,15 +173,10 @@ impl Inner {
     }
 }
 
-/// Whether a request variable may enter a script's environment.
-pub(super) fn passable(name: &[u8], value: &[u8]) -> bool {
-    let valid =
-        !name.is_empty() && !name.contains(&b'=') && !name.contains(&0) && !value.contains(&0);
-    valid
-        && !DENIED_NAMES.iter().any(|d| name == d.as_bytes())
-        && !DENIED_PREFIXES
-            .iter()
-            .any(|p| name.starts_with(p.as_bytes()))
+/// Whether a request variable can be put in an environment at all: a name without `=` or
+/// NUL, a value without NUL.
+pub(super) fn valid(name: &[u8], value: &[u8]) -> bool {
+    !name.is_empty() && !name.contains(&b'=') && !name.contains(&0) && !value.contains(&0)
 }
 
 pub(super) fn os(bytes: &[u8]) -> OsString {

@@ -52,9 +52,12 @@ use crate::response::plain;
 use crate::{Body, BoxError, Handler, Request, Response};
 
 pub use child::{KILL_GRACE, STDERR_LINES_PER_SEC, STDERR_LINE_BURST, STDERR_LINE_MAX};
+pub use env::{
+    ALLOWED_PREFIXES, DENIED_NAMES, NEVER_NAMES, NEVER_PREFIXES, RFC3875_NAMES, WEB_SERVER_NAMES,
+};
 pub use head::MAX_HEAD_BYTES;
 
-use child::{feed_stdin, log_stderr, LogContext, Run, ScriptBody};
+use child::{feed_stdin, log_stderr, reap, LogContext, Run, ScriptBody};
 use head::{parse_head, read_head};
 use script::{check_script, sent_filename, split_path_info, Docroot};
 
@@ -107,6 +110,13 @@ pub struct CgiOptions {
     /// Variables of appserver's own environment passed to every script (`cgi_env=`); they
     /// win over request variables of the same name. Default none.
     pub pass_env: Vec<(OsString, OsString)>,
+    /// Request variables passed to scripts besides the allowlist (`cgi_vars=`): what the
+    /// web server is configured to send (`fastcgi_param APP_ENV ...`). Default none.
+    pub allow_vars: Vec<String>,
+    /// `cgi_background=true`: processes a script leaves running in its process group when
+    /// it exits are left alone. Default false: they get SIGTERM, then SIGKILL after
+    /// [`KILL_GRACE`]. A timeout or an aborted request stops the group either way.
+    pub background: bool,
 }
 
 impl Default for CgiOptions {
@@ -116,6 +126,8 @@ impl Default for CgiOptions {
             docroot: None,
             timeout: Duration::from_secs(60),
             pass_env: Vec::new(),
+            allow_vars: Vec::new(),
+            background: false,
         }
     }
 }
@@ -132,6 +144,8 @@ struct Inner {
     docroot: Option<Docroot>,
     timeout: Duration,
     pass_env: Vec<(OsString, OsString)>,
+    allow_vars: Vec<String>,
+    background: bool,
 }
 
 impl Cgi {
@@ -152,6 +166,15 @@ impl Cgi {
             }
             None => None,
         };
+        if let Some(name) = options.allow_vars.iter().find(|n| !env::may_allow(n)) {
+            return Err(ConfigError::new(
+                "cgi_vars",
+                format!(
+                    "{name:?} is a variable the dynamic loader, a shell or an HTTP library \
+                     acts on before the script's own code runs; it is never passed"
+                ),
+            ));
+        }
         if let Some(script) = &options.script {
             if let Err(refusal) = check_script(script) {
                 return Err(ConfigError::new("script", refusal.why));
@@ -163,12 +186,15 @@ impl Cgi {
                 docroot,
                 timeout: options.timeout,
                 pass_env: options.pass_env,
+                allow_vars: options.allow_vars,
+                background: options.background,
             }),
         })
     }
 
-    /// The gateway `runfcgi app=cgi` serves: `script=`, `docroot=`, `cgi_timeout=`, and the
-    /// `cgi_env=` variables read from this process's environment now.
+    /// The gateway `runfcgi app=cgi` serves: `script=`, `docroot=`, `cgi_timeout=`,
+    /// `cgi_vars=`, `cgi_background=`, and the `cgi_env=` variables read from this process's
+    /// environment now.
     pub fn from_config(config: &Config) -> Result<Cgi, ConfigError> {
         let pass_env = config
             .cgi_env
@@ -180,6 +206,8 @@ impl Cgi {
             docroot: config.docroot.clone(),
             timeout: config.cgi_timeout,
             pass_env,
+            allow_vars: config.cgi_vars.clone(),
+            background: config.cgi_background,
         })
     }
 }
@@ -447,8 +475,9 @@ impl Inner {
         let mut stdin_task =
             tokio::spawn(feed_stdin(body, stdin, failed.clone(), Arc::clone(&log)));
         let run = Run {
-            child: Some(child),
             group,
+            exited: reap(child, group, self.background, Arc::clone(&log)),
+            live: true,
             deadline,
             timeout: self.timeout,
             stdin_task: Some(stdin_task.abort_handle()),

@@ -403,10 +403,27 @@ fn env_get<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
 fn environment_is_cgi_vars_and_pass_through_only() {
     let cgi = gateway(CgiOptions {
         pass_env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        allow_vars: vec!["GIT_HTTP_EXPORT_ALL".into()],
         ..CgiOptions::default()
     });
     let v = vars(&[
         ("REQUEST_METHOD", "GET"),
+        // What a shell, Perl, Python, Node, curl or glibc act on (issue 12, finding 2).
+        ("SHELLOPTS", "xtrace"),
+        ("PS4", "$(id > /tmp/evil)"),
+        ("http_proxy", "http://evil:8080"),
+        ("HTTPS_PROXY", "http://evil:8080"),
+        ("PERL5OPT", "-Mevil"),
+        ("PERL5LIB", "/tmp/evil"),
+        ("NODE_OPTIONS", "--require /tmp/evil.js"),
+        ("PYTHONPATH", "/tmp/evil"),
+        ("PYTHONSTARTUP", "/tmp/evil.py"),
+        ("GCONV_PATH", "/tmp/evil"),
+        ("IFS", "evil"),
+        ("SSL_CERT_FILE", "/tmp/evil.pem"),
+        ("HTTP_", "evil"),
+        ("SSL_CIPHER", "TLS_AES_128_GCM_SHA256"),
+        ("REDIRECT_STATUS", "200"),
         ("CONTENT_LENGTH", ""),
         ("HTTP_PROXY", "http://evil:8080"),
         ("HTTP_X_OK", "yes"),
@@ -427,6 +444,8 @@ fn environment_is_cgi_vars_and_pass_through_only() {
         names,
         [
             "REQUEST_METHOD",
+            "SSL_CIPHER",
+            "REDIRECT_STATUS",
             "CONTENT_LENGTH",
             "HTTP_X_OK",
             "SERVER_SOFTWARE",
@@ -444,6 +463,10 @@ fn environment_is_cgi_vars_and_pass_through_only() {
     assert_eq!(env_get(&env, "GATEWAY_INTERFACE"), Some("CGI/1.1"));
     assert_eq!(env_get(&env, "SERVER_SOFTWARE"), Some("nginx/1.22.1"));
     assert!(!env.iter().any(|(_, v)| v.contains("evil")));
+
+    // Without cgi_vars= the web server's own variables stay out too.
+    let plain = gateway(CgiOptions::default());
+    assert_eq!(env_get(&env_of(&plain, &v), "GIT_HTTP_EXPORT_ALL"), None);
 
     let env = env_of(&cgi, &vars(&[("PATH_INFO", "/x")]));
     assert!(env_get(&env, "SERVER_SOFTWARE")
@@ -830,4 +853,28 @@ fn stderr_rate_refills_and_says_how_many_were_left_out() {
         logged.last().map(String::as_str),
         Some("again (3 similar lines suppressed)")
     );
+}
+
+#[test]
+fn cgi_vars_cannot_add_what_runs_code() {
+    for name in [
+        "LD_PRELOAD",
+        "BASH_FUNC_x%%",
+        "BASH_ENV",
+        "HTTP_PROXY",
+        "SSL_CERT_DIR",
+        "PS4",
+    ] {
+        let err = Cgi::new(CgiOptions {
+            allow_vars: vec![name.into()],
+            ..CgiOptions::default()
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "runfcgi: option \"cgi_vars\": \"{name}\" is a variable"
+            )),
+            "{err}"
+        );
+    }
 }
