@@ -24,7 +24,7 @@ use crate::process::prefork::PREFORK_REQUESTS_PER_WORKER;
 use crate::process::threaded::{self, Exit, ServeOptions};
 use crate::process::{image, prefork};
 use crate::request::{Gateway, RequestOptions};
-use crate::{config, daemon, listen, probe, Handler};
+use crate::{config, daemon, exposure, listen, probe, Handler};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "A FastCGI, SCGI and AJP13 application server")]
@@ -173,11 +173,15 @@ fn runfcgi<H: Handler>(options: &[String], user: Option<H>) -> ExitCode {
     match result {
         Ok(Exit::Graceful) => ExitCode::SUCCESS,
         Ok(Exit::Forced) => ExitCode::SUCCESS,
-        Err(e) => {
-            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-            eprintln!("appserver: {}", chain.join(": "));
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast::<ConfigError>() {
+            // A setup refused once the listener was known (crate::exposure): a usage error.
+            Ok(e) => usage_error(&e),
+            Err(e) => {
+                let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+                eprintln!("appserver: {}", chain.join(": "));
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -212,6 +216,15 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
             .with_context(|| format!("cannot listen on {}", config.listen_description()))?,
     };
     let listen_desc = std_listener.description();
+    exposure::refuse_unsafe(config, std_listener.local_addr(), &listen_desc)?;
+    if reexec_fd.is_none() {
+        let socket = std_listener.unix_socket_mode();
+        let socket = socket.as_ref().map(|(path, mode)| (path.as_path(), *mode));
+        let root = nix::unistd::geteuid().is_root();
+        for warning in exposure::warnings(config, root, socket) {
+            tracing::warn!("{warning}");
+        }
+    }
     let ready_pipe = if config.daemonize && reexec_fd.is_none() {
         Some(daemon::daemonize(config, &listen_desc, &std_listener).context("cannot daemonize")?)
     } else {

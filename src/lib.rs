@@ -40,6 +40,7 @@
 //! - [`config`]: the `runfcgi` option table, parsing and validation.
 //! - [`daemon`]: daemonizing and the pidfile.
 //! - `log_limit`: rate limits on the log lines peers and scripts can cause.
+//! - `exposure`: the setups refused or warned about at start, given the bound listener.
 //! - [`apps`]: built-in apps (`info`, `cgi`).
 //! - [`probe`]: the `appserver probe` client.
 //! - [`cli`]: the command line shared by `appserver` and your own binaries.
@@ -53,6 +54,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod driver;
+pub(crate) mod exposure;
 pub mod handler;
 pub mod listen;
 pub(crate) mod log_limit;

@@ -92,6 +92,17 @@ impl StdListener {
             StdSocket::Unix(_) => None,
         }
     }
+
+    /// The path and file mode (permission bits) of a unix socket bound to a path, bound here
+    /// or inherited: who may connect to it.
+    pub fn unix_socket_mode(&self) -> Option<(PathBuf, u32)> {
+        let StdSocket::Unix(l) = &self.socket else {
+            return None;
+        };
+        let path = l.local_addr().ok()?.as_pathname()?.to_path_buf();
+        let mode = fs::metadata(&path).ok()?.permissions().mode() & 0o7777;
+        Some((path, mode))
+    }
 }
 
 impl AsFd for StdListener {
