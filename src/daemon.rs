@@ -7,8 +7,9 @@
 //! terminal's, so a failure to start (a live pidfile, a bad `workdir=`) is seen where the
 //! command was typed, and the parent exits 1.
 //!
-//! [`Pidfile`] writes the pid atomically and removes the file at exit only while it still
-//! names this process: the seed's restart script (`kill old; rm pidfile; start new`) lets the
+//! [`Pidfile`] writes the pid atomically, through a temporary file no other user can plant a
+//! symlink for, treats a pidfile naming a process that is not a running appserver as stale,
+//! and removes the file at exit only while it still names this process: the seed's restart script (`kill old; rm pidfile; start new`) lets the
 //! new server write its pidfile while the old one is still finishing.
 //!
 //! This module knows no protocol and no runtime.
@@ -242,16 +243,20 @@ pub struct Pidfile {
 }
 
 impl Pidfile {
-    /// Writes this process's pid to `path`, atomically (a temporary file renamed over it).
+    /// Writes this process's pid to `path`, atomically: to a new file of an unpredictable
+    /// name in the same directory, opened with `O_CREAT|O_EXCL|O_NOFOLLOW` (so a symlink
+    /// planted there is never followed, even as root), then renamed over `path`.
     ///
-    /// Fails when the file names a live process (`pidfile PATH: appserver already running as
-    /// pid N`); a file naming a dead process, or not a pid at all, is stale and replaced.
+    /// Fails when the file names a live appserver (`pidfile PATH: appserver already running
+    /// as pid N`). A file naming a dead process, a process that is not this program (its
+    /// `/proc/PID/exe` differs) or one started after the file was written (the pid was
+    /// reused), or not a pid at all, is stale: it is replaced, with a log line.
     pub fn create(path: &Path) -> io::Result<Self> {
         let context = |e: io::Error, what: &str| {
             io::Error::new(e.kind(), format!("pidfile {}: {what}: {e}", path.display()))
         };
-        match fs::read_to_string(path) {
-            Ok(text) => {
+        match read_nofollow(path) {
+            Ok((text, written)) => {
                 if let Some(pid) = parse_pid(&text) {
                     // Our own pid: a graceful reload (HUP) re-executed this very process. The
                     // file is right as it is, and after user= the process may no longer be
@@ -262,30 +267,38 @@ impl Pidfile {
                             pid,
                         });
                     }
-                    if sys::process_alive(pid) {
-                        return Err(io::Error::new(
-                            io::ErrorKind::AlreadyExists,
-                            format!(
-                                "pidfile {}: appserver already running as pid {pid}",
-                                path.display()
-                            ),
-                        ));
+                    match holder(pid, written) {
+                        Holder::Appserver => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::AlreadyExists,
+                                format!(
+                                    "pidfile {}: appserver already running as pid {pid}",
+                                    path.display()
+                                ),
+                            ));
+                        }
+                        Holder::Other(what) => tracing::warn!(
+                            "pidfile {}: pid {pid} is {what}, not a running appserver: \
+                             replacing the stale pidfile",
+                            path.display()
+                        ),
+                        Holder::Dead => {}
                     }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // A symlink where the pidfile should be: never followed, replaced by the rename.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {}
             Err(e) => return Err(context(e, "cannot read")),
         }
         let pid = std::process::id();
-        let tmp = temp_path(path, pid);
-        let written = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(PIDFILE_MODE)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(format!("{pid}\n").as_bytes()))
-            .and_then(|()| fs::rename(&tmp, path));
+        let (tmp, written) = match write_temp(path, pid) {
+            Ok(tmp) => {
+                let renamed = fs::rename(&tmp, path);
+                (tmp, renamed)
+            }
+            Err(e) => return Err(context(e, "cannot write")),
+        };
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             return Err(context(e, "cannot write"));
@@ -328,13 +341,135 @@ fn parse_pid(text: &str) -> Option<u32> {
     text.parse().ok().filter(|&pid| pid > 0)
 }
 
-/// `DIR/.NAME.PID.tmp` next to the pidfile, so the rename stays on one file system.
-fn temp_path(path: &Path, pid: u32) -> PathBuf {
+/// Most attempts at a fresh temporary name before giving up: each name is 64 random bits,
+/// so a clash means someone is guessing, not bad luck.
+const TEMP_ATTEMPTS: u32 = 16;
+
+/// Writes `pid` to a new file `DIR/.NAME.RANDOM.tmp` next to the pidfile (so the rename
+/// stays on one file system) and returns its path. The name cannot be predicted by another
+/// user, and `O_EXCL|O_NOFOLLOW` refuses whatever is already there, a symlink included.
+fn write_temp(path: &Path, pid: u32) -> io::Result<PathBuf> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{pid}.tmp"))
+    let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
+    for _ in 0..TEMP_ATTEMPTS {
+        let tmp = path.with_file_name(format!(".{name}.{:016x}.tmp", random_u64()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .mode(PIDFILE_MODE)
+            .open(&tmp);
+        match file {
+            Ok(mut f) => {
+                if let Err(e) = f.write_all(format!("{pid}\n").as_bytes()) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+                return Ok(tmp);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// 64 bits no other process can predict: std's per-process random hash keys (read from the
+/// OS once), mixed with the time and a counter.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish()
+}
+
+/// Reads the pidfile without following a symlink (`ELOOP` if it is one); returns its text
+/// and when it was last written.
+fn read_nofollow(path: &Path) -> io::Result<(String, Option<std::time::SystemTime>)> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)?;
+    let written = file.metadata().and_then(|m| m.modified()).ok();
+    let mut text = String::new();
+    // A pidfile is a number: what does not fit in a page is not one.
+    (&mut file).take(4096).read_to_string(&mut text)?;
+    Ok((text, written))
+}
+
+/// Who holds the pid a pidfile names.
+#[derive(Debug, PartialEq, Eq)]
+enum Holder {
+    /// Nobody: the process is gone.
+    Dead,
+    /// A process running this very program, started before the pidfile was written (or
+    /// one that cannot be looked at, which is treated the same, to be safe).
+    Appserver,
+    /// Another program, or a process started after the pidfile was written: the pid was
+    /// reused. Says which.
+    Other(String),
+}
+
+/// Linux's `USER_HZ`: the unit of `/proc/PID/stat` start times, 100 on every architecture
+/// (the kernel converts to it for user space).
+const USER_HZ: u64 = 100;
+
+/// Whether `pid` is a running appserver: alive, running the same executable as this
+/// process (`/proc/PID/exe`), and not started after `written` (the pidfile's mtime).
+fn holder(pid: u32, written: Option<std::time::SystemTime>) -> Holder {
+    if !sys::process_alive(pid) {
+        return Holder::Dead;
+    }
+    let exe = |p: &str| {
+        fs::read_link(format!("/proc/{p}/exe")).map(|l| {
+            // An upgraded binary still runs as its old, now deleted, file.
+            let text = l.to_string_lossy().into_owned();
+            text.strip_suffix(" (deleted)")
+                .map(str::to_owned)
+                .unwrap_or(text)
+        })
+    };
+    match (exe(&pid.to_string()), exe("self")) {
+        (Ok(theirs), Ok(ours)) if theirs != ours => {
+            return Holder::Other(format!("a process of {theirs}"));
+        }
+        // Not ours to look at (another user's, hidepid): assume the worst.
+        _ => {}
+    }
+    if let (Some(started), Some(written)) = (start_time(pid), written) {
+        // One second of slack: /proc/stat's boot time is in whole seconds.
+        if started > written + std::time::Duration::from_secs(1) {
+            return Holder::Other("a process started after the pidfile was written".to_owned());
+        }
+    }
+    Holder::Appserver
+}
+
+/// When process `pid` started (from `/proc/PID/stat` and the boot time in `/proc/stat`).
+fn start_time(pid: u32) -> Option<std::time::SystemTime> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let boot: u64 = fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let since_boot = std::time::Duration::from_millis(ticks.checked_mul(1000)? / USER_HZ);
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(boot) + since_boot)
 }
 
 #[cfg(test)]
@@ -374,30 +509,95 @@ mod tests {
     }
 
     #[test]
-    fn pidfile_of_a_live_process_refuses() {
+    fn pidfile_of_a_live_other_program_is_stale() {
+        // issue 12, finding 6: a pid reused by an unrelated process blocked the start.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("live.pid");
-        // A child of ours stands for the running server.
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        let live = format!("{}\n", child.id());
-        fs::write(&path, &live).unwrap();
+        fs::write(&path, format!("{}\n", child.id())).unwrap();
         let result = Pidfile::create(&path);
         let _ = child.kill();
         let _ = child.wait();
-        let e = result.unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        let pidfile = result.unwrap();
+        assert!(pidfile.is_ours());
+    }
+
+    #[test]
+    fn holders_of_a_pid() {
+        let now = std::time::SystemTime::now();
+        let me = std::process::id();
+        assert_eq!(holder(me, Some(now)), Holder::Appserver);
+        assert_eq!(holder(me, None), Holder::Appserver);
+        // This process started long after 1970: a pidfile that old named someone else.
         assert_eq!(
-            e.to_string(),
-            format!(
-                "pidfile {}: appserver already running as pid {}",
-                path.display(),
-                child.id()
-            )
+            holder(me, Some(std::time::UNIX_EPOCH)),
+            Holder::Other("a process started after the pidfile was written".to_owned())
         );
-        assert_eq!(fs::read_to_string(&path).unwrap(), live, "left untouched");
+        assert_eq!(holder(dead_pid(), Some(now)), Holder::Dead);
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let other = holder(child.id(), Some(now));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            matches!(&other, Holder::Other(what) if what.contains("sleep")),
+            "{other:?}"
+        );
+    }
+
+    #[test]
+    fn start_time_is_this_process_s() {
+        let started = start_time(std::process::id()).unwrap();
+        let now = std::time::SystemTime::now();
+        assert!(started <= now + std::time::Duration::from_secs(1));
+        assert!(now.duration_since(started).unwrap() < std::time::Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn symlinks_planted_next_to_the_pidfile_are_never_followed() {
+        // issue 12, finding 6: the temporary file was `.NAME.PID.tmp`, opened without
+        // O_EXCL/O_NOFOLLOW, so a symlink there made root clobber any file.
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious\n").unwrap();
+        let path = dir.path().join("app.pid");
+        let predictable = dir
+            .path()
+            .join(format!(".app.pid.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &predictable).unwrap();
+        let pidfile = Pidfile::create(&path).unwrap();
+        assert!(pidfile.is_ours());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+        drop(pidfile);
+
+        // The pidfile itself a symlink: replaced, not written through.
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let pidfile = Pidfile::create(&path).unwrap();
+        assert!(!fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+        drop(pidfile);
+    }
+
+    #[test]
+    fn temporary_names_are_fresh_each_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.pid");
+        let a = write_temp(&path, 1).unwrap();
+        let b = write_temp(&path, 1).unwrap();
+        assert_ne!(a, b);
+        let name = a.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with(".app.pid.") && name.ends_with(".tmp"),
+            "{name}"
+        );
     }
 
     #[test]

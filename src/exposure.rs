@@ -106,7 +106,9 @@ mod tests {
             ),
             "{e}"
         );
-        assert!(e.to_string().ends_with("accept it with cgi_unconfined=true"));
+        assert!(e
+            .to_string()
+            .ends_with("accept it with cgi_unconfined=true"));
         assert!(refuse_unsafe(&c, addr("[::]:9000"), "fd0").is_err());
         // Loopback and unix sockets are local.
         assert!(refuse_unsafe(&c, addr("127.0.0.1:9000"), "x").is_ok());
@@ -146,7 +148,10 @@ mod tests {
         let cgi = config(&["app=cgi"]);
         let w = warnings(&cgi, true, None);
         assert_eq!(w.len(), 1);
-        assert!(w[0].starts_with("app=cgi runs CGI scripts as root"), "{w:?}");
+        assert!(
+            w[0].starts_with("app=cgi runs CGI scripts as root"),
+            "{w:?}"
+        );
         assert!(warnings(&cgi, false, None).is_empty());
         assert!(warnings(&config(&["app=cgi", "user=nobody"]), true, None).is_empty());
         assert!(warnings(&config(&[]), true, None).is_empty(), "app=info");
@@ -155,8 +160,10 @@ mod tests {
         let info = config(&[]);
         assert_eq!(
             warnings(&info, false, Some((path, 0o777))),
-            ["unix socket /run/a.sock is mode 0777: every local user can connect and send \
-              requests; use umask=0007 (and group=) to let only the web server's group in"]
+            [
+                "unix socket /run/a.sock is mode 0777: every local user can connect and send \
+              requests; use umask=0007 (and group=) to let only the web server's group in"
+            ]
         );
         assert_eq!(warnings(&info, false, Some((path, 0o666))).len(), 1);
         assert!(warnings(&info, false, Some((path, 0o775))).is_empty());
