@@ -408,6 +408,7 @@ fn shared<H: Handler>(config: &Config, handler: H, method: &'static str) -> Arc<
             Protocol::Ajp => driver::Protocol::Ajp {
                 secret: config.secret.clone().map(|s| s.into_bytes().into()),
                 packet_size: config.packetsize,
+                underscores_in_headers: config.underscores_in_headers,
             },
         },
         timeouts: config.timeouts,

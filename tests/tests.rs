@@ -16,4 +16,5 @@ mod fronts;
 mod process;
 mod protocols;
 mod scgi;
+mod security;
 mod seed;

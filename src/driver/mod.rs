@@ -55,6 +55,8 @@ pub enum Protocol {
         secret: Option<Bytes>,
         /// `packetsize=`.
         packet_size: usize,
+        /// `underscores_in_headers=`: keep header names with `_`.
+        underscores_in_headers: bool,
     },
 }
 
@@ -79,10 +81,12 @@ pub(crate) async fn serve<S, H>(
         Protocol::Ajp {
             secret,
             packet_size,
+            underscores_in_headers,
         } => {
             let mut config = AjpConfig::default()
                 .with_limits(shared.limits)
-                .with_packet_size(*packet_size);
+                .with_packet_size(*packet_size)
+                .with_underscores_in_headers(*underscores_in_headers);
             if let Some(secret) = secret {
                 config = config.with_secret(secret.clone());
             }
@@ -269,6 +273,7 @@ pub(crate) fn test_shared<H: Handler>(
             "ajp" => Protocol::Ajp {
                 secret: None,
                 packet_size: 8192,
+                underscores_in_headers: false,
             },
             _ => Protocol::Fcgi,
         },

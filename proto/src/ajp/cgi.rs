@@ -14,8 +14,13 @@ use super::ForwardRequest;
 /// become `HTTP_*` (names upper-cased, `-` → `_`), except `Content-Type`/`Content-Length`,
 /// which become `CONTENT_TYPE`/`CONTENT_LENGTH`; a repeated header is joined with `, `.
 /// `AJP_REMOTE_PORT` → `REMOTE_PORT`, `AJP_LOCAL_ADDR` → `SERVER_ADDR`, `is_ssl` →
-/// `HTTPS=on`, and the TLS attributes become mod_ssl's `SSL_*` names.
-pub fn cgi_params(req: &ForwardRequest, limits: &Limits) -> Result<Params, ProtocolError> {
+/// `HTTPS=on`, and the TLS attributes become mod_ssl's `SSL_*` names. A header whose name
+/// has `_` is left out unless `underscores` ([`header_var`]).
+pub fn cgi_params(
+    req: &ForwardRequest,
+    limits: &Limits,
+    underscores: bool,
+) -> Result<Params, ProtocolError> {
     let mut p = ParamsBuilder::new(*limits);
     let a = &req.attributes;
     let query = a.query_string.as_deref().unwrap_or(b"");
@@ -85,15 +90,9 @@ pub fn cgi_params(req: &ForwardRequest, limits: &Limits) -> Result<Params, Proto
         {
             continue;
         }
-        let mut cgi = Vec::with_capacity(name.len() + 5);
-        cgi.extend_from_slice(b"HTTP_");
-        cgi.extend(name.iter().map(|&b| {
-            if b == b'-' {
-                b'_'
-            } else {
-                b.to_ascii_uppercase()
-            }
-        }));
+        let Some(cgi) = header_var(name, underscores) else {
+            continue;
+        };
         match seen.iter_mut().find(|(n, _)| *n == cgi) {
             Some((_, v)) => {
                 v.extend_from_slice(b", ");
@@ -106,4 +105,49 @@ pub fn cgi_params(req: &ForwardRequest, limits: &Limits) -> Result<Params, Proto
         p.push(name, value)?;
     }
     Ok(p.finish())
+}
+
+/// The CGI variable for request header `name`: `HTTP_` + the name upper-cased with `-` as
+/// `_` (RFC 3875 §4.1.18). A name with `_` gives `None` unless `underscores`: `X_User` and
+/// `X-User` would both be `HTTP_X_USER`, and Apache passes underscore headers over AJP, so
+/// a client could forge a header the app trusts (the reason nginx ignores them by default
+/// and Apache 2.4 leaves them out of CGI variables).
+pub fn header_var(name: &[u8], underscores: bool) -> Option<Vec<u8>> {
+    if !underscores && name.contains(&b'_') {
+        return None;
+    }
+    let mut cgi = Vec::with_capacity(name.len() + 5);
+    cgi.extend_from_slice(b"HTTP_");
+    cgi.extend(name.iter().map(|&b| {
+        if b == b'-' {
+            b'_'
+        } else {
+            b.to_ascii_uppercase()
+        }
+    }));
+    Some(cgi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names_with_underscores_are_dropped_unless_kept() {
+        assert_eq!(
+            header_var(b"X-Foo", false).as_deref(),
+            Some(&b"HTTP_X_FOO"[..])
+        );
+        assert_eq!(
+            header_var(b"accept", false).as_deref(),
+            Some(&b"HTTP_ACCEPT"[..])
+        );
+        // issue 12, finding 5: X_Foo forged HTTP_X_FOO.
+        assert_eq!(header_var(b"X_Foo", false), None);
+        assert_eq!(header_var(b"_", false), None);
+        assert_eq!(
+            header_var(b"X_Foo", true).as_deref(),
+            Some(&b"HTTP_X_FOO"[..])
+        );
+    }
 }

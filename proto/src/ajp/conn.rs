@@ -87,6 +87,7 @@ pub struct AjpConfig {
     secret: Option<Bytes>,
     allowed_attributes: Arc<[Bytes]>,
     lighttpd_framing: bool,
+    underscores_in_headers: bool,
 }
 
 impl Default for AjpConfig {
@@ -100,6 +101,7 @@ impl Default for AjpConfig {
                 .map(|name| Bytes::from_static(name.as_bytes()))
                 .collect(),
             lighttpd_framing: true,
+            underscores_in_headers: false,
         }
     }
 }
@@ -113,6 +115,7 @@ impl fmt::Debug for AjpConfig {
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("allowed_attributes", &self.allowed_attributes.len())
             .field("lighttpd_framing", &self.lighttpd_framing)
+            .field("underscores_in_headers", &self.underscores_in_headers)
             .finish()
     }
 }
@@ -142,6 +145,13 @@ impl AjpConfig {
     /// Whether lighttpd's request body framing (no inner length) is recognised; default true.
     pub fn lighttpd_framing(&self) -> bool {
         self.lighttpd_framing
+    }
+
+    /// Whether request headers whose names contain `_` are kept when they become `HTTP_*`
+    /// variables; default false: `X_User` and `X-User` would both be `HTTP_X_USER`, so
+    /// they are dropped as nginx and Apache's CGI mapping drop them.
+    pub fn underscores_in_headers(&self) -> bool {
+        self.underscores_in_headers
     }
 
     /// Sets the parameter limits.
@@ -186,6 +196,12 @@ impl AjpConfig {
         B: Into<Bytes>,
     {
         self.allowed_attributes = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Keeps (or drops, the default) request headers whose names contain `_`.
+    pub fn with_underscores_in_headers(mut self, keep: bool) -> Self {
+        self.underscores_in_headers = keep;
         self
     }
 
@@ -633,7 +649,11 @@ impl Connection {
         let body = Body::for_request(&req);
         let refusal = match refused {
             Some(reason) => Some(Event::Forbidden { reason }),
-            None => match cgi_params(&req, &self.config.limits()) {
+            None => match cgi_params(
+                &req,
+                &self.config.limits(),
+                self.config.underscores_in_headers,
+            ) {
                 Ok(params) => {
                     self.stray_end_allowed = self.config.lighttpd_framing
                         && !req.chunked

@@ -97,7 +97,7 @@ pub mod decode;
 pub mod encode;
 pub mod packet;
 
-pub use cgi::cgi_params;
+pub use cgi::{cgi_params, header_var};
 pub use conn::{AjpConfig, Connection, Event, ForbiddenReason, DEFAULT_ALLOWED_ATTRIBUTES};
 pub use decode::{
     load_body, BodyFraming, BodyPacket, ClientDecoder, ContainerPacket, PacketDecoder,
