@@ -1053,3 +1053,69 @@ fn throughput_against_fcgiwrap() {
         );
     }
 }
+
+/// Where the environment differs from fcgiwrap's on purpose (issue 12, finding 2): a peer
+/// that speaks FastCGI directly (no nginx to forward only `HTTP_*` names) sends
+/// `SHELLOPTS=xtrace` and `PS4='$(touch ran)'` to a bash script. fcgiwrap passes every param
+/// on, so bash runs the command; appserver passes only its allowlist.
+#[test]
+fn hostile_params_run_code_under_fcgiwrap_and_not_under_appserver() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("env.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/bash\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\nenv\n",
+    )
+    .unwrap();
+    chmod(&script, 0o755);
+    let marker = dir.path().join("ran");
+    let ps4 = format!("$(touch {})", marker.display());
+    let filename = script.display().to_string();
+    let extra = [
+        ("SCRIPT_FILENAME", filename.as_str()),
+        ("SHELLOPTS", "xtrace"),
+        ("PS4", ps4.as_str()),
+        ("PERL5OPT", "-Mhostile"),
+    ];
+    let params = cgi_params("GET", "/env.sh", &extra);
+
+    let wrap = Fcgiwrap::start(1, "/usr/bin:/bin");
+    let mut stream = Stream::Unix(UnixStream::connect(&wrap.socket).unwrap());
+    let resp = fcgi_get(&mut stream, &params, false);
+    assert!(
+        resp.text().contains("PERL5OPT=-Mhostile"),
+        "{}",
+        resp.text()
+    );
+    // bash took SHELLOPTS from the peer: xtrace is on.
+    assert!(
+        resp.text()
+            .lines()
+            .any(|l| l.starts_with("SHELLOPTS=") && l.contains("xtrace")),
+        "{}",
+        resp.text()
+    );
+    // bash ignores PS4 from the environment when it runs as root; as anyone else it runs
+    // the command in it.
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            eventually(GONE_TIMEOUT, || marker.exists()),
+            "fcgiwrap's bash did not run PS4"
+        );
+        std::fs::remove_file(&marker).unwrap();
+    }
+
+    let root = format!("docroot={}", dir.path().display());
+    let server = appserver(&[&root]);
+    let mut stream = Stream::connect(server.listen());
+    let resp = fcgi_get(&mut stream, &params, false);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(!resp.text().contains("PERL5OPT"), "{}", resp.text());
+    assert!(!resp.text().contains("SHELLOPTS"), "{}", resp.text());
+    assert!(!marker.exists(), "appserver's script ran PS4");
+    assert!(
+        !server.log().contains("stderr: "),
+        "xtrace: {}",
+        server.log()
+    );
+}

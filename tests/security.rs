@@ -412,3 +412,35 @@ fn malformed_connections_from_one_peer_are_rate_limited() {
         server.log()
     );
 }
+
+// --- a unix socket every local user may connect to
+
+#[test]
+fn a_world_connectable_socket_is_warned_about() {
+    let mut cmd = TestCommand::appserver();
+    let socket = format!("socket={}", cmd.path("open.sock").display());
+    cmd.args([
+        "runfcgi",
+        "daemonize=false",
+        "method=threaded",
+        "umask=000",
+        &socket,
+    ]);
+    let server = cmd.start();
+    assert!(
+        server
+            .log()
+            .contains("is mode 0777: every local user can connect"),
+        "{}",
+        server.log()
+    );
+    let mut cmd = TestCommand::appserver();
+    let socket = format!("socket={}", cmd.path("closed.sock").display());
+    cmd.args(["runfcgi", "daemonize=false", "method=threaded", &socket]);
+    let server = cmd.start();
+    assert!(
+        !server.log().contains("every local user"),
+        "{}",
+        server.log()
+    );
+}
