@@ -444,3 +444,56 @@ fn a_world_connectable_socket_is_warned_about() {
         server.log()
     );
 }
+
+// --- underscores in header names, through the real web servers
+
+/// `app=info` over `protocol`, on loopback TCP.
+fn info_server(protocol: &str) -> Server {
+    let mut cmd = TestCommand::appserver();
+    cmd.args([
+        "runfcgi",
+        &format!("protocol={protocol}"),
+        "host=127.0.0.1",
+        "port=0",
+        "daemonize=false",
+        "method=threaded",
+    ]);
+    cmd.start()
+}
+
+/// A client sends `X-User: alice` and `X_User: forged` through the web server on `port`; the
+/// app must see alice and never the forged value. Over FastCGI and SCGI the web server makes
+/// the variable names (nginx ignores underscore headers, Apache leaves them out); over AJP
+/// Apache forwards both and appserver drops the underscore one (docs/security.md, threat 5).
+fn assert_no_forged_header(port: u16, front: &str) {
+    let resp = crate::util::client::http_request(
+        port,
+        "GET",
+        "/",
+        &[("X-User", "alice"), ("X_User", "forged")],
+        b"",
+    );
+    let body = resp.text();
+    assert!(body.contains("alice"), "{front}: {body}");
+    assert!(!body.contains("forged"), "{front}: {body}");
+}
+
+#[test]
+fn no_front_end_lets_an_underscore_header_pose_as_another() {
+    use crate::util::apache_proxy::ApacheProxy;
+    use crate::util::webserver::{FcgiPass, Nginx};
+
+    let fcgi = info_server("fcgi");
+    let nginx = Nginx::fastcgi(fcgi.listen(), FcgiPass::Close);
+    assert_no_forged_header(nginx.port(), "nginx fastcgi");
+    let apache = ApacheProxy::fcgi(fcgi.listen());
+    assert_no_forged_header(apache.port(), "Apache fastcgi");
+
+    let scgi = info_server("scgi");
+    let apache = ApacheProxy::scgi(scgi.listen());
+    assert_no_forged_header(apache.port(), "Apache scgi");
+
+    let ajp = info_server("ajp");
+    let apache = ApacheProxy::ajp(ajp.listen(), "");
+    assert_no_forged_header(apache.port(), "Apache ajp");
+}
