@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use appserver_proto::ajp::ForwardRequest;
-use appserver_proto::ajp::{encode_forward_request, Attributes, ClientDecoder, ContainerPacket};
+use appserver_proto::ajp::{
+    encode_forward_request, ClientDecoder, ContainerPacket, ForwardRequest,
+};
 use bytes::{Bytes, BytesMut};
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
@@ -237,22 +238,18 @@ fn ajp_info(server: &Server, headers: &[(&'static str, &'static str)]) -> String
         protocol: Bytes::from_static(b"HTTP/1.1"),
         req_uri: Bytes::from_static(b"/"),
         remote_addr: Bytes::from_static(b"192.0.2.9"),
-        remote_host: None,
         server_name: Bytes::from_static(b"localhost"),
         server_port: 80,
-        is_ssl: false,
         headers: headers
             .iter()
             .map(|(n, v)| {
                 (
-                    Bytes::from_static(n.as_bytes()),
-                    Bytes::from_static(v.as_bytes()),
+                    Bytes::copy_from_slice(n.as_bytes()),
+                    Bytes::copy_from_slice(v.as_bytes()),
                 )
             })
             .collect(),
-        attributes: Attributes::default(),
-        content_length: None,
-        chunked: false,
+        ..ForwardRequest::default()
     };
     let mut out = BytesMut::new();
     encode_forward_request(&request, &mut out).expect("fits a packet");
@@ -279,11 +276,11 @@ fn ajp_info(server: &Server, headers: &[(&'static str, &'static str)]) -> String
     }
 }
 
-fn ajp_server(args: &[&str]) -> Server {
+/// `appserver runfcgi` (app=info) on loopback TCP, threaded, plus `args`.
+fn loopback(args: &[&str]) -> Server {
     let mut cmd = TestCommand::appserver();
     cmd.args([
         "runfcgi",
-        "protocol=ajp",
         "host=127.0.0.1",
         "port=0",
         "daemonize=false",
@@ -291,6 +288,10 @@ fn ajp_server(args: &[&str]) -> Server {
     ])
     .args(args);
     cmd.start()
+}
+
+fn ajp_server(args: &[&str]) -> Server {
+    loopback(&[&["protocol=ajp"], args].concat())
 }
 
 #[test]
@@ -320,16 +321,7 @@ fn a_pidfile_naming_another_program_is_stale_and_a_live_server_s_is_not() {
     let pidfile: PathBuf = dir.path().join("app.pid");
     std::fs::write(&pidfile, format!("{}\n", other.id())).unwrap();
     let option = format!("pidfile={}", pidfile.display());
-    let mut cmd = TestCommand::appserver();
-    cmd.args([
-        "runfcgi",
-        "host=127.0.0.1",
-        "port=0",
-        "daemonize=false",
-        "method=threaded",
-        &option,
-    ]);
-    let first = cmd.start();
+    let first = loopback(&[&option]);
     let _ = other.kill();
     let _ = other.wait();
     assert!(
@@ -385,15 +377,7 @@ fn a_script_s_stderr_flood_is_bounded_and_summarised() {
 
 #[test]
 fn malformed_connections_from_one_peer_are_rate_limited() {
-    let mut cmd = TestCommand::appserver();
-    cmd.args([
-        "runfcgi",
-        "host=127.0.0.1",
-        "port=0",
-        "daemonize=false",
-        "method=threaded",
-    ]);
-    let mut server = cmd.start();
+    let mut server = loopback(&[]);
     for _ in 0..60 {
         let mut s = TcpStream::connect(server.listen().tcp()).unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -449,16 +433,7 @@ fn a_world_connectable_socket_is_warned_about() {
 
 /// `app=info` over `protocol`, on loopback TCP.
 fn info_server(protocol: &str) -> Server {
-    let mut cmd = TestCommand::appserver();
-    cmd.args([
-        "runfcgi",
-        &format!("protocol={protocol}"),
-        "host=127.0.0.1",
-        "port=0",
-        "daemonize=false",
-        "method=threaded",
-    ]);
-    cmd.start()
+    loopback(&[&format!("protocol={protocol}")])
 }
 
 /// A client sends `X-User: alice` and `X_User: forged` through the web server on `port`; the
