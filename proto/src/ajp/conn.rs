@@ -219,7 +219,7 @@ pub enum Event {
     /// A request: start a handler. Its secret, if any, has been checked and cleared. When the
     /// body is empty, [`Event::BodyEnd`] follows at once.
     Request {
-        /// The CGI variables for the request ([`cgi_params`](super::cgi_params)), as for the
+        /// The CGI variables for the request ([`cgi_params`]), as for the
         /// other protocols.
         params: Params,
         /// The packet itself, for what the variables do not say.
