@@ -151,14 +151,18 @@ fn runfcgi<H: Handler>(options: &[String], user: Option<H>) -> ExitCode {
         ));
     }
     init_logging(config.debug);
-    match crate::sys::raise_nofile_limit() {
-        Ok(limit) if (limit as usize) < config.maxconns + NOFILE_RESERVE => tracing::warn!(
-            "the open-file limit is {limit}: fewer than maxconns={} connections fit; raise \
-             LimitNOFILE= (systemd) or ulimit -n",
-            config.maxconns
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    // At the first start only: a reload (re-execution) keeps the limit the running server
+    // had, which an operator may have lowered on purpose (prlimit).
+    if std::env::var_os(listen::REEXEC_FD_ENV).is_none() {
+        match crate::sys::raise_nofile_limit() {
+            Ok(limit) if (limit as usize) < config.maxconns + NOFILE_RESERVE => tracing::warn!(
+                "the open-file limit is {limit}: fewer than maxconns={} connections fit; raise \
+                 LimitNOFILE= (systemd) or ulimit -n",
+                config.maxconns
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+        }
     }
     let result = match user {
         Some(handler) => serve(&config, handler),

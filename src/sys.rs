@@ -280,6 +280,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        use nix::sys::resource::{getrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(raise_nofile_limit().unwrap(), hard);
+        let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(soft, hard);
+    }
+
+    #[test]
     fn own_process_is_alive() {
         assert!(process_alive(std::process::id()));
     }

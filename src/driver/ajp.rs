@@ -1,4 +1,4 @@
-//! AJP13 on the connection engine: `appserver_proto::ajp::Connection` as a [`Wire`].
+//! AJP13 on the connection engine: `appserver_proto::ajp::Connection` as a `Wire`.
 //!
 //! A `FORWARD_REQUEST` arrives as the same CGI variables Apache would have sent over FastCGI
 //! (`appserver_proto::ajp::cgi_params`), so handlers cannot tell AJP from the other

@@ -1,5 +1,5 @@
-//! Deadlines: one [`Phase`] per stage of a connection, one duration (and for transfers a
-//! minimum rate) per phase, enforced in one place ([`super::engine`]).
+//! Deadlines: one `Phase` per stage of a connection, one duration (and for transfers a
+//! minimum rate) per phase, enforced in one place (`driver::engine`).
 //!
 //! The names follow what operators know from nginx (`*_timeout`) and Apache's
 //! mod_reqtimeout (`MinRate`). Time is read only by the engine; the clocks here take `now`

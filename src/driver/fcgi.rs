@@ -1,4 +1,4 @@
-//! FastCGI on the connection engine: `appserver_proto::fcgi::Connection` as a [`Wire`].
+//! FastCGI on the connection engine: `appserver_proto::fcgi::Connection` as a `Wire`.
 //!
 //! Web servers never multiplex (every one uses request id 1), so the wire tracks the one
 //! active id and passes on only its records; a second concurrent `FCGI_BEGIN_REQUEST` is

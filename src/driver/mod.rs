@@ -1,11 +1,11 @@
 //! Drivers: the only code that reads and writes connection sockets (style rule 8).
 //!
-//! One connection engine ([`engine`]) serves every protocol: it feeds bytes to the protocol's
-//! sans-IO connection from `appserver-proto` (through a small [`engine::Wire`] per protocol in
-//! `fcgi.rs`, `scgi.rs`, `ajp.rs`), turns its events into [`Request`](crate::Request)s for the
+//! One connection engine (`engine.rs`) serves every protocol: it feeds bytes to the protocol's
+//! sans-IO connection from `appserver-proto` (through a small `Wire` per protocol in
+//! `fcgi.rs`, `scgi.rs`, `ajp.rs`), turns its events into [`Request`]s for the
 //! handler and writes the handler's response back, with backpressure both ways and a deadline
 //! for every phase ([`deadlines`]). Drivers know sockets but not process models: the accept
-//! loop in `process` hands them connections through [`serve`], the one place that matches on
+//! loop in `process` hands them connections through `serve`, the one place that matches on
 //! the protocol.
 
 use std::future::Future;

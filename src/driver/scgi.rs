@@ -1,4 +1,4 @@
-//! SCGI on the connection engine: `appserver_proto::scgi::Connection` as a [`Wire`].
+//! SCGI on the connection engine: `appserver_proto::scgi::Connection` as a `Wire`.
 //!
 //! One connection, one request. SCGI has no framing on the way back: the response is the CGI
 //! head (`Status:` first, as for FastCGI) and the body, and closing the connection ends it.

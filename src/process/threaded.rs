@@ -209,30 +209,44 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FirstRead<S> {
     }
 }
 
+/// How a connection just accepted gets its `maxconns` slot.
+enum SlotFor {
+    /// A free one.
+    Free(Slot),
+    /// The one of a connection that was waiting for a request, told to close: the new
+    /// connection's task waits the moment it takes that connection to go, and the accept
+    /// loop goes on (thousands of silent connections in the backlog are worked through
+    /// without a wait each).
+    Evicted,
+}
+
 /// A `maxconns` slot for a connection just accepted: a free one, or the slot of the
-/// connection that has waited longest for a request, evicted for it; `None` when a stop
-/// comes first (the connection is then dropped).
+/// connection that has waited longest for a request, evicted for it; with every connection
+/// busy, the wait for one to end. `None` when a stop comes first (the connection is then
+/// dropped).
 async fn take_slot(
     slots: &Arc<Slots>,
     max_conns: usize,
     stop: &CancellationToken,
     drain_until: Option<tokio::time::Instant>,
-) -> Option<Slot> {
+) -> Option<SlotFor> {
     if let Some(slot) = slots.try_take() {
-        return Some(slot);
+        return Some(SlotFor::Free(slot));
     }
-    if !slots.evict_oldest() {
-        tracing::warn!(
-            "maxconns={max_conns} connections are busy with requests: the new one waits for a slot"
-        );
+    if slots.evict_oldest() {
+        return Some(SlotFor::Evicted);
     }
-    match drain_until {
+    tracing::warn!(
+        "maxconns={max_conns} connections are busy with requests: the new one waits for a slot"
+    );
+    let slot = match drain_until {
         Some(until) => tokio::time::timeout_at(until, slots.take()).await.ok(),
         None => tokio::select! {
             slot = slots.take() => Some(slot),
             () = stop.cancelled() => None,
         },
-    }
+    };
+    slot.map(SlotFor::Free)
 }
 
 /// Unblocks the control signals and SIGCHLD in this thread, once their handlers exist.
@@ -366,7 +380,12 @@ pub async fn serve<H: Handler>(
                 };
                 let stream = FirstRead::new(stream, &unread);
                 let shared = Arc::clone(&shared);
+                let slots = Arc::clone(&slots);
                 tracker.spawn(async move {
+                    let slot = match slot {
+                        SlotFor::Free(slot) => slot,
+                        SlotFor::Evicted => slots.take().await,
+                    };
                     driver::serve(stream, peer, shared, Some(&slot)).await;
                     drop(slot);
                 });
