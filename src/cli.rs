@@ -22,7 +22,7 @@ use crate::driver::{self, Shared};
 use crate::process::control::{self, TouchReload};
 use crate::process::prefork::PREFORK_REQUESTS_PER_WORKER;
 use crate::process::threaded::{self, Exit, ServeOptions};
-use crate::process::{image, prefork};
+use crate::process::{hooks, image, prefork};
 use crate::request::{Gateway, RequestOptions};
 use crate::{config, daemon, exposure, listen, probe, Handler};
 
@@ -172,6 +172,17 @@ fn runfcgi<H: Handler>(options: &[String], user: Option<H>) -> ExitCode {
                 Ok(cgi) => serve(&config, cgi),
                 Err(e) => return usage_error(&e),
             },
+            #[cfg(feature = "wsgi")]
+            App::Wsgi => {
+                let wsgi = crate::apps::wsgi::Wsgi::from_config(&config);
+                match hooks::install(Box::new(wsgi.hooks())) {
+                    Ok(()) => serve(&config, wsgi),
+                    Err(e) => Err(anyhow::anyhow!(e)),
+                }
+            }
+            // Config::from_args refuses app=wsgi without the feature, naming it.
+            #[cfg(not(feature = "wsgi"))]
+            App::Wsgi => return usage_error(&ConfigError::new("app", "needs the feature wsgi")),
         },
     };
     match result {
@@ -259,6 +270,9 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
 
     let exit = match config.method {
         Method::Threaded => {
+            // The app's start (app=wsgi: the interpreter, which must be the first thing on
+            // this thread and must not be forked by daemonizing) comes before the runtime.
+            hooks::serve_start().map_err(anyhow::Error::msg)?;
             // Before the runtime's threads exist: it reads and removes an environment
             // variable.
             let reload = threaded::Reload {
@@ -292,6 +306,8 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
             exit
         }
         Method::Prefork => {
+            // preload=true: the app is imported here, once, before any worker is forked.
+            hooks::preload().map_err(anyhow::Error::msg)?;
             let master = prefork::Master::new(config, std_listener, image)
                 .context("cannot start the prefork master")?;
             let mut handler = Some(handler);

@@ -248,10 +248,48 @@ pub static OPTIONS: &[OptionDef] = &[
     OptionDef {
         name: "app",
         metavar: "APP",
-        kind: Kind::Choice(&["info", "cgi"]),
+        kind: Kind::Choice(&["info", "cgi", "wsgi"]),
         default: "info",
         help: "Built-in app of the appserver binary: info shows the request's CGI \
-               variables; cgi runs CGI scripts (see docs/cgi.md).",
+               variables; cgi runs CGI scripts (see docs/cgi.md); wsgi serves a Python \
+               WSGI app such as Django's in an embedded interpreter (cargo feature wsgi, \
+               see docs/wsgi.md).",
+    },
+    OptionDef {
+        name: "module",
+        metavar: "MODULE[:CALLABLE]",
+        kind: Kind::Text,
+        default: "",
+        help: "app=wsgi (required): the Python module holding the WSGI app and the name of \
+               the callable in it, application by default: mysite.wsgi serves Django's \
+               mysite/wsgi.py.",
+    },
+    OptionDef {
+        name: "pythonpath",
+        metavar: "DIRS",
+        kind: Kind::Text,
+        default: "the directory appserver started in",
+        help: "app=wsgi: colon-separated directories put first on sys.path, before \
+               PYTHONPATH from the environment; relative ones are taken from the directory \
+               appserver started in.",
+    },
+    OptionDef {
+        name: "virtualenv",
+        metavar: "DIRECTORY",
+        kind: Kind::Path,
+        default: "none",
+        help: "app=wsgi: a virtualenv whose bin/python the embedded interpreter acts as: \
+               its prefix and site-packages. It must have been made from the Python \
+               appserver was built against.",
+    },
+    OptionDef {
+        name: "preload",
+        metavar: "BOOL",
+        kind: Kind::Bool,
+        default: "false",
+        help: "app=wsgi with method=prefork: import the app once in the master before \
+               forking (workers share its memory and start at once) instead of in each \
+               worker after the fork. Refused when the import starts threads.",
     },
     OptionDef {
         name: "script",
@@ -616,6 +654,8 @@ pub enum App {
     Info,
     /// `cgi`: a CGI/1.1 gateway.
     Cgi,
+    /// `wsgi`: a Python WSGI app in an embedded interpreter (cargo feature `wsgi`).
+    Wsgi,
 }
 
 impl App {
@@ -624,6 +664,7 @@ impl App {
         match self {
             Self::Info => "info",
             Self::Cgi => "cgi",
+            Self::Wsgi => "wsgi",
         }
     }
 }
@@ -714,6 +755,9 @@ pub struct Config {
     /// `cgi_unconfined=` (app=cgi): serve without `docroot=`/`script=` on a non-loopback
     /// listener; default false (refused).
     pub cgi_unconfined: bool,
+    /// `module=`, `pythonpath=`, `virtualenv=`, `preload=` (app=wsgi); default
+    /// [`WsgiOptions::default`].
+    pub wsgi: WsgiOptions,
     /// `allow=` merged with `FCGI_WEB_SERVER_ADDRS`; default empty (anyone may connect).
     pub allow: AllowList,
     /// `user=`, a name or a numeric uid, resolved when switching; default none (unchanged).
@@ -800,23 +844,35 @@ impl Config {
         };
         let app = match choice(&args, "app")? {
             "cgi" => App::Cgi,
+            "wsgi" => App::Wsgi,
             _ => App::Info,
         };
+        if app == App::Wsgi && !cfg!(feature = "wsgi") {
+            return Err(ConfigError::new(
+                "app",
+                "app=wsgi needs appserver built with the cargo feature wsgi \
+                 (cargo build --release --features wsgi; see docs/wsgi.md)",
+            ));
+        }
         let script_name = match args.get("script_name") {
             Some(v) => Some(script_name(v)?),
             None => None,
         };
-        for name in CGI_OPTIONS {
-            if app != App::Cgi && args.get(name).is_some() {
-                return Err(ConfigError::new(
-                    name,
-                    format!(
-                        "is an option of app=cgi; app={} does not use it",
-                        app.name()
-                    ),
-                ));
+        for (owner, names) in [(App::Cgi, &CGI_OPTIONS[..]), (App::Wsgi, &WSGI_OPTIONS)] {
+            for &name in names {
+                if app != owner && args.get(name).is_some() {
+                    return Err(ConfigError::new(
+                        name,
+                        format!(
+                            "is an option of app={}; app={} does not use it",
+                            owner.name(),
+                            app.name()
+                        ),
+                    ));
+                }
             }
         }
+        let wsgi = wsgi_options(&args, app, method)?;
         let cgi_env = cgi_env(raw(&args, "cgi_env"))?;
         let mut allow = AllowList::default();
         if let Some(v) = args.get("allow") {
@@ -876,6 +932,7 @@ impl Config {
             cgi_vars: names("cgi_vars", args.get("cgi_vars").unwrap_or_default())?,
             cgi_background: boolean(&args, "cgi_background")?,
             cgi_unconfined: boolean(&args, "cgi_unconfined")?,
+            wsgi,
             allow,
             user,
             group,
@@ -1165,6 +1222,75 @@ fn script_name(value: &str) -> Result<String, ConfigError> {
         return bad("must not end with / (use script_name= for the root)");
     }
     Ok(value.to_owned())
+}
+
+/// The options only `app=wsgi` uses.
+const WSGI_OPTIONS: [&str; 4] = ["module", "pythonpath", "virtualenv", "preload"];
+
+/// The options of `app=wsgi`, resolved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WsgiOptions {
+    /// `module=`: the module to import; default empty (required with app=wsgi).
+    pub module: String,
+    /// The callable's name after `:` in `module=`; default `application`.
+    pub callable: String,
+    /// `pythonpath=`, absolute, in order; default the directory appserver started in.
+    pub pythonpath: Vec<PathBuf>,
+    /// `virtualenv=`, absolute; default none.
+    pub virtualenv: Option<PathBuf>,
+    /// `preload=`; default false.
+    pub preload: bool,
+}
+
+/// Resolves the `app=wsgi` options: `module=` is required and names a dotted module path
+/// (and optionally a callable); `preload=true` needs `method=prefork`.
+fn wsgi_options(args: &Args, app: App, method: Method) -> Result<WsgiOptions, ConfigError> {
+    if app != App::Wsgi {
+        return Ok(WsgiOptions::default());
+    }
+    let Some(spec) = args.get("module") else {
+        return Err(ConfigError::new(
+            "module",
+            "app=wsgi needs module=PKG.MOD[:CALLABLE], e.g. module=mysite.wsgi",
+        ));
+    };
+    let (module, callable) = spec.split_once(':').unwrap_or((spec, "application"));
+    let ident = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with(|c: char| c.is_ascii_digit())
+            && s.chars().all(|c| c.is_alphanumeric() || c == '_')
+    };
+    if !module.split('.').all(ident) || !ident(callable) {
+        return Err(ConfigError::new(
+            "module",
+            format!(
+                "{spec:?} is not a Python module path with an optional callable name \
+                 (PKG.MOD[:CALLABLE], e.g. mysite.wsgi or app:application)"
+            ),
+        ));
+    }
+    let pythonpath = match args.get("pythonpath") {
+        None => vec![path("pythonpath", ".")?],
+        Some(v) => v
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| path("pythonpath", d))
+            .collect::<Result<_, _>>()?,
+    };
+    let preload = boolean(args, "preload")?;
+    if preload && method != Method::Prefork {
+        return Err(ConfigError::new(
+            "preload",
+            "preload=true imports the app in the prefork master; it needs method=prefork",
+        ));
+    }
+    Ok(WsgiOptions {
+        module: module.to_owned(),
+        callable: callable.to_owned(),
+        pythonpath,
+        virtualenv: optional_path(args, "virtualenv")?,
+        preload,
+    })
 }
 
 /// The options only `app=cgi` uses.
@@ -1633,6 +1759,11 @@ mod tests {
                 "minspare" => items.extend(["maxchildren=10000", "maxspare=10000"]),
                 "secret" | "packetsize" | "underscores_in_headers" => items.push("protocol=ajp"),
                 name if CGI_OPTIONS.contains(&name) => items.push("app=cgi"),
+                "module" | "pythonpath" | "virtualenv" | "preload" if !cfg!(feature = "wsgi") => {
+                    continue
+                }
+                "module" => items.push("app=wsgi"),
+                "pythonpath" | "virtualenv" | "preload" => items.extend(["app=wsgi", "module=m"]),
                 _ => {}
             }
             let c = config(&items);
@@ -2264,6 +2395,45 @@ mod tests {
         assert_eq!(wrap("a bb ccc dddd", 6), ["a bb", "ccc", "dddd"]);
         assert_eq!(wrap("longword x", 4), ["longword", "x"]);
         assert!(wrap("", 10).is_empty());
+    }
+
+    #[test]
+    fn wsgi_options_are_checked() {
+        if !cfg!(feature = "wsgi") {
+            let e = err(&["app=wsgi", "module=mysite.wsgi"]);
+            assert!(
+                e.contains("option \"app\"") && e.contains("cargo feature wsgi"),
+                "{e}"
+            );
+            return;
+        }
+        let c = ok(&["app=wsgi", "module=mysite.wsgi", "pythonpath=/srv/a:b"]);
+        assert_eq!(c.app, App::Wsgi);
+        assert_eq!(
+            (c.wsgi.module.as_str(), c.wsgi.callable.as_str()),
+            ("mysite.wsgi", "application")
+        );
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.wsgi.pythonpath, [PathBuf::from("/srv/a"), cwd.join("b")]);
+        assert!(!c.wsgi.preload);
+        let c = ok(&["app=wsgi", "module=app:wsgi_app"]);
+        assert_eq!(c.wsgi.callable, "wsgi_app");
+        assert_eq!(c.wsgi.pythonpath, [cwd]);
+        assert!(err(&["app=wsgi"]).contains("needs module="));
+        for bad in ["my-site.wsgi", "a..b", "a:", "a:b:c", "1a"] {
+            let item = format!("module={bad}");
+            assert!(
+                err(&["app=wsgi", &item]).contains("not a Python module path"),
+                "{bad}"
+            );
+        }
+        assert!(
+            err(&["app=wsgi", "module=m", "method=threaded", "preload=true"])
+                .contains("needs method=prefork")
+        );
+        assert!(ok(&["app=wsgi", "module=m", "preload=yes"]).wsgi.preload);
+        assert!(err(&["module=m"]).contains("is an option of app=wsgi; app=info"));
+        assert!(err(&["app=cgi", "preload=true"]).contains("is an option of app=wsgi"));
     }
 
     #[test]

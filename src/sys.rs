@@ -275,6 +275,131 @@ pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
     Ok(hard.max(soft))
 }
 
+/// Duplicates `fd` (close-on-exec) into a [`File`] of its own, sharing the file offset: the
+/// `wsgi.file_wrapper` fast path reads a Python file object's descriptor without the GIL.
+#[cfg(feature = "wsgi")]
+pub(crate) fn dup_file(fd: RawFd) -> io::Result<File> {
+    let dup = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: `dup` was just returned by fcntl(F_DUPFD_CLOEXEC): it is open and nothing else
+    // in the process refers to it, so the File is its only owner.
+    Ok(unsafe { File::from_raw_fd(dup) })
+}
+
+/// The embedded interpreter's C entry points that pyo3 has no safe form of: initialisation
+/// with appserver's settings, and the fork hooks. Only the main thread calls these (the one
+/// that initialised Python), which is what keeps [`MAIN`](python::MAIN) consistent.
+#[cfg(feature = "wsgi")]
+pub(crate) mod python {
+    use std::ffi::{CStr, CString};
+    use std::mem::MaybeUninit;
+    use std::ptr::{addr_of_mut, null_mut};
+    use std::sync::atomic::{AtomicPtr, Ordering};
+
+    use pyo3::ffi;
+
+    /// The main thread's Python thread state while that thread does not hold the GIL; null
+    /// before initialisation and between [`before_fork`] and the matching after-fork call.
+    pub(crate) static MAIN: AtomicPtr<ffi::PyThreadState> = AtomicPtr::new(null_mut());
+
+    /// True once [`initialize`] succeeded in this process (or its forked parent).
+    pub(crate) fn is_initialized() -> bool {
+        // SAFETY: Py_IsInitialized only reads a flag; it may be called at any time.
+        unsafe { ffi::Py_IsInitialized() != 0 }
+    }
+
+    /// Initialises the interpreter on the calling thread, which becomes Python's main thread,
+    /// and releases the GIL. Python installs no signal handlers (`install_signal_handlers=0`):
+    /// signals are appserver's. `executable` (a virtualenv's `bin/python`) makes Python find
+    /// the venv's `pyvenv.cfg`, prefix and site-packages as that interpreter would.
+    pub(crate) fn initialize(executable: Option<&CStr>) -> Result<(), String> {
+        if is_initialized() {
+            return Err("the Python interpreter is already initialised".to_owned());
+        }
+        let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
+        let cfg = config.as_mut_ptr();
+        // SAFETY: PyConfig_InitPythonConfig fully initialises the struct it is given, before
+        // any field is read; the field pointers passed below point into that live struct;
+        // PyConfig_Clear frees what the setters allocated, once, after Py_InitializeFromConfig
+        // copied the configuration. No other thread touches Python before this returns.
+        unsafe {
+            ffi::PyConfig_InitPythonConfig(cfg);
+            (*cfg).install_signal_handlers = 0;
+            let mut status = None;
+            if let Some(exe) = executable {
+                for field in [
+                    addr_of_mut!((*cfg).executable),
+                    addr_of_mut!((*cfg).program_name),
+                ] {
+                    let st = ffi::PyConfig_SetBytesString(cfg, field, exe.as_ptr());
+                    if ffi::PyStatus_Exception(st) != 0 {
+                        status = Some(st);
+                    }
+                }
+            }
+            let status = match status {
+                Some(st) => st,
+                None => ffi::Py_InitializeFromConfig(cfg),
+            };
+            ffi::PyConfig_Clear(cfg);
+            if ffi::PyStatus_Exception(status) != 0 {
+                let msg = if status.err_msg.is_null() {
+                    "unknown error".to_owned()
+                } else {
+                    CStr::from_ptr(status.err_msg)
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                return Err(format!("cannot initialise Python: {msg}"));
+            }
+            MAIN.store(ffi::PyEval_SaveThread(), Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Before a fork in a process where Python runs: takes the GIL on the main thread and
+    /// runs `PyOS_BeforeFork` (the `os.register_at_fork(before=...)` handlers, the import
+    /// lock). A no-op when Python was not initialised here.
+    pub(crate) fn before_fork() {
+        let tstate = MAIN.swap(null_mut(), Ordering::SeqCst);
+        if tstate.is_null() {
+            return;
+        }
+        // SAFETY: `tstate` is the main thread's state saved by PyEval_SaveThread on this very
+        // thread (only the main thread forks); restoring it takes the GIL, which
+        // PyOS_BeforeFork requires.
+        unsafe {
+            ffi::PyEval_RestoreThread(tstate);
+            ffi::PyOS_BeforeFork();
+        }
+    }
+
+    /// After a fork, in the parent (`child == false`) or the child: the matching
+    /// `PyOS_AfterFork_*` (the child's reinitialises the GIL and runs the
+    /// `after_in_child` handlers, which reseed `random`), then releases the GIL again.
+    pub(crate) fn after_fork(child: bool) {
+        if !MAIN.load(Ordering::SeqCst).is_null() || !is_initialized() {
+            return;
+        }
+        // SAFETY: MAIN is null while initialised only between before_fork and here, so this
+        // thread holds the GIL that before_fork took, as both AfterFork calls require.
+        unsafe {
+            if child {
+                ffi::PyOS_AfterFork_Child();
+            } else {
+                ffi::PyOS_AfterFork_Parent();
+            }
+            MAIN.store(ffi::PyEval_SaveThread(), Ordering::SeqCst);
+        }
+    }
+
+    /// A virtualenv's interpreter path as a C string, refusing interior NULs.
+    pub(crate) fn c_path(path: &std::path::Path) -> Result<CString, String> {
+        use std::os::unix::ffi::OsStrExt;
+        CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| format!("{} contains a NUL byte", path.display()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

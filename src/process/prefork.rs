@@ -499,7 +499,10 @@ impl<'a> Master<'a> {
         }
         let budget = jittered(u64::from(self.config.maxrequests));
         let master = nix::unistd::getpid();
-        match sys::fork()? {
+        super::hooks::before_fork();
+        let forked = sys::fork();
+        super::hooks::after_fork(matches!(forked, Ok(Forked::Child)));
+        match forked? {
             Forked::Parent(pid) => {
                 let pid = i32::try_from(pid).unwrap_or(i32::MAX);
                 tracing::debug!("worker {pid} started");
@@ -529,6 +532,12 @@ impl<'a> Master<'a> {
                 // workers would log to the terminal and keep the pipes of whoever started the
                 // daemon open (a script reading its output would never see the end).
                 if let Err(e) = crate::daemon::reopen_logs(self.config) {
+                    eprintln!("appserver: worker {}: {e}", std::process::id());
+                    std::process::exit(1);
+                }
+                // The app starts here, after the fork (app=wsgi: the interpreter and the import),
+                // so a failure is this worker's, reported like any worker that cannot start.
+                if let Err(e) = super::hooks::serve_start() {
                     eprintln!("appserver: worker {}: {e}", std::process::id());
                     std::process::exit(1);
                 }

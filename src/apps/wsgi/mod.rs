@@ -1,0 +1,400 @@
+//! `app=wsgi`: a Python WSGI app (Django's `mysite.wsgi`) in an embedded interpreter, PEP
+//! 3333 exactly (cargo feature `wsgi`).
+//!
+//! [`Wsgi`] is a plain [`Handler`]: the driver gives it a request, it hands the request to a
+//! Python thread of its [pool](Pool) and streams back what the app produces. Python runs only
+//! on those threads, each attached to the interpreter once for its life (so thread-locals
+//! such as Django's database connections survive between requests) and releasing the GIL
+//! around every wait: for a job, for a request-body chunk, for room in the response channel.
+//!
+//! ```text
+//! driver ─▶ Wsgi::call ──Job──▶ Python thread: environ, app(environ, start_response)
+//!            ▲   (async)            │ wsgi.input ◀── request Body (bounded channel)
+//!            └──── Out::Head/Data/End/Fail ◀─┘  (bounded channel, GIL released while full)
+//! ```
+//!
+//! - [`environ`]: the `environ` dict.
+//! - [`input`]: `wsgi.input`, `wsgi.errors`.
+//! - [`response`]: `start_response`, `write()`, iteration, `close()`, `wsgi.file_wrapper`.
+//! - [`interp`]: the interpreter's life in a process (start, import, signals).
+//!
+//! Process models: prefork starts Python in each worker after the fork and runs one Python
+//! thread there (one request at a time per worker, as Django's prefork); with `preload=true`
+//! the master imports the app before forking, with the interpreter's fork hooks around each
+//! fork. threaded runs up to `maxchildren` Python threads, started as requests need them.
+
+mod environ;
+mod input;
+mod interp;
+mod response;
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::Frame;
+use pyo3::prelude::*;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use self::environ::{Flags, Vars};
+use self::response::{Head, Out};
+use crate::config::{Config, Method};
+use crate::process::hooks::ProcessHooks;
+use crate::response::ReasonPhrase;
+use crate::{Body, BoxError, Handler, Request, Response};
+
+/// How many response chunks may wait between a Python thread and the connection: with the
+/// app's chunks (Django's default 8 KiB, file chunks 64 KiB) this pins well under 1 MiB per
+/// request, and a Python thread blocks (GIL released) rather than run ahead of a slow client.
+const RESPONSE_CHANNEL_CHUNKS: usize = 4;
+
+/// Stack of each Python thread: Python code recurses on the C stack; 8 MiB is what the main
+/// thread gets on Linux, so an app behaves as under `python3 manage.py runserver`.
+const PYTHON_THREAD_STACK: usize = 8 * 1024 * 1024;
+
+/// The `app=wsgi` handler.
+#[derive(Clone)]
+pub struct Wsgi {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: interp::Settings,
+    preload: bool,
+    flags: Flags,
+    /// Python threads this process may run: `maxchildren` (threaded), 1 (prefork).
+    threads: usize,
+    /// The app's callable, once imported in this process (or its preloading master).
+    app: OnceLock<Py<PyAny>>,
+    /// The Python threads, once started in the serving process.
+    pool: OnceLock<Pool>,
+}
+
+impl std::fmt::Debug for Wsgi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wsgi")
+            .field("module", &self.inner.settings.module)
+            .field("callable", &self.inner.settings.callable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Wsgi {
+    /// The handler for `config`'s `module=` and process model. Nothing Python happens yet:
+    /// the interpreter starts in the serving process (see [`Wsgi::hooks`]).
+    pub fn from_config(config: &Config) -> Self {
+        let threaded = config.method == Method::Threaded;
+        Self::new(
+            interp::Settings {
+                module: config.wsgi.module.clone(),
+                callable: config.wsgi.callable.clone(),
+                pythonpath: config.wsgi.pythonpath.clone(),
+                virtualenv: config.wsgi.virtualenv.clone(),
+            },
+            config.wsgi.preload,
+            Flags {
+                multithread: threaded && config.maxchildren > 1,
+                multiprocess: !threaded,
+            },
+            if threaded {
+                config.maxchildren.max(1)
+            } else {
+                1
+            },
+        )
+    }
+
+    fn new(settings: interp::Settings, preload: bool, flags: Flags, threads: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                preload,
+                flags,
+                threads,
+                app: OnceLock::new(),
+                pool: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The process-model hooks that start Python where it must run; install them with
+    /// [`hooks::install`](crate::process::hooks::install) before serving.
+    pub fn hooks(&self) -> impl ProcessHooks {
+        WsgiHooks(Arc::clone(&self.inner))
+    }
+
+    /// Starts the interpreter, imports the app and starts the pool in this process.
+    fn start(&self) -> Result<(), String> {
+        let inner = &self.inner;
+        interp::start(&inner.settings)?;
+        if inner.app.get().is_none() {
+            let app = interp::load_app(&inner.settings)?;
+            let _ = inner.app.set(app);
+        }
+        let _ = inner.pool.set(Pool::new(inner.threads));
+        Ok(())
+    }
+}
+
+struct WsgiHooks(Arc<Inner>);
+
+impl ProcessHooks for WsgiHooks {
+    fn preload(&self) -> Result<(), String> {
+        if !self.0.preload {
+            return Ok(());
+        }
+        interp::start(&self.0.settings)?;
+        let app = interp::load_app(&self.0.settings)?;
+        let _ = self.0.app.set(app);
+        let threads = interp::python_threads();
+        if threads > 1 {
+            return Err(format!(
+                "preload=true: importing {} started {} Python threads; a forked worker would \
+                 not have them. Use preload=false (the app is then imported in each worker)",
+                self.0.settings.module,
+                threads - 1
+            ));
+        }
+        Ok(())
+    }
+
+    fn before_fork(&self) {
+        crate::sys::python::before_fork();
+    }
+
+    fn after_fork(&self, child: bool) {
+        crate::sys::python::after_fork(child);
+    }
+
+    fn serve_start(&self) -> Result<(), String> {
+        Wsgi {
+            inner: Arc::clone(&self.0),
+        }
+        .start()
+    }
+}
+
+impl Handler for Wsgi {
+    async fn call(&self, req: Request) -> Result<Response, BoxError> {
+        let Some(pool) = self.inner.pool.get() else {
+            return Err("the Python interpreter was not started in this process".into());
+        };
+        let permit = Arc::clone(&pool.permits).acquire_owned().await?;
+        let (parts, body) = req.into_parts();
+        let what = format!("{} {}", parts.method, parts.uri);
+        let head_request = parts.method == http::Method::HEAD;
+        let vars = environ::vars(&parts);
+        let (tx, mut rx) = mpsc::channel(RESPONSE_CHANNEL_CHUNKS);
+        let job = Job {
+            vars,
+            body,
+            runtime: tokio::runtime::Handle::current(),
+            out: tx,
+            what,
+            head_request,
+            _permit: permit,
+        };
+        pool.submit(job, &self.inner)?;
+        match rx.recv().await {
+            Some(Out::Head(head)) => Ok(response(head, rx)),
+            Some(Out::Fail(traceback)) => Err(format!("the WSGI app failed:\n{traceback}").into()),
+            Some(other) => Err(format!("the WSGI app sent {other:?} before its head").into()),
+            None => Err("the Python thread ended without a response".into()),
+        }
+    }
+}
+
+fn response(head: Head, rx: mpsc::Receiver<Out>) -> Response {
+    let mut resp = Response::new(Body::new(OutBody { rx, done: false }));
+    *resp.status_mut() = head.status;
+    if let Some(reason) = head.reason {
+        resp.extensions_mut().insert::<ReasonPhrase>(reason);
+    }
+    let headers = resp.headers_mut();
+    for (name, value) in head.headers {
+        headers.append(name, value);
+    }
+    resp
+}
+
+/// The response body: the Python thread's chunks, ending at `End`; `Fail` or a thread that
+/// stopped early is an error, which makes the driver abort the response.
+struct OutBody {
+    rx: mpsc::Receiver<Out>,
+    done: bool,
+}
+
+impl http_body::Body for OutBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Out::Data(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Poll::Ready(Some(Out::End)) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Out::Fail(tb))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(format!(
+                    "the WSGI app failed after sending its head:\n{tb}"
+                )
+                .into())))
+            }
+            Poll::Ready(Some(Out::Head(_))) | Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Err(
+                    "the Python thread ended the response early".into()
+                )))
+            }
+        }
+    }
+}
+
+/// One request for a Python thread.
+struct Job {
+    vars: Vars,
+    body: Body,
+    runtime: tokio::runtime::Handle,
+    out: mpsc::Sender<Out>,
+    what: String,
+    head_request: bool,
+    /// A place among the requests the pool runs at once, given back when the job is done.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The Python threads of this process and the queue that feeds them. Threads start as
+/// requests need them, up to the limit, and live as long as the process.
+struct Pool {
+    permits: Arc<Semaphore>,
+    jobs: std_mpsc::SyncSender<Job>,
+    queue: Arc<Mutex<std_mpsc::Receiver<Job>>>,
+    started: AtomicUsize,
+    idle: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl Pool {
+    fn new(max: usize) -> Self {
+        // The queue holds at most `max` jobs: a job is queued only with one of `max` permits.
+        let (jobs, queue) = std_mpsc::sync_channel(max);
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            jobs,
+            queue: Arc::new(Mutex::new(queue)),
+            started: AtomicUsize::new(0),
+            idle: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    fn submit(&self, job: Job, inner: &Arc<Inner>) -> Result<(), BoxError> {
+        // Claim an idle thread for this job, or start one: counting idle threads without
+        // claiming would let two requests count on the same thread and run one after the
+        // other while the pool could have run both.
+        let claimed = self
+            .idle
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |i| i.checked_sub(1))
+            .is_ok();
+        if !claimed {
+            let n = self.started.fetch_add(1, Ordering::SeqCst);
+            if n < self.max {
+                self.spawn(n, inner)?;
+            } else {
+                // All threads busy: the job waits in the queue for the first one free.
+                self.started.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.jobs
+            .try_send(job)
+            .map_err(|e| format!("cannot queue the request for Python: {e}").into())
+    }
+
+    fn spawn(&self, n: usize, inner: &Arc<Inner>) -> std::io::Result<()> {
+        let queue = Arc::clone(&self.queue);
+        let idle = Arc::clone(&self.idle);
+        let inner = Arc::clone(inner);
+        std::thread::Builder::new()
+            .name(format!("python-{n}"))
+            .stack_size(PYTHON_THREAD_STACK)
+            .spawn(move || python_thread(&inner, &queue, &idle))
+            .map(drop)
+    }
+}
+
+/// A Python thread: attached once, it waits for jobs with the GIL released and runs them.
+fn python_thread(inner: &Inner, queue: &Mutex<std_mpsc::Receiver<Job>>, idle: &AtomicUsize) {
+    Python::attach(|py| {
+        let Some(app) = inner.app.get() else {
+            return;
+        };
+        let app = app.bind(py);
+        // The request this thread was started for is already queued for it; after each job
+        // the thread counts itself idle, and whoever queues the next job claims it.
+        let mut first = true;
+        loop {
+            if !first {
+                idle.fetch_add(1, Ordering::SeqCst);
+            }
+            first = false;
+            let job = py.detach(|| {
+                let queue = queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                queue.recv().ok()
+            });
+            let Some(job) = job else {
+                return;
+            };
+            run_job(py, app, inner.flags, job);
+        }
+    });
+}
+
+fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, flags: Flags, job: Job) {
+    if job.out.is_closed() {
+        // The client went away while the request waited for a thread.
+        return;
+    }
+    let setup = || -> PyResult<_> {
+        let input = Bound::new(py, input::Input::new(job.body, job.runtime))?;
+        let errors = Bound::new(py, input::Errors::new(job.what.clone()))?;
+        let start = Bound::new(py, response::StartResponse::new(job.out.clone()))?;
+        let wrapper = py.get_type::<response::FileWrapper>();
+        let environ = environ::dict(
+            py,
+            &job.vars,
+            flags,
+            input.clone().into_any(),
+            errors.into_any(),
+            wrapper.into_any(),
+        )?;
+        Ok((input, start, environ))
+    };
+    match setup() {
+        Ok((input, start, environ)) => {
+            response::run(py, app, environ.into_any(), &start, job.head_request);
+            input.get().release();
+        }
+        Err(e) => {
+            let tb = interp::traceback(py, &e);
+            let out = job.out.clone();
+            py.detach(move || {
+                let _ = out.blocking_send(Out::Fail(tb));
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,373 @@
+//! PEP 3333 tests against the real interpreter: each app (tests/data/wsgi/testapps.py) runs
+//! wrapped in `wsgiref.validate.validator`, so both sides of the interface are checked.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use appserver_proto::params::ParamsBuilder;
+use appserver_proto::Limits;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
+use super::*;
+use crate::body::{self, BodySender};
+use crate::request::{build, Gateway, RequestOptions};
+
+const GW: Gateway = Gateway {
+    protocol: "fcgi",
+    method: "threaded",
+};
+
+fn apps_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/wsgi"))
+}
+
+/// A started handler serving `testapps:<name>` with `threads` Python threads.
+fn app(name: &str, threads: usize) -> Wsgi {
+    let w = Wsgi::new(
+        interp::Settings {
+            module: "testapps".into(),
+            callable: name.into(),
+            pythonpath: vec![apps_dir()],
+            virtualenv: None,
+        },
+        false,
+        Flags {
+            multithread: threads > 1,
+            multiprocess: false,
+        },
+        threads,
+    );
+    // The interpreter is process-wide: the first test to get here starts it.
+    static START: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = START
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    w.start().unwrap();
+    w
+}
+
+fn request(pairs: &[(&str, &[u8])], body: Body) -> Request {
+    let mut b = ParamsBuilder::new(Limits::default());
+    for (n, v) in pairs {
+        b.push(n.as_bytes(), v).unwrap();
+    }
+    build(b.finish(), body, &RequestOptions::default(), GW).unwrap()
+}
+
+fn get(query: &str) -> Request {
+    request(
+        &[
+            ("REQUEST_METHOD", b"GET"),
+            ("REQUEST_URI", format!("/x?{query}").as_bytes()),
+            ("QUERY_STRING", query.as_bytes()),
+            ("SERVER_NAME", b"localhost"),
+            ("SERVER_PORT", b"80"),
+            ("SERVER_PROTOCOL", b"HTTP/1.1"),
+        ],
+        Body::empty(),
+    )
+}
+
+async fn text(resp: Response) -> String {
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// A Python expression's value as a string, evaluated in module `testapps`.
+fn py_eval(expr: &str) -> String {
+    Python::attach(|py| {
+        let m = py.import("testapps").unwrap();
+        let globals = m.dict();
+        let code = std::ffi::CString::new(expr).unwrap();
+        py.eval(&code, Some(&globals), None)
+            .unwrap()
+            .str()
+            .unwrap()
+            .to_string()
+    })
+}
+
+#[tokio::test]
+async fn environ_is_a_dict_of_native_strings_with_the_wsgi_keys() {
+    let w = app("environ_app", 2);
+    let req = request(
+        &[
+            ("REQUEST_METHOD", b"POST"),
+            ("REQUEST_URI", b"/app/caf%C3%A9?q=1"),
+            ("QUERY_STRING", b"q=1"),
+            ("SCRIPT_NAME", b"/app"),
+            ("PATH_INFO", b"/caf\xc3\xa9"),
+            ("CONTENT_LENGTH", b"0"),
+            ("HTTP_CONTENT_LENGTH", b"0"),
+            ("HTTP_CONTENT_TYPE", b"text/plain"),
+            ("CONTENT_TYPE", b""),
+            ("HTTP_X_RAW", b"\xff\x80"),
+            ("SERVER_NAME", b"example.com"),
+            ("SERVER_PORT", b"443"),
+            ("HTTPS", b"on"),
+        ],
+        Body::empty(),
+    );
+    let resp = w.call(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = text(resp).await;
+    let env: Vec<(String, String)> = Python::attach(|py| {
+        let json = py.import("json").unwrap();
+        let d = json.call_method1("loads", (body.as_str(),)).unwrap();
+        let d = d.cast_into::<pyo3::types::PyDict>().unwrap();
+        d.iter()
+            .map(|(k, v)| (k.to_string(), v.str().unwrap().to_string()))
+            .collect()
+    });
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("_dict"), Some("True"));
+    // Every key, and every CGI variable's value, is a native str.
+    assert_eq!(get("_types"), Some("['str']"));
+    // latin-1: every byte is the code point of the same value.
+    assert_eq!(get("HTTP_X_RAW"), Some("\u{ff}\u{80}"));
+    assert_eq!(get("PATH_INFO"), Some("/caf\u{c3}\u{a9}"));
+    assert_eq!(get("SCRIPT_NAME"), Some("/app"));
+    assert_eq!(get("HTTP_CONTENT_LENGTH"), None);
+    assert_eq!(get("HTTP_CONTENT_TYPE"), None);
+    assert_eq!(get("CONTENT_TYPE"), None);
+    assert_eq!(get("CONTENT_LENGTH"), Some("0"));
+    assert_eq!(get("wsgi.url_scheme"), Some("https"));
+    assert_eq!(get("wsgi.version"), Some("[1, 0]"));
+    assert_eq!(get("wsgi.multithread"), Some("True"));
+    assert_eq!(get("wsgi.multiprocess"), Some("False"));
+    assert_eq!(get("wsgi.run_once"), Some("False"));
+    assert_eq!(get("wsgi.input_terminated"), Some("True"));
+    // No Python SIGINT handler, even though the app imported `signal`.
+    assert_eq!(get("_sigint"), Some("<Handlers.SIG_DFL: 0>"));
+}
+
+#[tokio::test]
+async fn one_python_thread_serves_request_after_request() {
+    let w = app("environ_app", 1);
+    let mut idents = Vec::new();
+    for _ in 0..3 {
+        let body = text(w.call(get("")).await.unwrap()).await;
+        let at = body.find("\"_ident\": ").unwrap() + 10;
+        let end = body[at..].find([',', '}']).unwrap();
+        idents.push(body[at..at + end].to_owned());
+    }
+    assert!(idents.windows(2).all(|w| w[0] == w[1]), "{idents:?}");
+}
+
+/// A POST whose body arrives in `chunks` through the driver's bounded channel.
+async fn post(w: &Wsgi, how: &str, chunks: &[&[u8]]) -> String {
+    let total: usize = chunks.iter().map(|c| c.len()).sum();
+    let (tx, body): (BodySender, Body) = body::channel(Some(total as u64));
+    let req = request(
+        &[
+            ("REQUEST_METHOD", b"POST"),
+            ("REQUEST_URI", format!("/?{how}").as_bytes()),
+            ("QUERY_STRING", how.as_bytes()),
+            ("CONTENT_LENGTH", total.to_string().as_bytes()),
+            ("SERVER_NAME", b"localhost"),
+            ("SERVER_PORT", b"80"),
+        ],
+        body,
+    );
+    let chunks: Vec<Bytes> = chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect();
+    let feeder = tokio::spawn(async move {
+        for c in chunks {
+            if tx.send(Ok(c)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let resp = w.call(req).await.unwrap();
+    let out = text(resp).await;
+    feeder.await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn wsgi_input_read_readline_readlines_and_iteration() {
+    let w = app("input_app", 1);
+    let chunks: &[&[u8]] = &[b"ab\ncd", b"e\n", b"", b"fgh\nij"];
+    assert_eq!(post(&w, "read", chunks).await, r#"["ab\ncde\nfgh\nij"]"#);
+    assert_eq!(
+        post(&w, "read3", chunks).await,
+        r#"["ab\n", "cde", "\nfg", "h\ni", "j"]"#
+    );
+    let lines = r#"["ab\n", "cde\n", "fgh\n", "ij"]"#;
+    assert_eq!(post(&w, "readline", chunks).await, lines);
+    assert_eq!(post(&w, "readlines", chunks).await, lines);
+    assert_eq!(post(&w, "iter", chunks).await, lines);
+    assert_eq!(
+        post(&w, "readline2", chunks).await,
+        r#"["ab", "\n", "cd", "e\n", "fg", "h\n", "ij"]"#
+    );
+}
+
+#[tokio::test]
+async fn a_truncated_body_raises_in_the_app_and_answers_500() {
+    let w = app("input_app", 1);
+    let (tx, body) = body::channel(Some(10));
+    let req = request(
+        &[
+            ("REQUEST_METHOD", b"POST"),
+            ("QUERY_STRING", b"read"),
+            ("CONTENT_LENGTH", b"10"),
+        ],
+        body,
+    );
+    tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+    tx.send(Err(crate::body::BodyError::Truncated { received: 3 }))
+        .await
+        .unwrap();
+    let err = w.call(req).await.unwrap_err().to_string();
+    assert!(
+        err.contains("OSError") && err.contains("truncated"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn start_response_may_come_during_the_first_iteration() {
+    let w = app("late_start", 1);
+    let resp = w.call(get("")).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(text(resp).await, "late");
+}
+
+#[tokio::test]
+async fn the_head_is_held_until_the_first_non_empty_chunk() {
+    let w = app("held_head", 1);
+    let resp = w.call(get("")).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(text(resp).await, "sorry");
+}
+
+#[tokio::test]
+async fn exc_info_after_the_head_is_re_raised_and_aborts_the_response() {
+    let w = app("exc_after_head", 1);
+    let resp = w.call(get("")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "partial");
+    let err = body.frame().await.unwrap().unwrap_err().to_string();
+    assert!(err.contains("ValueError: boom after head"), "{err}");
+}
+
+#[tokio::test]
+async fn an_exception_before_the_head_is_an_error_with_the_traceback() {
+    let w = app("raises", 1);
+    let err = w.call(get("")).await.unwrap_err().to_string();
+    assert!(err.contains("Traceback (most recent call last)"), "{err}");
+    assert!(
+        err.contains("KeyError: 'no such thing in the app'"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn write_callable_sends_before_the_iterable() {
+    let w = app("write_app", 1);
+    assert_eq!(text(w.call(get("")).await.unwrap()).await, "one,two,three");
+}
+
+#[tokio::test]
+async fn close_is_called_exactly_once_on_success_error_and_abort() {
+    let w = app("counted", 1);
+    let ok = w.call(get("key=ok&n=3")).await.unwrap();
+    assert_eq!(text(ok).await, "x".repeat(30));
+    assert_eq!(py_eval("closes['ok']"), "1");
+
+    let resp = w.call(get("key=fail&n=3&fail=1")).await.unwrap();
+    assert!(resp.into_body().collect().await.is_err());
+    assert_eq!(py_eval("closes['fail']"), "1");
+
+    // The client goes away after the first chunk: the app is stopped and closed, not run to
+    // the end.
+    let resp = w.call(get("key=abort&n=1000&size=65536")).await.unwrap();
+    let mut body = resp.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while py_eval("closes['abort']") != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "close() not called after abort"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let produced: usize = py_eval("produced['abort']").parse().unwrap();
+    assert!(
+        produced < 20,
+        "the app ran on after the client left: {produced} chunks"
+    );
+    assert_eq!(py_eval("closes['abort']"), "1");
+}
+
+#[tokio::test]
+async fn a_slow_client_holds_the_app_back_with_bounded_chunks() {
+    let w = app("counted", 1);
+    let resp = w.call(get("key=slow&n=1000&size=1024")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let produced: usize = py_eval("produced['slow']").parse().unwrap();
+    // The channel's chunks plus the one the thread holds while it waits, plus the head.
+    assert!(
+        produced <= RESPONSE_CHANNEL_CHUNKS + 2,
+        "the app ran ahead of the client: {produced} chunks"
+    );
+    assert_eq!(text(resp).await.len(), 1000 * 1024);
+}
+
+#[tokio::test]
+async fn content_length_is_enforced_both_ways() {
+    let short = app("short_length", 1);
+    let resp = short.call(get("")).await.unwrap();
+    let err = resp.into_body().collect().await.unwrap_err().to_string();
+    assert!(
+        err.contains("Content-Length: 10") && err.contains("after 5 bytes"),
+        "{err}"
+    );
+
+    let long = app("long_length", 1);
+    let resp = long.call(get("")).await.unwrap();
+    assert_eq!(text(resp).await, "123");
+}
+
+#[tokio::test]
+async fn header_values_must_be_latin1() {
+    let w = app("bad_header", 1);
+    let err = w.call(get("")).await.unwrap_err().to_string();
+    assert!(err.contains("not latin-1"), "{err}");
+    let w = app("latin1_header", 1);
+    let resp = w.call(get("")).await.unwrap();
+    assert_eq!(resp.headers()["x-name"].as_bytes(), b"caf\xe9");
+}
+
+#[tokio::test]
+async fn file_wrapper_streams_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let w = app("file_app", 1);
+    let resp = w.call(get(path.to_str().unwrap())).await.unwrap();
+    let got = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(got == data, "file content differs ({} bytes)", got.len());
+}
+
+#[tokio::test]
+async fn threads_serve_requests_concurrently_up_to_the_limit() {
+    let w = app("counted", 2);
+    // Two slow requests at once finish in about the time of one.
+    let started = std::time::Instant::now();
+    let a = w.call(get("key=c1&n=2&delay=0.3"));
+    let b = w.call(get("key=c2&n=2&delay=0.3"));
+    let (a, b) = tokio::join!(a, b);
+    let (a, b) = tokio::join!(text(a.unwrap()), text(b.unwrap()));
+    assert_eq!((a.len(), b.len()), (20, 20));
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1100),
+        "not concurrent: {took:?}"
+    );
+}
