@@ -1723,6 +1723,8 @@ mod tests {
             let context: &[&str] = match o.name {
                 "packetsize" | "underscores_in_headers" => &["protocol=ajp"],
                 name if CGI_OPTIONS.contains(&name) => &["app=cgi"],
+                "preload" if !cfg!(feature = "wsgi") => continue,
+                "preload" => &["app=wsgi", "module=m"],
                 _ => &[],
             };
             let with: Vec<&str> = context.iter().copied().chain([item.as_str()]).collect();
@@ -2127,7 +2129,7 @@ mod tests {
         assert_eq!(ok(&["app=cgi"]).app, App::Cgi);
         assert_eq!(
             err(&["app=php"]),
-            r#"runfcgi: option "app": "php" is not one of info, cgi"#
+            r#"runfcgi: option "app": "php" is not one of info, cgi, wsgi"#
         );
         assert_eq!(App::Cgi.name(), "cgi");
     }
