@@ -18,3 +18,5 @@ mod protocols;
 mod scgi;
 mod security;
 mod seed;
+#[cfg(feature = "wsgi")]
+mod wsgi;

@@ -7,6 +7,14 @@
 //! actually forwarded. An empty `CONTENT_LENGTH` (or Caddy's `-1`) is dropped, so "no length"
 //! reads as absent. `SCRIPT_NAME` and `PATH_INFO` are the values the script-name rule
 //! resolved, and `SCRIPT_NAME` is never `/` (that is `SCRIPT_NAME=""`, `PATH_INFO="/..."`).
+//!
+//! One case needs more than that rule. WSGI apps route on `PATH_INFO`, and a web server that
+//! knows nothing of a mount point sends none: nginx's stock `fastcgi_params` and Apache's
+//! `ProxyPass / fcgi://...` put the whole path in `SCRIPT_NAME`. When `PATH_INFO` came out
+//! empty and nothing says where the app is mounted (no `SCRIPT_URL`, `REDIRECT_URL` or
+//! `REDIRECT_URI`), the path is the request's decoded path (`DOCUMENT_URI`, else
+//! `REQUEST_URI`'s), minus `script_name=` when that is set, and `SCRIPT_NAME` is empty or the
+//! forced prefix: what the app would see mounted at the root, or at the forced prefix.
 //! Built without the GIL: the Python thread only turns the pairs into a `dict`.
 
 use http::request::Parts;
@@ -27,8 +35,8 @@ pub(crate) struct Flags {
     pub(crate) multiprocess: bool,
 }
 
-/// The CGI variables of a request as WSGI wants them.
-pub(crate) fn vars(parts: &Parts) -> Vars {
+/// The CGI variables of a request as WSGI wants them; `forced` when `script_name=` is set.
+pub(crate) fn vars(parts: &Parts, forced: bool) -> Vars {
     let mut vars: Vars = Vec::with_capacity(32);
     match parts.extensions.get::<Env>() {
         Some(env) => {
@@ -66,6 +74,7 @@ pub(crate) fn vars(parts: &Parts) -> Vars {
             }
         }
     }
+    whole_path_without_mount(&mut vars, forced);
     fix_script_name(&mut vars);
     let host = get(&vars, b"HTTP_HOST").map(|h| {
         let h = h.to_vec();
@@ -125,6 +134,39 @@ fn get<'a>(vars: &'a Vars, name: &[u8]) -> Option<&'a [u8]> {
 fn set(vars: &mut Vars, name: &[u8], value: Vec<u8>) {
     vars.retain(|(n, _)| n != name);
     vars.push((name.to_vec(), value));
+}
+
+/// See the module doc: an empty `PATH_INFO` with no mount information becomes the request's
+/// path (minus a forced `SCRIPT_NAME`).
+fn whole_path_without_mount(vars: &mut Vars, forced: bool) {
+    let mounted = [&b"SCRIPT_URL"[..], b"REDIRECT_URL", b"REDIRECT_URI"]
+        .iter()
+        .any(|n| get(vars, n).is_some_and(|v| !v.is_empty()));
+    if mounted || !get(vars, b"PATH_INFO").unwrap_or(b"").is_empty() {
+        return;
+    }
+    let path = match get(vars, b"DOCUMENT_URI") {
+        Some(d) if !d.is_empty() => d.to_vec(),
+        _ => {
+            let raw = get(vars, b"REQUEST_URI").unwrap_or(b"");
+            let path = raw.split(|&b| b == b'?').next().unwrap_or(raw);
+            crate::request::percent_decode(path)
+        }
+    };
+    if path.is_empty() {
+        return;
+    }
+    if forced {
+        let script = get(vars, b"SCRIPT_NAME").unwrap_or(b"").to_vec();
+        if let Some(rest) = path.strip_prefix(script.as_slice()) {
+            if rest.starts_with(b"/") {
+                set(vars, b"PATH_INFO", rest.to_vec());
+            }
+        }
+    } else {
+        set(vars, b"SCRIPT_NAME", Vec::new());
+        set(vars, b"PATH_INFO", path);
+    }
 }
 
 /// PEP 3333: `SCRIPT_NAME` is empty or starts with `/` and never ends with one (the root is
@@ -198,7 +240,7 @@ mod tests {
         }
         let mut req = http::Request::new(());
         req.extensions_mut().insert(Env::new(b.finish()));
-        vars(&req.into_parts().0)
+        vars(&req.into_parts().0, false)
     }
 
     fn value<'a>(vars: &'a Vars, name: &str) -> Option<&'a str> {
@@ -245,6 +287,59 @@ mod tests {
         assert_eq!(
             (value(&v, "SCRIPT_NAME"), value(&v, "PATH_INFO")),
             (Some("/app"), Some("/a"))
+        );
+    }
+
+    #[test]
+    fn a_whole_path_in_script_name_becomes_path_info() {
+        // nginx's stock fastcgi_params: SCRIPT_NAME is the whole (decoded) path.
+        let v = env_vars(&[
+            ("SCRIPT_NAME", "/blog/caf\u{e9}/"),
+            ("PATH_INFO", ""),
+            ("REQUEST_URI", "/blog/caf%C3%A9/?q"),
+            ("DOCUMENT_URI", "/blog/caf\u{e9}/"),
+        ]);
+        assert_eq!(value(&v, "SCRIPT_NAME"), Some(""));
+        assert_eq!(value(&v, "PATH_INFO"), Some("/blog/caf\u{e9}/"));
+        // Apache mod_proxy_fcgi: no DOCUMENT_URI; the decoded REQUEST_URI path.
+        let v = env_vars(&[
+            ("SCRIPT_NAME", "/a b"),
+            ("PATH_INFO", ""),
+            ("REQUEST_URI", "/a%20b?x"),
+        ]);
+        assert_eq!(
+            (value(&v, "SCRIPT_NAME"), value(&v, "PATH_INFO")),
+            (Some(""), Some("/a b"))
+        );
+        // Mount information present: the resolved values stand.
+        let v = env_vars(&[
+            ("SCRIPT_NAME", "/app"),
+            ("PATH_INFO", ""),
+            ("SCRIPT_URL", "/app"),
+            ("REQUEST_URI", "/app"),
+        ]);
+        assert_eq!(
+            (value(&v, "SCRIPT_NAME"), value(&v, "PATH_INFO")),
+            (Some("/app"), Some(""))
+        );
+    }
+
+    #[test]
+    fn a_forced_script_name_is_cut_from_the_path() {
+        let mut b = appserver_proto::params::ParamsBuilder::new(appserver_proto::Limits::default());
+        for (n, v) in [
+            ("SCRIPT_NAME", "/site"),
+            ("PATH_INFO", ""),
+            ("REQUEST_URI", "/site/blog/x/"),
+        ] {
+            b.push(n.as_bytes(), v.as_bytes()).unwrap();
+        }
+        let mut req = http::Request::new(());
+        req.extensions_mut().insert(Env::new(b.finish()));
+        let v = vars(&req.into_parts().0, true);
+        assert_eq!(
+            (value(&v, "SCRIPT_NAME"), value(&v, "PATH_INFO")),
+            (Some("/site"), Some("/blog/x/"))
         );
     }
 

@@ -63,6 +63,8 @@ pub struct Wsgi {
 struct Inner {
     settings: interp::Settings,
     preload: bool,
+    /// `script_name=` is set: the resolved `SCRIPT_NAME` is that prefix.
+    forced_script_name: bool,
     flags: Flags,
     /// Python threads this process may run: `maxchildren` (threaded), 1 (prefork).
     threads: usize,
@@ -94,6 +96,7 @@ impl Wsgi {
                 virtualenv: config.wsgi.virtualenv.clone(),
             },
             config.wsgi.preload,
+            config.script_name.is_some(),
             Flags {
                 multithread: threaded && config.maxchildren > 1,
                 multiprocess: !threaded,
@@ -106,11 +109,18 @@ impl Wsgi {
         )
     }
 
-    fn new(settings: interp::Settings, preload: bool, flags: Flags, threads: usize) -> Self {
+    fn new(
+        settings: interp::Settings,
+        preload: bool,
+        forced_script_name: bool,
+        flags: Flags,
+        threads: usize,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 settings,
                 preload,
+                forced_script_name,
                 flags,
                 threads,
                 app: OnceLock::new(),
@@ -185,7 +195,7 @@ impl Handler for Wsgi {
         let (parts, body) = req.into_parts();
         let what = format!("{} {}", parts.method, parts.uri);
         let head_request = parts.method == http::Method::HEAD;
-        let vars = environ::vars(&parts);
+        let vars = environ::vars(&parts, self.inner.forced_script_name);
         let (tx, mut rx) = mpsc::channel(RESPONSE_CHANNEL_CHUNKS);
         let job = Job {
             vars,

@@ -32,6 +32,7 @@ fn app(name: &str, threads: usize) -> Wsgi {
             virtualenv: None,
         },
         false,
+        false,
         Flags {
             multithread: threads > 1,
             multiprocess: false,
