@@ -419,3 +419,223 @@ fn django_under_a_prefix_reverses_urls_with_it() {
     let resp = http_get(stack.port(), "/site/blog/x/");
     assert_eq!(resp.text(), "article x at /site/blog/x/\n");
 }
+
+/// appserver serving `testapps:<callable>` (tests/data/wsgi, stdlib only) with `extra`
+/// options and environment.
+fn testapp(callable: &str, extra: &[&str], env: &[(&str, &str)]) -> TestCommand {
+    let mut cmd = TestCommand::appserver();
+    cmd.args([
+        "runfcgi",
+        "app=wsgi",
+        &format!("module=testapps:{callable}"),
+        "daemonize=false",
+        "host=127.0.0.1",
+        "port=0",
+        &format!(
+            "pythonpath={}",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/wsgi")
+        ),
+    ]);
+    cmd.args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// `./manage.py runfcgi` (python/appserver_django) fills in app=, module=, pythonpath= and
+/// virtualenv= and execs appserver: the process Django started is the server.
+#[test]
+fn manage_py_runfcgi_execs_appserver() {
+    let mut cmd = TestCommand::new(venv().join("bin/python"));
+    cmd.arg(project().join("manage.py")).args([
+        "runfcgi",
+        "method=threaded",
+        "host=127.0.0.1",
+        "port=0",
+        "daemonize=false",
+    ]);
+    cmd.env(
+        "APPSERVER_BIN",
+        crate::util::command::appserver_bin().to_str().unwrap(),
+    )
+    .env("APPSERVER_TEST_DATA", site_data().to_str().unwrap());
+    let server = cmd.start();
+    assert!(
+        server
+            .ready_line()
+            .ends_with(&format!("pid={}", server.pid())),
+        "not exec'd in place: {}",
+        server.ready_line()
+    );
+    let location = format!(
+        "        location / {{\n            include /etc/nginx/fastcgi_params;\n            fastcgi_pass {};\n        }}\n",
+        server.listen().nginx_addr()
+    );
+    let front: crate::util::webserver::WebServer = Nginx::start("", &location).into();
+    let stack = Stack { server, front };
+    let resp = http_get(stack.port(), "/");
+    assert_eq!(resp.status, 200, "{}", stack.logs());
+    assert!(
+        resp.text().contains("article=/blog/hello/"),
+        "{}",
+        resp.text()
+    );
+}
+
+/// A module that cannot be imported stops the start with its traceback and exit status 1,
+/// in the threaded server and in the prefork master (whose workers cannot start).
+#[test]
+fn an_import_error_stops_the_start_with_the_traceback() {
+    for method in ["threaded", "prefork"] {
+        let out = testapp(
+            "hello",
+            &[&format!("method={method}")],
+            &[("APPSERVER_TEST_IMPORT_FAILS", "1")],
+        )
+        .output(Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{method}: {stderr}");
+        assert!(
+            stderr.contains("Traceback (most recent call last)")
+                && stderr.contains("ImportError: this app cannot be imported (on purpose)"),
+            "{method}: {stderr}"
+        );
+        assert!(!stderr.contains("ready:"), "{method}: {stderr}");
+    }
+}
+
+/// preload=true imports in the master and runs the interpreter's fork hooks in every
+/// worker: `os.register_at_fork` handlers run, and `random` is reseeded per worker.
+#[test]
+fn preload_runs_the_fork_hooks_in_each_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("forks.log");
+    let server = testapp(
+        "hello",
+        &[
+            "method=prefork",
+            "preload=true",
+            "minspare=3",
+            "maxspare=3",
+            "maxchildren=3",
+        ],
+        &[("APPSERVER_TEST_FORK_LOG", log.to_str().unwrap())],
+    )
+    .start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= 3 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(lines.len(), 3, "{lines:?}\n{}", server.log());
+    let pids: std::collections::BTreeSet<&str> =
+        lines.iter().filter_map(|l| l.split(' ').next()).collect();
+    let randoms: std::collections::BTreeSet<&str> =
+        lines.iter().filter_map(|l| l.split(' ').nth(1)).collect();
+    assert_eq!((pids.len(), randoms.len()), (3, 3), "{lines:?}");
+    assert!(!pids.contains(server.pid().to_string().as_str()));
+}
+
+/// preload=true refuses an app whose import started a thread: a forked worker would not
+/// have it.
+#[test]
+fn preload_refuses_an_import_that_starts_threads() {
+    let out = testapp(
+        "hello",
+        &["method=prefork", "preload=true"],
+        &[("APPSERVER_TEST_IMPORT_THREAD", "1")],
+    )
+    .output(Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("started 1 Python threads"), "{stderr}");
+}
+
+/// Python installs no signal handler: SIGINT is appserver's graceful stop, also once the app
+/// has imported `signal` (which would otherwise install Python's KeyboardInterrupt handler).
+#[test]
+fn sigint_stops_gracefully_with_python_loaded() {
+    for method in ["threaded", "prefork"] {
+        let mut server = testapp("environ_app", &[&format!("method={method}")], &[]).start();
+        let mut stream = crate::util::client::Stream::connect(server.listen());
+        let params = crate::util::client::cgi_params("GET", "/", &[]);
+        let resp = crate::util::client::fcgi_get(&mut stream, &params, false);
+        assert!(
+            resp.text().contains("<Handlers.SIG_DFL: 0>"),
+            "{}",
+            resp.text()
+        );
+        server.signal(nix::sys::signal::Signal::SIGINT);
+        let status = server.wait_exit(Duration::from_secs(30)).expect("stopped");
+        assert!(status.success(), "{method}: {status:?}\n{}", server.log());
+        assert!(
+            !server.log().contains("KeyboardInterrupt"),
+            "{}",
+            server.log()
+        );
+    }
+}
+
+/// An error after the head aborts the response: appserver closes the connection without
+/// END_REQUEST / END_RESPONSE, never ending the response as if it were whole. What each front
+/// end then passes on to the client (a chunked body without its last chunk, i.e. a truncated
+/// response the client can tell from a complete one) is pinned here and in docs/wsgi.md:
+/// SCGI ends every response by closing, so no front end can tell there; nginx tells a
+/// premature FastCGI close only with `fastcgi_keep_conn on` (without it, the close is its end
+/// of the response too); Apache tells it over FastCGI and AJP.
+#[test]
+fn an_error_after_the_head_truncates_the_response_at_every_front_end() {
+    use crate::util::webserver::{FcgiPass, WebServer};
+    type Front = fn(&crate::util::command::Listen) -> WebServer;
+    let nginx_keep: Front = |l| Nginx::fastcgi(l, FcgiPass::KeepConn).into();
+    let nginx_close: Front = |l| Nginx::fastcgi(l, FcgiPass::Close).into();
+    let nginx_scgi: Front = |l| {
+        let location = crate::scgi::NGINX_SCGI_LOCATION.replace("@ADDR@", &l.nginx_addr());
+        Nginx::start("", &location).into()
+    };
+    let apache_fcgi: Front = |l| ApacheProxy::fcgi(l).into();
+    let apache_scgi: Front = |l| ApacheProxy::scgi(l).into();
+    let apache_ajp: Front = |l| ApacheProxy::ajp(l, "").into();
+    // (front end, protocol, how it starts, whether the client can tell)
+    let fronts: [(&str, &str, Front, bool); 6] = [
+        ("nginx fastcgi_keep_conn", "fcgi", nginx_keep, true),
+        ("nginx fastcgi", "fcgi", nginx_close, false),
+        ("nginx scgi", "scgi", nginx_scgi, false),
+        ("apache fcgi", "fcgi", apache_fcgi, true),
+        ("apache scgi", "scgi", apache_scgi, false),
+        ("apache ajp", "ajp", apache_ajp, true),
+    ];
+    let mut seen = Vec::new();
+    for (name, protocol, front, _) in fronts {
+        let server = testapp("exc_after_head", &[&format!("protocol={protocol}")], &[]).start();
+        let front = front(server.listen());
+        let mut s = TcpStream::connect(("127.0.0.1", front.port())).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw);
+        let logs = crate::util::cases::logs(&server, &front);
+        assert!(text.starts_with("HTTP/1.1 200"), "{name}: {text}\n{logs}");
+        assert!(text.contains("partial"), "{name}: {text}\n{logs}");
+        assert!(!text.contains("never"), "{name}: {text}");
+        assert!(
+            server.wait_log("ValueError: boom after head", 1),
+            "{name}: {}",
+            server.log()
+        );
+        // Truncated: the chunked body lacks its last chunk.
+        seen.push((name, !text.ends_with("0\r\n\r\n")));
+    }
+    let expected: Vec<(&str, bool)> = fronts.iter().map(|f| (f.0, f.3)).collect();
+    assert_eq!(
+        seen, expected,
+        "(front end, client sees a truncated response)"
+    );
+}

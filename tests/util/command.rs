@@ -142,7 +142,9 @@ impl TestCommand {
         TestCommand::new(hello_example_bin())
     }
 
-    fn new(bin: PathBuf) -> TestCommand {
+    /// Any program (`manage.py runfcgi` under the test virtualenv's Python, which execs
+    /// appserver), with a fresh temporary directory as its working directory.
+    pub(crate) fn new(bin: PathBuf) -> TestCommand {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(bin);
         cmd.current_dir(dir.path())

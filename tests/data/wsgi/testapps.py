@@ -226,3 +226,22 @@ def big(environ, start_response):
 @validator
 def hello(environ, start_response):
     return _text(start_response, "Hello, world\n")
+
+
+# preload=true: what the interpreter's fork hooks do in each worker. The random module
+# registered its own after_in_child handler (a reseed) when it was imported, before this one.
+if os.environ.get("APPSERVER_TEST_FORK_LOG"):
+    import random
+
+    def _after_fork():
+        with open(os.environ["APPSERVER_TEST_FORK_LOG"], "a") as log:
+            log.write(f"{os.getpid()} {random.random()}\n")
+
+    os.register_at_fork(after_in_child=_after_fork)
+
+# preload=true must refuse an app whose import starts a thread.
+if os.environ.get("APPSERVER_TEST_IMPORT_THREAD"):
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+
+if os.environ.get("APPSERVER_TEST_IMPORT_FAILS"):
+    raise ImportError("this app cannot be imported (on purpose)")

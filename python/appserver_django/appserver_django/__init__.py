@@ -1,0 +1,1 @@
+"""./manage.py runfcgi for Django, served by appserver: see README.md."""
