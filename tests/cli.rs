@@ -74,6 +74,39 @@ fn assert_usage_error(args: &[&str], needles: &[&str]) {
     }
 }
 
+/// Without the cargo feature, app=wsgi is a usage error naming the feature.
+#[cfg(not(feature = "wsgi"))]
+#[test]
+fn app_wsgi_without_the_feature_names_it() {
+    assert_usage_error(
+        &["daemonize=false", "app=wsgi", "module=mysite.wsgi"],
+        &["option \"app\"", "feature wsgi", "docs/wsgi.md"],
+    );
+}
+
+/// app=wsgi needs module=, and its options belong to it.
+#[test]
+fn wsgi_options_are_checked() {
+    if cfg!(feature = "wsgi") {
+        assert_usage_error(&["daemonize=false", "app=wsgi"], &["module", "mysite.wsgi"]);
+        assert_usage_error(
+            &["daemonize=false", "app=wsgi", "module=a-b"],
+            &["module", "not a Python module path"],
+        );
+        assert_usage_error(
+            &[
+                "daemonize=false",
+                "app=wsgi",
+                "module=m",
+                "method=threaded",
+                "preload=true",
+            ],
+            &["preload", "method=prefork"],
+        );
+    }
+    assert_usage_error(&["daemonize=false", "module=m"], &["module", "app=wsgi"]);
+}
+
 #[test]
 fn bad_method_names_the_choices() {
     assert_usage_error(
