@@ -974,7 +974,21 @@ fn apache_fcgid(method: &str) -> WebServer {
 /// `own_binary`, `site.fcgi` runs a copy of appserver in that directory (`appserver`),
 /// which the test may replace.
 fn apache_fcgid_site(method: &str, own_binary: bool) -> (WebServer, PathBuf) {
+    apache_fcgid_wrapper(own_binary, |bin| {
+        include_str!("data/site.fcgi")
+            .replace("@APPSERVER@", &bin.display().to_string())
+            .replace("@METHOD@", method)
+    })
+}
+
+/// Apache with mod_fcgid, the seed's `.htaccess` and `htdocs/site.fcgi` as `wrapper` makes it
+/// from the path of the appserver binary Apache's user can run.
+pub(crate) fn apache_fcgid_wrapper(
+    own_binary: bool,
+    wrapper: impl FnOnce(&Path) -> String,
+) -> (WebServer, PathBuf) {
     let mut site = PathBuf::new();
+    let mut wrapper = Some(wrapper);
     let apache = WebServer::start("Apache", |dir, port| {
         site = dir.to_owned();
         let root = nix::unistd::geteuid().is_root();
@@ -1003,14 +1017,9 @@ fn apache_fcgid_site(method: &str, own_binary: bool) -> (WebServer, PathBuf) {
             include_str!("data/fcgid.htaccess"),
         )
         .expect("write .htaccess");
+        let text = wrapper.take().map(|w| w(&bin)).unwrap_or_default();
         let wrapper = htdocs.join("site.fcgi");
-        fs::write(
-            &wrapper,
-            include_str!("data/site.fcgi")
-                .replace("@APPSERVER@", &bin.display().to_string())
-                .replace("@METHOD@", method),
-        )
-        .expect("write site.fcgi");
+        fs::write(&wrapper, text).expect("write site.fcgi");
         fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod");
         let user = if root {
             "User www-data\nGroup www-data"

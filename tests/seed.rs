@@ -60,7 +60,8 @@ fn static_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
-fn lighttpd(conf: impl Fn(&Path) -> String) -> WebServer {
+/// lighttpd from the config `conf` makes for its directory (`@PORT@` filled in).
+pub(crate) fn lighttpd(conf: impl Fn(&Path) -> String) -> WebServer {
     let bin = sbin("lighttpd");
     WebServer::start("lighttpd", |dir, port| {
         let text = conf(dir).replace("@PORT@", &port.to_string());

@@ -167,10 +167,17 @@ fn apache_proxy(protocol: &str, scheme: &str, options: &[&str], params: &str) ->
     )
 }
 
-/// Every Django case, through `stack`.
+/// Every Django case, through `stack`, whose web server serves the collected static files
+/// under `static_url`.
 fn django_cases(stack: &Stack) {
-    let ctx = || stack.logs();
-    let port = stack.port();
+    let logs = || stack.logs();
+    django_cases_at(stack.port(), "/static/", &logs);
+}
+
+/// The Django cases through a web server on `port`; `logs` shows appserver's and the web
+/// server's logs (where the failing view's traceback must appear).
+fn django_cases_at(port: u16, static_url: &str, logs: &dyn Fn() -> String) {
+    let ctx = logs;
 
     // A reversed URL: the script name is empty at the root.
     let resp = http_get(port, "/");
@@ -191,7 +198,7 @@ fn django_cases(stack: &Stack) {
     let resp = http_get(port, "/blog/good-slug/");
     assert_eq!(resp.text(), "article good-slug at /blog/good-slug/\n");
 
-    admin_login(stack);
+    admin_login(port, ctx);
 
     // An upload over FILE_UPLOAD_MAX_MEMORY_SIZE: Django spools it to disk.
     let data = pattern_bytes(3 * 1024 * 1024 + 17);
@@ -217,7 +224,7 @@ fn django_cases(stack: &Stack) {
     );
     assert!(text.contains("\"on_disk\": true"), "{text}");
 
-    streaming(stack);
+    streaming(port, ctx);
 
     // FileResponse (through wsgi.file_wrapper) and the same file as a static file served by
     // the web server: Django's headers tell them apart.
@@ -225,35 +232,36 @@ fn django_cases(stack: &Stack) {
     let resp = http_get(port, "/file/");
     assert_eq!((resp.status, &resp.body), (200, &css), "{}", ctx());
     assert_eq!(resp.header("x-frame-options"), Some("DENY"));
-    let resp = http_get(port, "/static/mysite/site.css");
+    let resp = http_get(port, &format!("{static_url}mysite/site.css"));
     assert_eq!((resp.status, &resp.body), (200, &css), "{}", ctx());
     assert_eq!(
         resp.header("x-frame-options"),
         None,
         "static files bypass Django"
     );
-    let resp = http_get(port, "/static/admin/css/base.css");
+    let resp = http_get(port, &format!("{static_url}admin/css/base.css"));
     assert_eq!(resp.status, 200, "collectstatic copied the admin's files");
 
-    // A view that raises: Django's own 500 page, its traceback in the log (Django logs it;
-    // appserver's stderr is the log).
+    // A view that raises: Django's own 500 page, its traceback in the log (Django logs it
+    // to stderr, appserver's log).
     let resp = http_get(port, "/raise/");
     assert_eq!(resp.status, 500, "{}", ctx());
-    assert!(
-        stack
-            .server
-            .wait_log("RuntimeError: this view fails on purpose", 1),
-        "{}",
-        ctx()
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ctx().contains("RuntimeError: this view fails on purpose") {
+        assert!(
+            Instant::now() < deadline,
+            "no traceback in the log:\n{}",
+            ctx()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The admin login: GET the form (CSRF cookie and token), POST it, follow to the index with
 /// the session cookie.
-fn admin_login(stack: &Stack) {
-    let port = stack.port();
+fn admin_login(port: u16, logs: &dyn Fn() -> String) {
     let form = http_get(port, "/admin/login/?next=/admin/");
-    assert_eq!(form.status, 200, "{}", stack.logs());
+    assert_eq!(form.status, 200, "{}", logs());
     let cookie = form
         .headers_all("set-cookie")
         .into_iter()
@@ -286,7 +294,7 @@ fn admin_login(stack: &Stack) {
         302,
         "login refused: {}\n{}",
         resp.text(),
-        stack.logs()
+        logs()
     );
     assert_eq!(resp.header("location"), Some("/admin/"));
     let session = resp
@@ -306,7 +314,7 @@ fn admin_login(stack: &Stack) {
         )],
         b"",
     );
-    assert_eq!(index.status, 200, "{}", stack.logs());
+    assert_eq!(index.status, 200, "{}", logs());
     assert!(
         index.text().contains("Site administration"),
         "{}",
@@ -326,8 +334,8 @@ fn admin_login(stack: &Stack) {
 
 /// The streaming view's four chunks, 0.3 s apart, reach the client as they are made: the
 /// first arrives well before the last is produced.
-fn streaming(stack: &Stack) {
-    let mut s = TcpStream::connect(("127.0.0.1", stack.port())).unwrap();
+fn streaming(port: u16, logs: &dyn Fn() -> String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(b"GET /stream/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -347,7 +355,7 @@ fn streaming(stack: &Stack) {
     }
     let total = started.elapsed();
     let text = String::from_utf8_lossy(&seen);
-    assert!(text.contains("chunk 3 at"), "{text}\n{}", stack.logs());
+    assert!(text.contains("chunk 3 at"), "{text}\n{}", logs());
     let first = first_chunk.unwrap();
     assert!(
         total >= Duration::from_millis(900) && first < total - Duration::from_millis(500),
@@ -637,5 +645,114 @@ fn an_error_after_the_head_truncates_the_response_at_every_front_end() {
     assert_eq!(
         seen, expected,
         "(front end, client sees a truncated response)"
+    );
+}
+
+/// The document's lighttpd setup as written (tests/data/seed/lighttpd.conf: `fastcgi.server`
+/// on a unix socket, everything rewritten onto `/mysite.fcgi` except `/media`, which lighttpd
+/// serves from the collected static files) in front of Django under prefork.
+#[test]
+fn django_behind_the_documents_lighttpd_setup() {
+    let mut cmd = TestCommand::appserver();
+    let socket = cmd.path("mysite.sock");
+    cmd.args([
+        "runfcgi",
+        "app=wsgi",
+        "module=mysite.wsgi",
+        "daemonize=false",
+        "method=prefork",
+        &format!("socket={}", socket.display()),
+        &format!("pythonpath={}", project().display()),
+        &format!("virtualenv={}", venv().display()),
+    ]);
+    cmd.env("APPSERVER_TEST_DATA", site_data().to_str().unwrap())
+        .env("APPSERVER_TEST_VALIDATE", "1");
+    let server = cmd.start();
+    let docroot = tempfile::tempdir().unwrap();
+    let front = crate::seed::lighttpd(|dir| {
+        include_str!("data/seed/lighttpd.conf")
+            .replace("@DIR@", &dir.display().to_string())
+            .replace("@DOCROOT@", &docroot.path().display().to_string())
+            .replace("@SOCKET@", &socket.display().to_string())
+            .replace("@MEDIA@", &site_data().join("static").display().to_string())
+            // lighttpd buffers a whole response before sending it unless told to stream,
+            // which a site with StreamingHttpResponse views sets (docs/wsgi.md).
+            + "server.stream-response-body = 2\n"
+    });
+    let logs = || crate::util::cases::logs(&server, &front);
+    django_cases_at(front.port(), "/media/", &logs);
+}
+
+/// lighttpd spawning appserver itself (`bin-path`, the listener on fd 0), mounted at
+/// `/mysite`: Django's reversed URLs carry the mount lighttpd sends as SCRIPT_NAME.
+#[test]
+fn django_spawned_by_lighttpd_bin_path_under_a_mount() {
+    let command = format!(
+        "/usr/bin/env APPSERVER_TEST_DATA={} APPSERVER_TEST_VALIDATE=1 {} runfcgi app=wsgi \
+         module=mysite.wsgi pythonpath={} virtualenv={} method=prefork",
+        site_data().display(),
+        crate::util::command::appserver_bin().display(),
+        project().display(),
+        venv().display()
+    );
+    let front = crate::seed::lighttpd(|dir| {
+        std::fs::create_dir_all(dir.join("htdocs")).unwrap();
+        include_str!("data/lighttpd-bin-path.conf")
+            .replace("@DIR@", &dir.display().to_string())
+            .replace("@COMMAND@", &command)
+    });
+    let resp = http_get(front.port(), "/mysite/");
+    assert_eq!(resp.status, 200, "{}", front.error_log());
+    assert!(
+        resp.text().contains("article=/mysite/blog/hello/\n"),
+        "{}",
+        resp.text()
+    );
+    let resp = http_get(front.port(), "/mysite/blog/x/");
+    assert_eq!(
+        resp.text(),
+        "article x at /mysite/blog/x/\n",
+        "{}",
+        front.error_log()
+    );
+}
+
+/// Apache mod_fcgid with the document's `.htaccess`: mod_fcgid spawns `site.fcgi`, which
+/// execs appserver serving Django (as Apache's user when the tests run as root).
+#[test]
+fn django_spawned_by_mod_fcgid_with_the_documents_htaccess() {
+    let (front, _site) = crate::process::apache_fcgid_wrapper(false, |bin| {
+        format!(
+            "#!/bin/sh\nexport APPSERVER_TEST_DATA={} APPSERVER_TEST_VALIDATE=1\n\
+             exec {} runfcgi app=wsgi module=mysite.wsgi pythonpath={} virtualenv={} \
+             method=prefork daemonize=false\n",
+            site_data().display(),
+            bin.display(),
+            project().display(),
+            venv().display()
+        )
+    });
+    let resp = http_get(front.port(), "/");
+    assert_eq!(resp.status, 200, "{}", front.error_log());
+    // The rewrite onto site.fcgi does not leak: the site is mounted at the root.
+    assert!(
+        resp.text().contains("article=/blog/hello/\n"),
+        "{}",
+        resp.text()
+    );
+    let resp = http_get(front.port(), "/blog/x/?q=1");
+    assert_eq!(
+        resp.text(),
+        "article x at /blog/x/\n",
+        "{}",
+        front.error_log()
+    );
+    let css = std::fs::read(project().join("mysite/static/mysite/site.css")).unwrap();
+    let resp = http_get(front.port(), "/file/");
+    assert_eq!(
+        (resp.status, &resp.body),
+        (200, &css),
+        "{}",
+        front.error_log()
     );
 }
