@@ -109,9 +109,9 @@ pub(crate) fn traceback(py: Python<'_>, err: &PyErr) -> String {
             "format_exception",
             (err.get_type(py), err.value(py), err.traceback(py)),
         )?;
-        Ok(pyo3::types::PyString::new(py, "")
+        pyo3::types::PyString::new(py, "")
             .call_method1("join", (lines,))?
-            .extract::<String>()?)
+            .extract::<String>()
     });
     match formatted {
         Ok(text) => text.trim_end().to_owned(),

@@ -2,7 +2,7 @@
 //! 3333 exactly (cargo feature `wsgi`).
 //!
 //! [`Wsgi`] is a plain [`Handler`]: the driver gives it a request, it hands the request to a
-//! Python thread of its [pool](Pool) and streams back what the app produces. Python runs only
+//! Python thread of its pool and streams back what the app produces. Python runs only
 //! on those threads, each attached to the interpreter once for its life (so thread-locals
 //! such as Django's database connections survive between requests) and releasing the GIL
 //! around every wait: for a job, for a request-body chunk, for room in the response channel.
@@ -13,10 +13,10 @@
 //!            └──── Out::Head/Data/End/Fail ◀─┘  (bounded channel, GIL released while full)
 //! ```
 //!
-//! - [`environ`]: the `environ` dict.
-//! - [`input`]: `wsgi.input`, `wsgi.errors`.
-//! - [`response`]: `start_response`, `write()`, iteration, `close()`, `wsgi.file_wrapper`.
-//! - [`interp`]: the interpreter's life in a process (start, import, signals).
+//! - `environ`: the `environ` dict.
+//! - `input`: `wsgi.input`, `wsgi.errors`.
+//! - `response`: `start_response`, `write()`, iteration, `close()`, `wsgi.file_wrapper`.
+//! - `interp`: the interpreter's life in a process (start, import, signals).
 //!
 //! Process models: prefork starts Python in each worker after the fork and runs one Python
 //! thread there (one request at a time per worker, as Django's prefork); with `preload=true`
