@@ -272,16 +272,33 @@ async fn write_callable_sends_before_the_iterable() {
     assert_eq!(text(w.call(get("")).await.unwrap()).await, "one,two,three");
 }
 
+/// Waits until the Python expression `expr` reads `value` (close() runs on the Python
+/// thread after the response's end went out), failing after a deadline.
+async fn wait_for_py(expr: &str, value: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = py_eval(expr);
+        if now == value {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{expr} is {now}, expected {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn close_is_called_exactly_once_on_success_error_and_abort() {
     let w = app("counted", 1);
     let ok = w.call(get("key=ok&n=3")).await.unwrap();
     assert_eq!(text(ok).await, "x".repeat(30));
-    assert_eq!(py_eval("closes['ok']"), "1");
+    wait_for_py("closes['ok']", "1").await;
 
     let resp = w.call(get("key=fail&n=3&fail=1")).await.unwrap();
     assert!(resp.into_body().collect().await.is_err());
-    assert_eq!(py_eval("closes['fail']"), "1");
+    wait_for_py("closes['fail']", "1").await;
 
     // The client goes away after the first chunk: the app is stopped and closed, not run to
     // the end.
@@ -289,14 +306,7 @@ async fn close_is_called_exactly_once_on_success_error_and_abort() {
     let mut body = resp.into_body();
     body.frame().await.unwrap().unwrap();
     drop(body);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while py_eval("closes['abort']") != "1" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "close() not called after abort"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_py("closes['abort']", "1").await;
     let produced: usize = py_eval("produced['abort']").parse().unwrap();
     assert!(
         produced < 20,
@@ -361,8 +371,8 @@ async fn threads_serve_requests_concurrently_up_to_the_limit() {
     let w = app("counted", 2);
     // Two slow requests at once finish in about the time of one.
     let started = std::time::Instant::now();
-    let a = w.call(get("key=c1&n=2&delay=0.3"));
-    let b = w.call(get("key=c2&n=2&delay=0.3"));
+    let a = w.call(get("key=c1&n=2&delay=0.5"));
+    let b = w.call(get("key=c2&n=2&delay=0.5"));
     let (a, b) = tokio::join!(a, b);
     let (a, b) = tokio::join!(text(a.unwrap()), text(b.unwrap()));
     assert_eq!((a.len(), b.len()), (20, 20));
