@@ -369,7 +369,7 @@ async fn file_wrapper_streams_the_file() {
 #[tokio::test]
 async fn threads_serve_requests_concurrently_up_to_the_limit() {
     let w = app("counted", 2);
-    // Two slow requests at once finish in about the time of one.
+    // Two slow requests (1 s each) at once finish in about the time of one, not two.
     let started = std::time::Instant::now();
     let a = w.call(get("key=c1&n=2&delay=0.5"));
     let b = w.call(get("key=c2&n=2&delay=0.5"));
@@ -378,7 +378,7 @@ async fn threads_serve_requests_concurrently_up_to_the_limit() {
     assert_eq!((a.len(), b.len()), (20, 20));
     let took = started.elapsed();
     assert!(
-        took < Duration::from_millis(1100),
+        took < Duration::from_millis(1700),
         "not concurrent: {took:?}"
     );
 }
