@@ -303,6 +303,7 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
             })?;
             // Handlers still running after a forced stop are dropped with the runtime.
             runtime.shutdown_timeout(Duration::from_millis(100));
+            hooks::serve_stop();
             exit
         }
         Method::Prefork => {

@@ -756,3 +756,204 @@ fn django_spawned_by_mod_fcgid_with_the_documents_htaccess() {
         front.error_log()
     );
 }
+
+/// A worker that dies inside C code (a segfault, as a broken extension would) is logged and
+/// replaced; the server goes on serving.
+#[test]
+fn a_worker_that_dies_in_c_is_replaced() {
+    let server = testapp(
+        "crash",
+        &[
+            "method=prefork",
+            "maxchildren=2",
+            "minspare=2",
+            "maxspare=2",
+        ],
+        &[],
+    )
+    .start();
+    let front: crate::util::webserver::WebServer =
+        Nginx::fastcgi(server.listen(), crate::util::webserver::FcgiPass::Close).into();
+    let resp = http_get(front.port(), "/");
+    assert_eq!(resp.status, 502, "nginx saw the worker die mid-request");
+    assert!(
+        server.wait_log("SIGSEGV", 1),
+        "no log of the crash:\n{}",
+        server.log()
+    );
+    assert!(
+        server.wait_log("starting a replacement", 1),
+        "{}",
+        server.log()
+    );
+}
+
+/// HUP makes the server serve the code now on disk, in both process models.
+#[test]
+fn hup_picks_up_changed_python_code() {
+    for method in ["prefork", "threaded"] {
+        let dir = tempfile::tempdir().unwrap();
+        let app = |version: &str| {
+            format!(
+                "def application(environ, start_response):\n    \
+                 start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+                 return [b'{version}']\n"
+            )
+        };
+        std::fs::write(dir.path().join("liveapp.py"), app("version one")).unwrap();
+        let mut cmd = TestCommand::appserver();
+        cmd.args([
+            "runfcgi",
+            "app=wsgi",
+            "module=liveapp",
+            "daemonize=false",
+            "host=127.0.0.1",
+            "port=0",
+            &format!("method={method}"),
+            &format!("pythonpath={}", dir.path().display()),
+        ]);
+        let server = cmd.start();
+        let get = || {
+            let mut stream = crate::util::client::Stream::connect(server.listen());
+            let params = crate::util::client::cgi_params("GET", "/", &[]);
+            crate::util::client::fcgi_get(&mut stream, &params, false).text()
+        };
+        assert_eq!(get(), "version one");
+        // A different size, so a cached .pyc cannot pass for the new source.
+        std::fs::write(dir.path().join("liveapp.py"), app("version two, longer")).unwrap();
+        server.signal(nix::sys::signal::Signal::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = get();
+            if now == "version two, longer" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{method}: still {now:?}\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A 1 GiB upload read by the app and a 1 GiB streamed download each keep appserver's
+/// resident memory within 32 MiB of what it was idle, with Python loaded (through nginx,
+/// curl on the other side).
+#[test]
+fn gigabyte_transfers_keep_memory_bounded() {
+    const GIB: u64 = 1 << 30;
+    let upload = testapp("input_app", &["method=threaded"], &[]).start();
+    let download = testapp("big", &["method=threaded"], &[]).start();
+    for (server, what) in [(&upload, "upload"), (&download, "download")] {
+        let front: crate::util::webserver::WebServer =
+            Nginx::fastcgi(server.listen(), crate::util::webserver::FcgiPass::Close).into();
+        // Warm up: Python's first request allocates what it keeps.
+        assert_eq!(
+            http_get(front.port(), "/?1").status,
+            200,
+            "{}",
+            server.log()
+        );
+        let idle = server.rss();
+        let url = format!("http://127.0.0.1:{}/", front.port());
+        let out = if what == "upload" {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "head -c {GIB} /dev/zero | curl -sS --max-time 300 -T - -X POST \
+                     -H 'Content-Type: application/octet-stream' '{url}?sha'"
+                ))
+                .output()
+                .unwrap()
+        } else {
+            Command::new("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "300",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{size_download}",
+                ])
+                .arg(format!("{url}?1024"))
+                .output()
+                .unwrap()
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        if what == "upload" {
+            assert!(
+                text.contains(&format!("\"len\": {GIB}")),
+                "{text}\n{}",
+                server.log()
+            );
+        } else {
+            assert_eq!(text, GIB.to_string(), "{}", server.log());
+        }
+        let peak = server.peak_rss();
+        eprintln!("{what}: idle {} KiB, peak {} KiB", idle / 1024, peak / 1024);
+        assert!(
+            peak < idle + (32 << 20),
+            "{what}: peak RSS {} KiB, idle {} KiB",
+            peak / 1024,
+            idle / 1024
+        );
+    }
+}
+
+/// A stopping server runs the app's `atexit` handlers (each prefork worker, the threaded
+/// server), and one that hangs does not keep it from exiting.
+#[test]
+fn exit_runs_atexit_handlers_under_a_deadline() {
+    for (method, hang) in [("prefork", false), ("threaded", false), ("threaded", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("atexit.log");
+        let mut env = vec![("APPSERVER_TEST_ATEXIT_LOG", log.to_str().unwrap())];
+        if hang {
+            env.push(("APPSERVER_TEST_ATEXIT_HANG", "1"));
+        }
+        let extra = [
+            format!("method={method}"),
+            "maxchildren=2".into(),
+            "minspare=2".into(),
+            "maxspare=2".into(),
+        ];
+        let extra: Vec<&str> = if method == "prefork" {
+            extra.iter().map(String::as_str).collect()
+        } else {
+            vec![extra[0].as_str()]
+        };
+        let mut server = testapp("hello", &extra, &env).start();
+        let mut stream = crate::util::client::Stream::connect(server.listen());
+        let params = crate::util::client::cgi_params("GET", "/", &[]);
+        assert!(crate::util::client::fcgi_get(&mut stream, &params, false)
+            .text()
+            .contains("Hello"));
+        let started = Instant::now();
+        server.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = server.wait_exit(Duration::from_secs(30)).expect("stopped");
+        assert!(status.success(), "{method}: {status:?}\n{}", server.log());
+        let pids = std::fs::read_to_string(&log).unwrap_or_default();
+        let expected = if method == "prefork" { 2 } else { 1 };
+        assert_eq!(
+            pids.lines().count(),
+            expected,
+            "{method}: {pids:?}\n{}",
+            server.log()
+        );
+        if hang {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{:?}",
+                started.elapsed()
+            );
+            assert!(
+                server.log().contains("atexit handlers still running"),
+                "{}",
+                server.log()
+            );
+        }
+    }
+}

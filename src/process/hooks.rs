@@ -30,6 +30,10 @@ pub trait ProcessHooks: Send + Sync + 'static {
     fn serve_start(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// In the serving process once it stopped serving, just before it exits (app=wsgi: the
+    /// interpreter's `atexit` handlers, under a deadline).
+    fn serve_stop(&self) {}
 }
 
 static HOOKS: OnceLock<Box<dyn ProcessHooks>> = OnceLock::new();
@@ -63,4 +67,11 @@ pub fn after_fork(child: bool) {
 /// Runs [`ProcessHooks::serve_start`], if hooks are installed.
 pub fn serve_start() -> Result<(), String> {
     HOOKS.get().map_or(Ok(()), |h| h.serve_start())
+}
+
+/// Runs [`ProcessHooks::serve_stop`], if hooks are installed.
+pub fn serve_stop() {
+    if let Some(h) = HOOKS.get() {
+        h.serve_stop();
+    }
 }

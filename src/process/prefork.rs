@@ -571,6 +571,7 @@ impl<'a> Master<'a> {
                         1
                     }
                 };
+                super::hooks::serve_stop();
                 // Exit without unwinding: the master's pidfile and socket guard live in the
                 // frames below and belong to the master.
                 std::process::exit(code)

@@ -118,3 +118,29 @@ pub(crate) fn traceback(py: Python<'_>, err: &PyErr) -> String {
         Err(_) => err.to_string(),
     }
 }
+
+/// Runs the interpreter's `atexit` handlers (the process is about to exit without
+/// finalising Python), giving up after `deadline`: they run on a thread of their own, which
+/// the exit then ends.
+pub(crate) fn run_atexit(deadline: std::time::Duration) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let started = std::thread::Builder::new()
+        .name("python-atexit".into())
+        .spawn(move || {
+            Python::attach(|py| {
+                let run = py
+                    .import("atexit")
+                    .and_then(|m| m.call_method0("_run_exitfuncs"));
+                if let Err(e) = run {
+                    tracing::warn!("atexit handlers failed:\n{}", traceback(py, &e));
+                }
+            });
+            let _ = done_tx.send(());
+        });
+    if started.is_ok() && done_rx.recv_timeout(deadline).is_err() {
+        tracing::warn!(
+            "atexit handlers still running after {}s: exiting without them",
+            deadline.as_secs()
+        );
+    }
+}

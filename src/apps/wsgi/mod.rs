@@ -184,7 +184,18 @@ impl ProcessHooks for WsgiHooks {
         }
         .start()
     }
+
+    fn serve_stop(&self) {
+        if self.0.pool.get().is_some() {
+            interp::run_atexit(ATEXIT_DEADLINE);
+        }
+    }
 }
+
+/// How long the app's `atexit` handlers may run when a serving process exits: they close
+/// connections and flush what they hold, but one that hangs must not keep a stopping
+/// worker (or a reload) waiting forever.
+const ATEXIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Handler for Wsgi {
     async fn call(&self, req: Request) -> Result<Response, BoxError> {

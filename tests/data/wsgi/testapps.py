@@ -245,3 +245,24 @@ if os.environ.get("APPSERVER_TEST_IMPORT_THREAD"):
 
 if os.environ.get("APPSERVER_TEST_IMPORT_FAILS"):
     raise ImportError("this app cannot be imported (on purpose)")
+
+
+@validator
+def crash(environ, start_response):
+    """Dies in C, as a broken extension would: a segmentation fault."""
+    import ctypes
+
+    ctypes.string_at(0)
+    return _text(start_response, "unreachable")
+
+# Worker exit runs atexit handlers, under a deadline.
+if os.environ.get("APPSERVER_TEST_ATEXIT_LOG"):
+    import atexit
+
+    def _at_exit():
+        with open(os.environ["APPSERVER_TEST_ATEXIT_LOG"], "a") as log:
+            log.write(f"{os.getpid()}\n")
+        if os.environ.get("APPSERVER_TEST_ATEXIT_HANG"):
+            time.sleep(600)
+
+    atexit.register(_at_exit)
