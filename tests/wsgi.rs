@@ -957,3 +957,53 @@ fn exit_runs_atexit_handlers_under_a_deadline() {
         }
     }
 }
+
+/// A HUP whose new code cannot be imported leaves the previous workers serving the previous
+/// code (prefork: the reload's workers fail to start and the master reports it).
+#[test]
+fn a_reload_whose_import_fails_keeps_the_old_workers_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("liveapp.py"),
+        "def application(environ, start_response):\n    \
+         start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+         return [b'still the old code']\n",
+    )
+    .unwrap();
+    let mut cmd = TestCommand::appserver();
+    cmd.args([
+        "runfcgi",
+        "app=wsgi",
+        "module=liveapp",
+        "daemonize=false",
+        "host=127.0.0.1",
+        "port=0",
+        "method=prefork",
+        "maxchildren=2",
+        "minspare=2",
+        "maxspare=2",
+        &format!("pythonpath={}", dir.path().display()),
+    ]);
+    let server = cmd.start();
+    let get = || {
+        let mut stream = crate::util::client::Stream::connect(server.listen());
+        let params = crate::util::client::cgi_params("GET", "/", &[]);
+        crate::util::client::fcgi_get(&mut stream, &params, false).text()
+    };
+    assert_eq!(get(), "still the old code");
+    std::fs::write(
+        dir.path().join("liveapp.py"),
+        "raise ImportError('the new code is broken (on purpose)')\n",
+    )
+    .unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        server.wait_log("ImportError: the new code is broken (on purpose)", 1),
+        "{}",
+        server.log()
+    );
+    assert!(server.wait_log("reload failed", 1), "{}", server.log());
+    for _ in 0..5 {
+        assert_eq!(get(), "still the old code", "{}", server.log());
+    }
+}
