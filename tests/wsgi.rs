@@ -631,8 +631,9 @@ fn an_error_after_the_head_truncates_the_response_at_every_front_end() {
         let text = String::from_utf8_lossy(&raw);
         let logs = crate::util::cases::logs(&server, &front);
         assert!(text.starts_with("HTTP/1.1 200"), "{name}: {text}\n{logs}");
-        assert!(text.contains("partial"), "{name}: {text}\n{logs}");
-        assert!(!text.contains("never"), "{name}: {text}");
+        // "partial" went out before the error, but whether it reaches the client before the
+        // close depends on when the engine wrote it: only what follows the error is pinned.
+        assert!(!text.contains("never"), "{name}: {text}\n{logs}");
         assert!(
             server.wait_log("ValueError: boom after head", 1),
             "{name}: {}",
