@@ -114,6 +114,14 @@ pub(crate) fn django_server(protocol: &str, extra: &[&str]) -> Server {
     cmd.start()
 }
 
+/// nginx's `location /` passing to appserver with the stock `fastcgi_params`.
+fn nginx_fcgi_location(server: &Server) -> String {
+    format!(
+        "        location / {{\n            include /etc/nginx/fastcgi_params;\n            fastcgi_pass {};\n        }}\n",
+        server.listen().nginx_addr()
+    )
+}
+
 /// nginx's location for the collected static files.
 fn nginx_static() -> String {
     format!(
@@ -124,11 +132,7 @@ fn nginx_static() -> String {
 
 fn nginx_fcgi(extra: &[&str]) -> Stack {
     let server = django_server("fcgi", extra);
-    let location = format!(
-        "{}        location / {{\n            include /etc/nginx/fastcgi_params;\n            fastcgi_pass {};\n        }}\n",
-        nginx_static(),
-        server.listen().nginx_addr()
-    );
+    let location = nginx_static() + &nginx_fcgi_location(&server);
     let front = Nginx::start("", &location).into();
     Stack { server, front }
 }
@@ -451,6 +455,29 @@ fn testapp(callable: &str, extra: &[&str], env: &[(&str, &str)]) -> TestCommand 
     cmd
 }
 
+/// `GET /` straight to appserver over FastCGI (no web server): the response body.
+fn fcgi_get_root(server: &Server) -> String {
+    let mut stream = crate::util::client::Stream::connect(server.listen());
+    let params = crate::util::client::cgi_params("GET", "/", &[]);
+    crate::util::client::fcgi_get(&mut stream, &params, false).text()
+}
+
+/// appserver serving `liveapp:application` from `dir` (a module the test rewrites).
+fn liveapp_server(dir: &Path, extra: &[&str]) -> Server {
+    let mut cmd = TestCommand::appserver();
+    cmd.args([
+        "runfcgi",
+        "app=wsgi",
+        "module=liveapp",
+        "daemonize=false",
+        "host=127.0.0.1",
+        "port=0",
+        &format!("pythonpath={}", dir.display()),
+    ]);
+    cmd.args(extra);
+    cmd.start()
+}
+
 /// `./manage.py runfcgi` (python/appserver_django) fills in app=, module=, pythonpath= and
 /// virtualenv= and execs appserver: the process Django started is the server.
 #[test]
@@ -476,11 +503,8 @@ fn manage_py_runfcgi_execs_appserver() {
         "not exec'd in place: {}",
         server.ready_line()
     );
-    let location = format!(
-        "        location / {{\n            include /etc/nginx/fastcgi_params;\n            fastcgi_pass {};\n        }}\n",
-        server.listen().nginx_addr()
-    );
-    let front: crate::util::webserver::WebServer = Nginx::start("", &location).into();
+    let front: crate::util::webserver::WebServer =
+        Nginx::start("", &nginx_fcgi_location(&server)).into();
     let stack = Stack { server, front };
     let resp = http_get(stack.port(), "/");
     assert_eq!(resp.status, 200, "{}", stack.logs());
@@ -802,23 +826,8 @@ fn hup_picks_up_changed_python_code() {
             )
         };
         std::fs::write(dir.path().join("liveapp.py"), app("version one")).unwrap();
-        let mut cmd = TestCommand::appserver();
-        cmd.args([
-            "runfcgi",
-            "app=wsgi",
-            "module=liveapp",
-            "daemonize=false",
-            "host=127.0.0.1",
-            "port=0",
-            &format!("method={method}"),
-            &format!("pythonpath={}", dir.path().display()),
-        ]);
-        let server = cmd.start();
-        let get = || {
-            let mut stream = crate::util::client::Stream::connect(server.listen());
-            let params = crate::util::client::cgi_params("GET", "/", &[]);
-            crate::util::client::fcgi_get(&mut stream, &params, false).text()
-        };
+        let server = liveapp_server(dir.path(), &[&format!("method={method}")]);
+        let get = || fcgi_get_root(&server);
         assert_eq!(get(), "version one");
         // A different size, so a cached .pyc cannot pass for the new source.
         std::fs::write(dir.path().join("liveapp.py"), app("version two, longer")).unwrap();
@@ -927,11 +936,7 @@ fn exit_runs_atexit_handlers_under_a_deadline() {
             vec![extra[0].as_str()]
         };
         let mut server = testapp("hello", &extra, &env).start();
-        let mut stream = crate::util::client::Stream::connect(server.listen());
-        let params = crate::util::client::cgi_params("GET", "/", &[]);
-        assert!(crate::util::client::fcgi_get(&mut stream, &params, false)
-            .text()
-            .contains("Hello"));
+        assert!(fcgi_get_root(&server).contains("Hello"));
         let started = Instant::now();
         server.signal(nix::sys::signal::Signal::SIGTERM);
         let status = server.wait_exit(Duration::from_secs(30)).expect("stopped");
@@ -971,26 +976,16 @@ fn a_reload_whose_import_fails_keeps_the_old_workers_serving() {
          return [b'still the old code']\n",
     )
     .unwrap();
-    let mut cmd = TestCommand::appserver();
-    cmd.args([
-        "runfcgi",
-        "app=wsgi",
-        "module=liveapp",
-        "daemonize=false",
-        "host=127.0.0.1",
-        "port=0",
-        "method=prefork",
-        "maxchildren=2",
-        "minspare=2",
-        "maxspare=2",
-        &format!("pythonpath={}", dir.path().display()),
-    ]);
-    let server = cmd.start();
-    let get = || {
-        let mut stream = crate::util::client::Stream::connect(server.listen());
-        let params = crate::util::client::cgi_params("GET", "/", &[]);
-        crate::util::client::fcgi_get(&mut stream, &params, false).text()
-    };
+    let server = liveapp_server(
+        dir.path(),
+        &[
+            "method=prefork",
+            "maxchildren=2",
+            "minspare=2",
+            "maxspare=2",
+        ],
+    );
+    let get = || fcgi_get_root(&server);
     assert_eq!(get(), "still the old code");
     std::fs::write(
         dir.path().join("liveapp.py"),
