@@ -400,7 +400,12 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                                 return Close::Done;
                             }
                         }
-                        Err(close) => return close,
+                        Err(close) => {
+                            // A response that failed mid-body: what it produced still goes
+                            // out (the client gets it truncated), without the end marker.
+                            let _ = self.flush(&mut wr, &mut wbuf).await;
+                            return close;
+                        }
                     }
                 }
                 written = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => match written {
