@@ -6,6 +6,7 @@
 //! 0 after a clean stop, 1 when serving failed, 2 for a bad command line.
 
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use crate::process::prefork::PREFORK_REQUESTS_PER_WORKER;
 use crate::process::threaded::{self, Exit, ServeOptions};
 use crate::process::{hooks, image, prefork};
 use crate::request::{Gateway, RequestOptions};
-use crate::{config, daemon, exposure, listen, probe, Handler};
+use crate::{config, daemon, exposure, listen, probe, status, Handler};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "A FastCGI, SCGI and AJP13 application server")]
@@ -55,6 +56,29 @@ enum Command {
         /// Protocol to speak.
         #[arg(long, default_value = "fcgi", value_parser = ["fcgi", "scgi", "ajp"])]
         protocol: String,
+        /// Seconds to wait for the server.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Show a running server's status as a table (like uwsgitop).
+    ///
+    /// ADDRESS is its metrics= listener (HOST:PORT or a unix socket path), or with --path
+    /// its gateway listener, asked for status_path= over --protocol.
+    Status {
+        /// metrics= address, or the server's own address with --path.
+        address: String,
+        /// Ask the gateway listener for this status_path= instead of the metrics listener.
+        #[arg(long)]
+        path: Option<String>,
+        /// Protocol to speak with --path.
+        #[arg(long, default_value = "fcgi", value_parser = ["fcgi", "scgi", "ajp"])]
+        protocol: String,
+        /// Refresh every this many seconds until interrupted.
+        #[arg(long, num_args = 0..=1, default_missing_value = "1", value_name = "SECONDS")]
+        watch: Option<u64>,
+        /// Print the JSON status instead of the table.
+        #[arg(long)]
+        json: bool,
         /// Seconds to wait for the server.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
@@ -91,6 +115,21 @@ fn main_with<H: Handler>(args: impl IntoIterator<Item = OsString>, user: Option<
             protocol,
         } => run_probe(address, path, timeout, &protocol),
         Command::Runfcgi { options } => runfcgi(&options, user),
+        Command::Status {
+            address,
+            path,
+            protocol,
+            watch,
+            json,
+            timeout,
+        } => status::client::main(&status::client::Options {
+            address,
+            path,
+            protocol,
+            watch: watch.map(Duration::from_secs),
+            json,
+            timeout: Duration::from_secs(timeout),
+        }),
     }
 }
 
@@ -214,6 +253,13 @@ fn init_logging(debug: bool) {
 
 /// Binds, daemonizes if asked, writes the pidfile, and serves until stopped.
 fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
+    // Every app is observed: counted in the scoreboard, status_path=, accesslog=, slowlog=.
+    let handler = status::Observed::new(
+        handler,
+        config.status_path.clone(),
+        config.slowlog,
+        config.protocol.name(),
+    );
     // A reloading prefork master re-executed itself with the listener still open: take it
     // back instead of binding, and stay the daemon it already is.
     let reexec_fd = std::env::var(listen::REEXEC_FD_ENV)
@@ -240,6 +286,8 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
             tracing::warn!("{warning}");
         }
     }
+    // Before daemonizing, so that a metrics= address in use is reported on the terminal.
+    status::init(config, &listen_desc).context("cannot set up metrics= or accesslog=")?;
     let ready_pipe = if config.daemonize && reexec_fd.is_none() {
         Some(daemon::daemonize(config, &listen_desc, &std_listener).context("cannot daemonize")?)
     } else {
@@ -290,6 +338,9 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
                 .build()
                 .context("cannot start the runtime")?;
             let exit = runtime.block_on(async {
+                status::worker_started();
+                status::spawn_tasks();
+                spawn_queue_sampler(&std_listener);
                 let listener = listen::Listener::from_std(std_listener)?;
                 let shared = shared(config, handler, "threaded");
                 threaded::serve(
@@ -304,6 +355,7 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
             // Handlers still running after a forced stop are dropped with the runtime.
             runtime.shutdown_timeout(Duration::from_millis(100));
             hooks::serve_stop();
+            status::worker_exiting();
             exit
         }
         Method::Prefork => {
@@ -353,6 +405,8 @@ fn prefork_worker<H: Handler>(
         }
     };
     let result = runtime.block_on(async {
+        status::worker_started();
+        status::spawn_tasks();
         let listener = listen::Listener::from_std(listener)?;
         let shared = shared(config, handler, "prefork");
         let mut options = serve_options(config, "prefork");
@@ -369,6 +423,7 @@ fn prefork_worker<H: Handler>(
                     load.changed().await;
                     if budget > 0 && load.served() >= budget && !retire.is_cancelled() {
                         status.report(prefork::Report::Retiring);
+                        crate::status::worker_stopping();
                         retire.cancel();
                     }
                     let now_busy = load.in_flight() > 0;
@@ -392,6 +447,7 @@ fn prefork_worker<H: Handler>(
         exit
     });
     runtime.shutdown_timeout(Duration::from_millis(100));
+    status::worker_exiting();
     match result {
         Ok(_) => 0,
         Err(e) => {
@@ -438,6 +494,21 @@ fn shared<H: Handler>(config: &Config, handler: H, method: &'static str) -> Arc<
     })
 }
 
+/// Measures the listen queue of a threaded server every
+/// [`SAMPLE_INTERVAL`](status::queue::SAMPLE_INTERVAL) (a prefork master measures it itself).
+fn spawn_queue_sampler(listener: &listen::StdListener) {
+    let Ok(fd) = listener.as_fd().try_clone_to_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(status::queue::SAMPLE_INTERVAL);
+        loop {
+            tick.tick().await;
+            status::sample_listen_queue(fd.as_fd());
+        }
+    });
+}
+
 /// Sends `sd_notify` states when running under systemd; logs a failure, never fails.
 fn notifier(config: &Config) -> Arc<dyn Fn(&str) + Send + Sync> {
     let config = config.clone();
@@ -455,7 +526,7 @@ fn serve_options(config: &Config, method: &'static str) -> ServeOptions {
         graceful_timeout: config.graceful_timeout,
         reopen_logs: {
             let config = config.clone();
-            Arc::new(move || daemon::reopen_logs(&config))
+            Arc::new(move || daemon::reopen_logs(&config).and_then(|()| status::reopen_logs()))
         },
         notify: notifier(config),
         retire: CancellationToken::new(),

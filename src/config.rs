@@ -547,6 +547,49 @@ pub static OPTIONS: &[OptionDef] = &[
                signalled: mod_fcgid does not restart a server when its script is touched, \
                touch_reload=\"$0\" in the script makes it.",
     },
+    OptionDef {
+        name: "status_path",
+        metavar: "PATH",
+        kind: Kind::Text,
+        default: "off",
+        help: "Answer requests for this path with the server's status (as php-fpm's \
+               pm.status_path): text, ?json, ?openmetrics, ?full for every worker. The \
+               web server decides who may reach it (see docs/operations.md).",
+    },
+    OptionDef {
+        name: "metrics",
+        metavar: "ADDRESS",
+        kind: Kind::Text,
+        default: "off",
+        help: "Serve GET /metrics (Prometheus, OpenMetrics) and GET /status (JSON) over \
+               HTTP on this loopback HOST:PORT or unix socket PATH, for a scrape that does \
+               not go through the web server.",
+    },
+    OptionDef {
+        name: "accesslog",
+        metavar: "FILE",
+        kind: Kind::Path,
+        default: "off",
+        help: "Append one line per request to this file (- for standard error): combined \
+               log format plus duration, worker pid and protocol. Buffered (written every \
+               64 KiB or 1 s); reopened on SIGUSR1.",
+    },
+    OptionDef {
+        name: "accesslog_format",
+        metavar: "FORMAT",
+        kind: Kind::Choice(&["combined", "json"]),
+        default: "combined",
+        help: "accesslog=: combined (Apache/nginx, then duration, pid, protocol) or json \
+               (one object per line).",
+    },
+    OptionDef {
+        name: "slowlog",
+        metavar: "SECONDS",
+        kind: Kind::Number { min: 1, max: 86400 },
+        default: "off",
+        help: "Log a request still running after this many seconds, once, to the error log: \
+               method, URI, worker pid, elapsed time, and for app=cgi the script and its pid.",
+    },
 ];
 
 /// The definition of option `name`, if it is one.
@@ -700,6 +743,34 @@ pub enum Inherited {
     },
 }
 
+/// Where `metrics=` listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetricsAddr {
+    /// A loopback `HOST:PORT` (as given, for binding).
+    Tcp(String),
+    /// A unix socket path.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => f.write_str(a),
+            Self::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// `accesslog_format=`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// The combined log format, then duration, worker pid and protocol.
+    #[default]
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Stage two: the validated, resolved configuration of `runfcgi`.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -786,6 +857,16 @@ pub struct Config {
     pub graceful_timeout: Duration,
     /// `touch_reload=`, absolute: the file whose changes reload the server; default none.
     pub touch_reload: Option<PathBuf>,
+    /// `status_path=`: the path answered with the status page; default none.
+    pub status_path: Option<String>,
+    /// `metrics=`: where the metrics listener listens; default none.
+    pub metrics: Option<MetricsAddr>,
+    /// `accesslog=`, absolute, or `-` for standard error; default none.
+    pub accesslog: Option<PathBuf>,
+    /// `accesslog_format=`; default [`AccessLogFormat::Combined`].
+    pub accesslog_format: AccessLogFormat,
+    /// `slowlog=`: how long a request runs before it is logged as slow; default none.
+    pub slowlog: Option<Duration>,
     /// `NOTIFY_SOCKET` from the environment, where systemd wants readiness reported; default
     /// none.
     pub notify_socket: Option<String>,
@@ -955,6 +1036,21 @@ impl Config {
             },
             graceful_timeout: Duration::from_secs(number(&args, "graceful_timeout")?),
             touch_reload: optional_path(&args, "touch_reload")?,
+            status_path: args.get("status_path").map(status_path).transpose()?,
+            metrics: args.get("metrics").map(metrics_addr).transpose()?,
+            accesslog: match args.get("accesslog") {
+                Some("-") => Some(PathBuf::from("-")),
+                Some(v) => Some(path("accesslog", v)?),
+                None => None,
+            },
+            accesslog_format: match choice(&args, "accesslog_format")? {
+                "json" => AccessLogFormat::Json,
+                _ => AccessLogFormat::Combined,
+            },
+            slowlog: match args.get("slowlog") {
+                Some(_) => Some(Duration::from_secs(number(&args, "slowlog")?)),
+                None => None,
+            },
             notify_socket: env("NOTIFY_SOCKET"),
             given,
         })
@@ -1008,6 +1104,63 @@ impl Config {
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// `status_path=`: an absolute URL path without query.
+fn status_path(value: &str) -> Result<String, ConfigError> {
+    let ok = value.starts_with('/')
+        && !value.contains(['?', '#'])
+        && value.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(ConfigError::new(
+            "status_path",
+            format!("{value:?} is not a URL path (starting with /, without ?, # or spaces)"),
+        ))
+    }
+}
+
+/// `metrics=`: a unix socket path (absolute) or a loopback `HOST:PORT`. The figures include
+/// the URIs of requests in flight (query strings with tokens, too), so they are not served
+/// on a public address (docs/security.md).
+fn metrics_addr(value: &str) -> Result<MetricsAddr, ConfigError> {
+    if value.starts_with('/') {
+        if value.len() > MAX_SOCKET_PATH {
+            return Err(ConfigError::new(
+                "metrics",
+                format!("{value:?} is longer than {MAX_SOCKET_PATH} bytes"),
+            ));
+        }
+        return Ok(MetricsAddr::Unix(PathBuf::from(value)));
+    }
+    let bad = || {
+        ConfigError::new(
+            "metrics",
+            format!(
+                "{value:?} is not a loopback HOST:PORT (127.0.0.1:9117, [::1]:9117, \
+                 localhost:9117) or an absolute unix socket path"
+            ),
+        )
+    };
+    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+    let port_ok = !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|p| p > 0);
+    if !port_ok || host.is_empty() {
+        return Err(bad());
+    }
+    if !is_loopback_host(host) {
+        return Err(ConfigError::new(
+            "metrics",
+            format!(
+                "{value:?} is not a loopback address: the status shows the URIs of requests \
+                 in flight; listen on 127.0.0.1 or a unix socket and let Prometheus reach it \
+                 through the web server (status_path=) or a tunnel"
+            ),
+        ));
+    }
+    Ok(MetricsAddr::Tcp(value.to_owned()))
 }
 
 /// `user=`/`group=`: a non-empty account name or number; looked up only when switching.
@@ -1713,6 +1866,7 @@ mod tests {
         let base = ok(&[]);
         for o in OPTIONS {
             let prose = matches!(o.kind, Kind::Path | Kind::Text | Kind::Octal)
+                || o.default == "off"
                 || o.default.is_empty()
                 || o.name == "daemonize";
             if prose {
@@ -1749,6 +1903,8 @@ mod tests {
                 Kind::Text => match o.name {
                     "allow" => "127.0.0.1".to_owned(),
                     "script_name" => "/app".to_owned(),
+                    "status_path" => "/status".to_owned(),
+                    "metrics" => "127.0.0.1:9117".to_owned(),
                     _ => "localhost".to_owned(),
                 },
             };
@@ -2436,6 +2592,61 @@ mod tests {
         assert!(ok(&["app=wsgi", "module=m", "preload=yes"]).wsgi.preload);
         assert!(err(&["module=m"]).contains("is an option of app=wsgi; app=info"));
         assert!(err(&["app=cgi", "preload=true"]).contains("is an option of app=wsgi"));
+    }
+
+    #[test]
+    fn status_options() {
+        let c = ok(&[]);
+        assert_eq!((c.status_path.clone(), c.metrics.clone()), (None, None));
+        assert_eq!((c.accesslog.clone(), c.slowlog), (None, None));
+        assert_eq!(c.accesslog_format, AccessLogFormat::Combined);
+        let c = ok(&[
+            "status_path=/fcgi-status",
+            "metrics=127.0.0.1:9117",
+            "accesslog=-",
+            "accesslog_format=json",
+            "slowlog=5",
+        ]);
+        assert_eq!(c.status_path.as_deref(), Some("/fcgi-status"));
+        assert_eq!(c.metrics, Some(MetricsAddr::Tcp("127.0.0.1:9117".into())));
+        assert_eq!(
+            c.accesslog,
+            Some(PathBuf::from("-")),
+            "- is stderr, not a file"
+        );
+        assert_eq!(c.accesslog_format, AccessLogFormat::Json);
+        assert_eq!(c.slowlog, Some(Duration::from_secs(5)));
+        assert!(ok(&["accesslog=a.log"]).accesslog.unwrap().is_absolute());
+        for good in ["[::1]:1", "localhost:65535", "/run/appserver-metrics.sock"] {
+            assert!(config(&[&format!("metrics={good}")]).is_ok(), "{good}");
+        }
+        for bad in [
+            "9117",
+            ":9117",
+            "127.0.0.1:",
+            "127.0.0.1:0",
+            "127.0.0.1:65536",
+            "127.0.0.1:x",
+            "relative.sock",
+        ] {
+            let e = err(&[&format!("metrics={bad}")]);
+            assert!(
+                e.contains("\"metrics\"") && e.contains("loopback HOST:PORT"),
+                "{bad}: {e}"
+            );
+        }
+        let e = err(&["metrics=0.0.0.0:9117"]);
+        assert!(e.contains("not a loopback address"), "{e}");
+        let long = format!("metrics=/{}", "a".repeat(MAX_SOCKET_PATH));
+        assert!(err(&[&long]).contains("longer than"));
+        let at_limit = format!("metrics=/{}", "a".repeat(MAX_SOCKET_PATH - 1));
+        assert!(config(&[&at_limit]).is_ok());
+        for bad in ["status", "/a?b", "/a b", "", "/a#b"] {
+            let e = err(&[&format!("status_path={bad}")]);
+            assert!(e.contains("\"status_path\""), "{bad}: {e}");
+        }
+        check_range("slowlog", 1, 86400);
+        assert!(err(&["accesslog_format=clf"]).contains("combined, json"));
     }
 
     #[test]

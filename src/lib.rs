@@ -43,6 +43,7 @@
 //! - `exposure`: the setups refused or warned about at start, given the bound listener.
 //! - [`apps`]: built-in apps (`info`, `cgi`).
 //! - [`probe`]: the `appserver probe` client.
+//! - [`status`]: the shared scoreboard, status page, metrics, access and slow logs.
 //! - [`cli`]: the command line shared by `appserver` and your own binaries.
 //! - `sys`: the only `unsafe` code (fork, fd handling), each block justified.
 //!
@@ -62,6 +63,7 @@ pub mod probe;
 pub mod process;
 pub mod request;
 pub mod response;
+pub mod status;
 mod sys;
 
 pub use body::Body;

@@ -1,13 +1,13 @@
 //! The only `unsafe` code in appserver (style rule 14): taking ownership of inherited file
-//! descriptors and forking. Each block says why it is sound; everything that nix or std offer
+//! descriptors, forking, the status scoreboard's shared memory and `TCP_INFO`. Each block says why it is sound; everything that nix or std offer
 //! safely (setsid, dup2, umask, kill) is called safely, here or at its use.
 //!
 //! Nothing here knows about protocols, configuration or the runtime.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
@@ -90,6 +90,40 @@ pub(crate) fn take_reexec_fd(fd: RawFd) -> io::Result<OwnedFd> {
 }
 
 static REEXEC_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// A descriptor of the status module that a reloading process keeps across exec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StatusFd {
+    /// The scoreboard's shared memory file (`APPSERVER_SCOREBOARD_FD`).
+    Scoreboard,
+    /// The `metrics=` listener (`APPSERVER_METRICS_FD`).
+    Metrics,
+}
+
+/// Takes a status descriptor that the previous image of this process kept across exec, at
+/// most once per kind.
+pub(crate) fn take_status_fd(fd: RawFd, kind: StatusFd) -> io::Result<OwnedFd> {
+    static TAKEN: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+    if fd <= 2 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} cannot be an inherited {kind:?} descriptor"),
+        ));
+    }
+    if TAKEN[kind as usize].swap(true, Ordering::SeqCst) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("the inherited {kind:?} descriptor was already taken"),
+        ));
+    }
+    // Also proves the descriptor is open (EBADF otherwise).
+    set_cloexec(fd, true)?;
+    // SAFETY: as for take_reexec_fd: the previous image of this process (same pid) kept `fd`
+    // open across exec for this purpose and named it in the environment, fcntl just showed it
+    // is open, it is taken before the runtime or any thread starts, and TAKEN guarantees this
+    // is the only OwnedFd ever made for it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
 
 /// The outcome of [`fork`] in each process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -398,6 +432,98 @@ pub(crate) mod python {
         CString::new(path.as_os_str().as_bytes())
             .map_err(|_| format!("{} contains a NUL byte", path.display()))
     }
+}
+
+/// A memory region shared by every process that maps the same memfd: the status scoreboard.
+///
+/// Creates an anonymous file (`memfd_create`, close-on-exec) of `words` 64-bit words, zeroed.
+/// Its descriptor can be kept across exec to map the same memory again in a re-executed
+/// image ([`map_shared_words`]).
+pub(crate) fn shared_memory_file(name: &str, words: usize) -> io::Result<OwnedFd> {
+    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    let fd = nix::sys::memfd::memfd_create(&name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
+    let len = words
+        .checked_mul(std::mem::size_of::<u64>())
+        .and_then(|n| libc::off_t::try_from(n).ok())
+        .ok_or_else(|| io::Error::other("shared memory size overflows"))?;
+    nix::unistd::ftruncate(&fd, len)?;
+    Ok(fd)
+}
+
+/// The size in 64-bit words of the file behind `fd` (a [`shared_memory_file`]).
+pub(crate) fn shared_memory_words(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let stat = nix::sys::stat::fstat(fd.as_raw_fd())?;
+    let bytes = usize::try_from(stat.st_size).map_err(io::Error::other)?;
+    Ok(bytes / std::mem::size_of::<u64>())
+}
+
+/// Maps `words` 64-bit words of `fd` shared (`MAP_SHARED`), for the life of the process: what
+/// one process stores through the slice, every process that mapped the same file (the master,
+/// its forked workers, a re-executed master) loads.
+///
+/// The mapping is never unmapped, so the slice is `'static`. The file must be at least
+/// `words` words long ([`shared_memory_words`]).
+pub(crate) fn map_shared_words(
+    fd: BorrowedFd<'_>,
+    words: usize,
+) -> io::Result<&'static [AtomicU64]> {
+    if words == 0 || shared_memory_words(fd)? < words {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "shared memory file smaller than the mapping",
+        ));
+    }
+    let len = words * std::mem::size_of::<u64>();
+    // SAFETY: a fresh mapping chosen by the kernel (null hint) aliases no Rust object; `fd`
+    // is open (borrowed) and at least `len` bytes long (checked above), so every page of the
+    // mapping is backed and reading it never faults with SIGBUS.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `ptr` is page-aligned (mmap), so aligned for AtomicU64, and valid for `len`
+    // bytes = `words` AtomicU64 for the rest of the process's life (never unmapped). Every
+    // bit pattern, zero included, is a valid AtomicU64, and other processes change the
+    // memory only through atomic instructions too (the scoreboard's only access), so shared
+    // references to atomics over it are sound: atomics are the one type whose values may
+    // change behind a `&`.
+    Ok(unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), words) })
+}
+
+/// The accept queue of a listening TCP socket: connections the kernel completed that nobody
+/// has accepted yet, and the queue's limit (the effective backlog), from `TCP_INFO`
+/// (`tcpi_unacked`, `tcpi_sacked` mean exactly that on a listening socket).
+pub(crate) fn tcp_listen_queue(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>())
+        .map_err(io::Error::other)?;
+    // SAFETY: `info` is a zeroed tcp_info and `len` its size, so the kernel writes at most
+    // that many bytes into memory we own; `fd` is open (borrowed).
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialised above and possibly partly overwritten by the kernel: every
+    // field is an integer, for which any bytes are valid.
+    let info = unsafe { info.assume_init() };
+    Ok((info.tcpi_unacked, info.tcpi_sacked))
 }
 
 #[cfg(test)]

@@ -86,6 +86,7 @@ impl Exchange {
             },
             Err(e) => {
                 tracing::warn!(peer = %peer, "bad request: {e}");
+                crate::status::recorder().answered_by_server(shared.gateway.protocol, 400);
                 Self::respond(
                     plain(StatusCode::BAD_REQUEST, "Bad Request"),
                     Some(admission),

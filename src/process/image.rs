@@ -69,12 +69,14 @@ impl Image {
             Err(e) => return e,
         };
         env.push((REEXEC_FD_ENV, fd.to_string()));
+        env.extend(crate::status::handover());
         let mut cmd = Command::new(&self.exe);
         if let Some((arg0, rest)) = self.args.split_first() {
             cmd.arg0(arg0).args(rest);
         }
         cmd.envs(env);
         let err = cmd.exec();
+        crate::status::handover_failed();
         if let Err(e) = sys::set_cloexec(fd, true) {
             tracing::warn!("cannot restore close-on-exec on the listener: {e}");
         }
@@ -89,7 +91,8 @@ fn absolute_path_option(arg: OsString) -> OsString {
         return arg;
     };
     let is_path = config::option(&key.to_ascii_lowercase()).is_some_and(|d| d.kind == Kind::Path);
-    if !is_path || value.is_empty() || Path::new(value).is_absolute() {
+    // `accesslog=-` means standard error, not a file named "-".
+    if !is_path || value.is_empty() || value == "-" || Path::new(value).is_absolute() {
         return arg;
     }
     match std::path::absolute(value) {

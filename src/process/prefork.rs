@@ -287,6 +287,9 @@ impl<'a> Master<'a> {
                 Err(e) => return Err(e.into()),
             }
             self.read_reports();
+            if let Some(listener) = &self.listener {
+                crate::status::sample_listen_queue(listener.as_fd());
+            }
             if !self.announced && self.workers.values().any(|w| w.state == State::Idle) {
                 self.announced = true;
                 ready();
@@ -314,6 +317,9 @@ impl<'a> Master<'a> {
                     Control::ReopenLogs => {
                         if let Err(e) = crate::daemon::reopen_logs(self.config) {
                             tracing::error!("SIGUSR1: cannot reopen logs: {e}");
+                        }
+                        if let Err(e) = crate::status::reopen_logs() {
+                            tracing::error!("SIGUSR1: cannot reopen the access log: {e}");
                         }
                         self.signal_all(Signal::SIGUSR1);
                     }
@@ -626,6 +632,7 @@ impl<'a> Master<'a> {
                 Ok(_) => continue,
             };
             let raw = pid.as_raw();
+            crate::status::worker_exited(raw.unsigned_abs());
             let Some(w) = self.workers.remove(&raw) else {
                 // A worker of the previous image (after a reload).
                 self.previous.retain(|p| *p != pid);

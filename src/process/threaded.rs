@@ -378,7 +378,8 @@ pub async fn serve<H: Handler>(
                 else {
                     continue;
                 };
-                let stream = FirstRead::new(stream, &unread);
+                crate::status::recorder().connection_opened();
+                let stream = crate::status::Metered::new(FirstRead::new(stream, &unread));
                 let shared = Arc::clone(&shared);
                 let slots = Arc::clone(&slots);
                 tracker.spawn(async move {
@@ -388,6 +389,7 @@ pub async fn serve<H: Handler>(
                     };
                     driver::serve(stream, peer, shared, Some(&slot)).await;
                     drop(slot);
+                    crate::status::recorder().connection_closed();
                 });
                 // The new connection reads its request before the next accept, so a worker
                 // whose request slot it takes stops accepting.
@@ -511,6 +513,7 @@ pub async fn serve<H: Handler>(
         match control {
             Control::GracefulStop => {
                 tracing::debug!("graceful stop: finishing requests in flight");
+                crate::status::worker_stopping();
                 (options.notify)("STOPPING=1");
                 // The socket closes with the accept loop's handle.
                 drop(reload.take());

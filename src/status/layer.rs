@@ -1,0 +1,353 @@
+//! [`Observed`]: the handler wrapper that sees every request the app answers. It counts each
+//! in the scoreboard (status class, duration, the worker's current request), answers
+//! `status_path=` itself, writes the access log line and the slow-request log line.
+//!
+//! It wraps the app, not the connection engine: it learns the status from the response and
+//! the end from the response body, which it wraps to count bytes and to notice the last
+//! frame (or the body dropped, when the client went away).
+//!
+//! A slow request (`slowlog=SECONDS`) is logged once, to the error log, when it has run that
+//! long, whether the app is still computing its response or still streaming its body:
+//!
+//! ```text
+//! WARN slow request: GET /report?year=2026 running for 5.0s (worker 4242; script /srv/cgi/report.cgi pid 4321)
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{header, StatusCode};
+use http_body::{Frame, SizeHint};
+
+use super::accesslog::{self, Entry};
+use super::render::{self, Format};
+use super::Recorder;
+use crate::{Body, BoxError, Env, Handler, Request, Response};
+
+/// The status reserved for a request whose client went away before any response: it is
+/// counted and logged (as nginx's 499) but never sent.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// Wraps an app with the status page, the request counters, the access log and the slow
+/// log; [`crate::run`] puts every app in one.
+#[derive(Debug)]
+pub struct Observed<H> {
+    inner: H,
+    status_path: Option<String>,
+    slowlog: Option<Duration>,
+    protocol: &'static str,
+}
+
+impl<H> Observed<H> {
+    /// `inner` observed: `status_path=` answered at that path, `slowlog=` after that long.
+    pub fn new(
+        inner: H,
+        status_path: Option<String>,
+        slowlog: Option<Duration>,
+        protocol: &'static str,
+    ) -> Self {
+        Self {
+            inner,
+            status_path,
+            slowlog,
+            protocol,
+        }
+    }
+}
+
+tokio::task_local! {
+    static RUNNING: Arc<Running>;
+}
+
+/// What the app tells about a request while it runs, for the slow log.
+#[derive(Debug, Default)]
+struct Running {
+    child: Mutex<Option<(String, u32)>>,
+}
+
+/// Called by an app that runs a program for the request (`app=cgi`): the slow log names the
+/// script and its pid. Does nothing outside a request or without `slowlog=`.
+pub fn note_child(script: &str, pid: u32) {
+    let _ = RUNNING.try_with(|r| {
+        if let Ok(mut child) = r.child.lock() {
+            *child = Some((script.to_owned(), pid));
+        }
+    });
+}
+
+impl<H: Handler> Handler for Observed<H> {
+    async fn call(&self, req: Request) -> Result<Response, BoxError> {
+        let recorder = super::recorder();
+        let uri = req.uri().to_string();
+        recorder.request_started(req.method().as_str().as_bytes(), uri.as_bytes());
+        let done = Done {
+            recorder,
+            start: Instant::now(),
+            protocol: self.protocol,
+            status: CLIENT_CLOSED,
+            bytes: 0,
+            access: accesslog::get().map(|log| (log, AccessFields::of(&req, &uri))),
+            finished: false,
+        };
+        let is_status = self
+            .status_path
+            .as_deref()
+            .is_some_and(|p| p == req.uri().path());
+        if is_status {
+            let resp = status_page(req.uri().query().unwrap_or(""));
+            return Ok(done.respond(resp, None));
+        }
+        let Some(after) = self.slowlog else {
+            let resp = self.inner.call(req).await;
+            return done.outcome(resp, None);
+        };
+        let slow = Slow {
+            what: format!("{} {uri}", req.method()),
+            running: Arc::new(Running::default()),
+            start: done.start,
+            sleep: Some(Box::pin(tokio::time::sleep(after))),
+        };
+        let running = Arc::clone(&slow.running);
+        let call = RUNNING.scope(running, self.inner.call(req));
+        tokio::pin!(call);
+        let mut slow = slow;
+        let resp = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = call.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            slow.poll(cx);
+            Poll::Pending
+        })
+        .await;
+        done.outcome(resp, Some(slow))
+    }
+}
+
+/// The request's bookkeeping until its response body ends (or is dropped).
+struct Done {
+    recorder: Recorder,
+    start: Instant,
+    protocol: &'static str,
+    status: u16,
+    bytes: u64,
+    access: Option<(&'static accesslog::AccessLog, AccessFields)>,
+    finished: bool,
+}
+
+impl Done {
+    fn outcome(
+        mut self,
+        resp: Result<Response, BoxError>,
+        slow: Option<Slow>,
+    ) -> Result<Response, BoxError> {
+        match resp {
+            Ok(resp) => Ok(self.respond(resp, slow)),
+            Err(e) => {
+                // The driver answers an error with a 500.
+                self.status = StatusCode::INTERNAL_SERVER_ERROR.as_u16();
+                Err(e)
+            }
+        }
+    }
+
+    fn respond(mut self, resp: Response, slow: Option<Slow>) -> Response {
+        self.status = resp.status().as_u16();
+        self.recorder.responding();
+        resp.map(|body| {
+            Body::new(Counted {
+                body,
+                done: Some(self),
+                slow,
+            })
+        })
+    }
+
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        if self.status == CLIENT_CLOSED && std::thread::panicking() {
+            // The app panicked: the driver answers 500.
+            self.status = StatusCode::INTERNAL_SERVER_ERROR.as_u16();
+        }
+        let elapsed = self.start.elapsed();
+        self.recorder
+            .request_finished(self.protocol, self.status, elapsed);
+        if let Some((log, f)) = &self.access {
+            log.log(&Entry {
+                remote_addr: &f.remote_addr,
+                remote_user: &f.remote_user,
+                method: &f.method,
+                uri: &f.uri,
+                http_version: &f.http_version,
+                status: self.status,
+                bytes: self.bytes,
+                referer: &f.referer,
+                user_agent: &f.user_agent,
+                duration: elapsed,
+                time: SystemTime::now(),
+                pid: std::process::id(),
+                protocol: self.protocol,
+            });
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The request's fields the access log needs, taken before the app gets the request.
+struct AccessFields {
+    remote_addr: String,
+    remote_user: String,
+    method: String,
+    uri: String,
+    http_version: String,
+    referer: String,
+    user_agent: String,
+}
+
+impl AccessFields {
+    fn of(req: &Request, uri: &str) -> Self {
+        let env = req.extensions().get::<Env>();
+        let var = |name: &str| {
+            env.and_then(|e| e.get_str(name))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let header = |name: header::HeaderName| {
+            req.headers()
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default()
+        };
+        Self {
+            remote_addr: var("REMOTE_ADDR"),
+            remote_user: var("REMOTE_USER"),
+            method: req.method().as_str().to_owned(),
+            uri: uri.to_owned(),
+            http_version: var("SERVER_PROTOCOL"),
+            referer: header(header::REFERER),
+            user_agent: header(header::USER_AGENT),
+        }
+    }
+}
+
+/// The slow-log timer of one request.
+struct Slow {
+    what: String,
+    running: Arc<Running>,
+    start: Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Slow {
+    /// Logs the request once its time has come (once).
+    fn poll(&mut self, cx: &mut Context<'_>) {
+        let Some(sleep) = self.sleep.as_mut() else {
+            return;
+        };
+        if sleep.as_mut().poll(cx).is_pending() {
+            return;
+        }
+        self.sleep = None;
+        let child = self
+            .running
+            .child
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .map(|(script, pid)| format!("; script {script} pid {pid}"))
+            .unwrap_or_default();
+        tracing::warn!(
+            "slow request: {} running for {:.1}s (worker {}{child})",
+            self.what,
+            self.start.elapsed().as_secs_f64(),
+            std::process::id()
+        );
+    }
+}
+
+/// A response body that counts its bytes and finishes the request's bookkeeping at its end.
+struct Counted {
+    body: Body,
+    done: Option<Done>,
+    slow: Option<Slow>,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(slow) = this.slow.as_mut() {
+            slow.poll(cx);
+        }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(done)) = (frame.data_ref(), this.done.as_mut()) {
+                    done.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                this.slow = None;
+                if let Some(mut done) = this.done.take() {
+                    done.finish();
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The `status_path=` page: text by default, `?json`, `?openmetrics` (or `?prometheus`),
+/// `?full` for the per-worker table.
+fn status_page(query: &str) -> Response {
+    let has = |word: &str| query.split('&').any(|q| q == word);
+    let format = if has("json") {
+        Format::Json
+    } else if has("openmetrics") {
+        Format::OpenMetrics
+    } else if has("prometheus") {
+        Format::Prometheus
+    } else {
+        Format::Text
+    };
+    let Some(snap) = super::snapshot() else {
+        return crate::response::plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no status scoreboard in this process",
+        );
+    };
+    let mut resp = Response::new(Body::from(render::render(&snap, format, has("full"))));
+    if let Ok(v) = header::HeaderValue::from_str(format.content_type()) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    // Figures of this moment: no cache may keep them.
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
