@@ -18,5 +18,6 @@ mod protocols;
 mod scgi;
 mod security;
 mod seed;
+mod status;
 #[cfg(feature = "wsgi")]
 mod wsgi;

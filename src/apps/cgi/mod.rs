@@ -466,6 +466,7 @@ impl Inner {
             // Spawned with three pipes, and not waited for: every one is there.
             return Err("script started without its pipes".into());
         };
+        crate::status::layer::note_child(&shown, pid);
         let group = Pid::from_raw(i32::try_from(pid).map_err(|_| "pid out of range")?);
         let log = Arc::new(LogContext {
             script: shown,
