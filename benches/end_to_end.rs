@@ -4,7 +4,9 @@
 //!
 //! Run with `cargo bench --bench end_to_end`. The figure to compare is the time per request
 //! against the codec-only figure of `proto/benches/codec.rs` in the same run: the difference
-//! is what the socket, the runtime and the handler call cost.
+//! is what the socket, the runtime and the handler call cost. `_observed` runs the handler as
+//! `runfcgi` does, inside `status::Observed` with a scoreboard and an access log: the
+//! difference to the bare one is what observability costs per request.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -54,20 +56,14 @@ fn request() -> BytesMut {
     out
 }
 
-fn bench(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("bench.sock");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+/// Serves `handler` over FastCGI on a unix socket at `path` on `runtime`.
+fn serve<H: Handler>(runtime: &tokio::runtime::Runtime, path: &std::path::Path, handler: H) {
     let listener = {
         let _guard = runtime.enter();
-        tokio::net::UnixListener::bind(&path).expect("bind")
+        tokio::net::UnixListener::bind(path).expect("bind")
     };
     let shared = Arc::new(Shared {
-        handler: Hello,
+        handler,
         requests: Arc::new(Semaphore::new(64)),
         max_requests: 64,
         max_conns: 64,
@@ -87,15 +83,20 @@ fn bench(c: &mut Criterion) {
             tokio::spawn(driver::fcgi::serve(stream, "bench", Arc::clone(&shared)));
         }
     });
+}
 
-    let mut stream = UnixStream::connect(&path).expect("connect");
+/// One request after the other on one kept-alive connection to `path`.
+fn keepalive_requests(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    path: &std::path::Path,
+) {
+    let mut stream = UnixStream::connect(path).expect("connect");
     let req = request();
     let mut decoder = ClientDecoder::default();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
-    let mut group = c.benchmark_group("end_to_end");
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("fcgi_keepalive_hello_unix", |b| {
+    group.bench_function(name, |b| {
         b.iter(|| {
             stream.write_all(&req).expect("write");
             loop {
@@ -113,6 +114,30 @@ fn bench(c: &mut Criterion) {
             }
         });
     });
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("end_to_end");
+    group.throughput(Throughput::Elements(1));
+    // Before: the bare handler, no scoreboard in the process.
+    let plain = dir.path().join("bench.sock");
+    serve(&runtime, &plain, Hello);
+    keepalive_requests(&mut group, "fcgi_keepalive_hello_unix", &plain);
+    // After: what runfcgi runs, the app observed (scoreboard, counters, access log).
+    appserver::status::bench::install(Some(dir.path().join("access.log"))).expect("status");
+    let observed = dir.path().join("observed.sock");
+    serve(
+        &runtime,
+        &observed,
+        appserver::status::Observed::new(Hello, None, None, "fcgi"),
+    );
+    keepalive_requests(&mut group, "fcgi_keepalive_hello_unix_observed", &observed);
     group.finish();
 }
 

@@ -327,9 +327,39 @@ pub mod bench {
 
     use super::scoreboard::{Scoreboard, Slot};
 
-    /// Formats one typical access log line into `out`: combined, or JSON.
-    pub fn access_line(out: &mut Vec<u8>, json: bool) {
-        super::accesslog::bench_format(out, json);
+    /// An access log appending to `path`, buffered as `accesslog=` is.
+    #[derive(Debug)]
+    pub struct Log(super::accesslog::AccessLog);
+
+    impl Log {
+        /// Opens `path`.
+        pub fn open(path: std::path::PathBuf, json: bool) -> std::io::Result<Self> {
+            let format = if json {
+                crate::config::AccessLogFormat::Json
+            } else {
+                crate::config::AccessLogFormat::Combined
+            };
+            super::accesslog::AccessLog::open(path, format).map(Self)
+        }
+
+        /// Logs one typical request (formatted, buffered, written every 64 KiB).
+        pub fn log_one(&self) {
+            super::accesslog::bench_log(&self.0);
+        }
+    }
+
+    /// Sets up this process's scoreboard and worker slot, and the access log at `accesslog`,
+    /// as `runfcgi` does: what the end-to-end benchmark's observed variant runs with.
+    pub fn install(accesslog: Option<std::path::PathBuf>) -> std::io::Result<()> {
+        let _ = super::BOARD.set(Scoreboard::create()?);
+        super::worker_started();
+        if let Some(path) = accesslog {
+            super::accesslog::install(super::accesslog::AccessLog::open(
+                path,
+                crate::config::AccessLogFormat::Combined,
+            )?);
+        }
+        Ok(())
     }
 
     /// A scoreboard of its own, with a worker slot.
