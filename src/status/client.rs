@@ -268,7 +268,7 @@ mod tests {
             "listen_queue": {"waiting": 0, "max_seen": 3, "limit": 128},
             "workers": [{"pid": 42, "state": "handling", "requests": 5, "in_flight": 1,
                           "rss_bytes": 1_048_576,
-                          "request": {"method": "GET", "uri": "/slow", "elapsed_seconds": 3.14}}]
+                          "request": {"method": "GET", "uri": "/slow", "elapsed_seconds": 3.12}}]
         });
         let t = table(&s);
         assert!(t.contains("up 1h01m  reloads 1"), "{t}");
