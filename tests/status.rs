@@ -304,15 +304,23 @@ for family in parse(sys.stdin.read()):
 }
 
 /// The listen queue is the kernel's: a threaded server serving one connection at a time
-/// (`maxconns=1`) holding an idle one leaves the next connections in the backlog, and the
-/// status says how many.
+/// (`maxconns=1`) busy with a slow CGI request leaves the next connections in the backlog
+/// (a busy connection cannot be evicted to make room; the accept loop holds one while it
+/// waits for a slot), and the status says how many.
 #[test]
 fn listen_queue_counts_waiting_connections() {
     for listen in ["tcp", "unix"] {
         let mut cmd = TestCommand::appserver();
+        let script = cmd.path("slow.cgi");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nsleep 3\nprintf 'Content-Type: text/plain\\r\\n\\r\\ndone\\n'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         let address = match listen {
-            "tcp" => format!("port={}", free_port()),
-            _ => format!("socket={}", cmd.path("q.sock").display()),
+            "tcp" => vec!["host=127.0.0.1".to_owned(), format!("port={}", free_port())],
+            _ => vec![format!("socket={}", cmd.path("q.sock").display())],
         };
         let metrics = free_port();
         cmd.args([
@@ -321,20 +329,22 @@ fn listen_queue_counts_waiting_connections() {
             "method=threaded",
             "maxconns=1",
         ])
-        .args(if listen == "tcp" {
-            vec!["host=127.0.0.1"]
-        } else {
-            vec![]
-        })
-        .arg(address)
+        .args(["app=cgi".to_owned(), format!("script={}", script.display())])
+        .args(address)
         .arg(format!("metrics=127.0.0.1:{metrics}"));
         let server = cmd.start();
-        let connect = || crate::util::client::Stream::connect(server.listen());
-        let _held = connect();
+        let target = server.listen().nginx_addr().replace("unix:", "");
+        let mut busy = Command::new(appserver_bin())
+            .args(["probe", &target, "/slow"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         assert!(wait_until(SETTLE, || n(
-            &status_json(metrics)["active_connections"]
+            &status_json(metrics)["requests_in_flight"]
         ) == 1));
-        let waiting: Vec<_> = (0..3).map(|_| connect()).collect();
+        let connect = || crate::util::client::Stream::connect(server.listen());
+        // The accept loop takes one more and waits for a slot with it; three stay queued.
+        let waiting: Vec<_> = (0..4).map(|_| connect()).collect();
         let mut last = Value::Null;
         let seen = wait_until(SETTLE, || {
             last = status_json(metrics);
@@ -343,7 +353,13 @@ fn listen_queue_counts_waiting_connections() {
         assert!(seen, "{listen}: {last:#}");
         assert!(n(&last["listen_queue"]["max_seen"]) >= 3);
         assert!(n(&last["listen_queue"]["limit"]) > 0);
+        assert_eq!(
+            n(&last["accepted_connections"]),
+            1,
+            "the others wait unaccepted"
+        );
         drop(waiting);
+        assert!(busy.wait().unwrap().success());
     }
 }
 
@@ -473,4 +489,28 @@ fn slow_cgi_request_is_logged_once_with_its_script() {
     // Once, though the request ran on past the second.
     thread::sleep(Duration::from_millis(300));
     assert_eq!(server.log().matches("slow request:").count(), 1, "{log}");
+}
+
+/// Connections closed for a reason are counted by the engine's reason: bytes that are not
+/// FastCGI (protocol_error), and a request head that never completes (header_timeout).
+#[test]
+fn early_closes_are_counted_by_reason() {
+    use std::io::Read as _;
+    let (server, metrics, _) = start("threaded", &["header_timeout=1"]);
+    let mut garbage = crate::util::client::Stream::connect(server.listen());
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut sink = Vec::new();
+    let _ = garbage.read_to_end(&mut sink);
+    // Half a FastCGI record header, then nothing.
+    let mut partial = crate::util::client::Stream::connect(server.listen());
+    partial.write_all(&[1, 1, 0]).unwrap();
+    let _ = partial.read_to_end(&mut sink);
+    let mut last = Value::Null;
+    let counted = wait_until(SETTLE, || {
+        last = status_json(metrics);
+        n(&last["closed_early"]["protocol_error"]) == 1
+            && n(&last["closed_early"]["header_timeout"]) == 1
+    });
+    assert!(counted, "{last:#}\n{}", server.log());
+    assert_eq!(n(&last["requests_total"]), 0);
 }

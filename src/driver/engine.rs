@@ -251,6 +251,9 @@ pub(crate) async fn run<S, H, W>(
         phase_since: Instant::now(),
     };
     let close = engine.serve(io, slot).await;
+    if !matches!(close, Close::Done) {
+        crate::status::recorder().connection_failed(close.reason());
+    }
     if let Some(active) = engine.active.take() {
         active.exchange.cancel();
     }
@@ -587,6 +590,8 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
             },
             Incoming::Refused { status, why } => {
                 tracing::warn!(peer = %self.peer, "{} request refused with {}: {why}", W::NAME, status.as_u16());
+                crate::status::recorder()
+                    .answered_by_server(self.shared.gateway.protocol, status.as_u16());
                 let reason = status.canonical_reason().unwrap_or("Refused");
                 self.begin(
                     Exchange::respond(plain(status, reason), None),
@@ -639,6 +644,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
     }
 
     fn overloaded(&mut self, now: Instant) {
+        crate::status::recorder().overloaded();
         tracing::warn!(
             peer = %self.peer,
             "maxchildren={} requests in flight for queue_timeout={}s: refusing",

@@ -19,7 +19,7 @@
 //!
 //! A reload re-executes the process (prefork master on HUP, a threaded server on HUP or
 //! `maxrequests=`); the scoreboard's memory file and the `metrics=` listener are kept open
-//! across the exec ([`handover`]) and taken back by the new image, so every total carries on
+//! across the exec (`handover`) and taken back by the new image, so every total carries on
 //! and the previous image's workers, still finishing their requests, write into the same
 //! memory. `appserver_reloads_total` counts the reloads. Nothing resets but the access log's
 //! unwritten buffer, which is flushed before the exec.
@@ -39,7 +39,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 pub use layer::Observed;
-pub use scoreboard::{CloseReason, Scoreboard, Snapshot, WorkerState};
+pub use scoreboard::{Scoreboard, Snapshot, WorkerState, CLOSE_REASONS};
 pub use stream::Metered;
 
 use crate::config::Config;
@@ -178,10 +178,14 @@ impl Recorder {
         if let Some(b) = &self.board {
             b.connection_closed();
         }
+        if let Some(s) = &self.slot {
+            s.connection_closed();
+        }
     }
 
-    /// A connection ended early, for `reason` (besides [`Self::connection_closed`]).
-    pub fn connection_failed(&self, reason: CloseReason) {
+    /// A connection ended early, for `reason` (the engine's name for it, one of
+    /// [`CLOSE_REASONS`]), besides [`Self::connection_closed`].
+    pub fn connection_failed(&self, reason: &str) {
         if let Some(b) = &self.board {
             b.connection_failed(reason);
         }

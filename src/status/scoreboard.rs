@@ -1,7 +1,7 @@
 //! The scoreboard: the server's counters and one slot per worker, in memory shared by the
 //! prefork master, its workers and a re-executed master (as Apache's and php-fpm's).
 //!
-//! The memory is a memfd mapped `MAP_SHARED` ([`crate::sys::map_shared_words`]) and seen
+//! The memory is a memfd mapped `MAP_SHARED` (`sys::map_shared_words`) and seen
 //! here as a slice of `AtomicU64` words at fixed offsets: every access is one atomic
 //! instruction, no lock is ever taken, so a worker killed mid-update leaves nothing locked.
 //! Counters only grow (`fetch_add`); gauges are differences of two counters (in flight =
@@ -67,53 +67,29 @@ pub const PROTOCOLS: [&str; 3] = ["fcgi", "scgi", "ajp"];
 /// Status classes requests are counted by.
 pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Why a connection closed, as the connection engine knows it: one counter each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The request's parameters did not arrive within `header_timeout=`.
-    HeadTimeout,
-    /// The request body stalled past `idle_timeout=`.
-    BodyTooSlow,
-    /// A response write stalled (the web server stopped reading).
-    WriteStalled,
-    /// A kept-alive connection sat idle past `idle_timeout=`.
-    IdleTimeout,
-    /// The web server's bytes broke the protocol.
-    Malformed,
-    /// The connection failed (reset by the peer, or another IO error).
-    PeerReset,
-    /// The response body failed mid-stream (the app's error).
-    ResponseFailed,
-}
+/// Why a connection ended before its natural end, by the connection engine's names
+/// (`driver::engine::Close::reason`): one counter each. A name not in the list counts as
+/// `other`, so a reason the engine gains later is never lost from the totals.
+pub const CLOSE_REASONS: [&str; 12] = [
+    "aborted",
+    "silent",
+    "header_timeout",
+    "idle_timeout",
+    "body_timeout",
+    "send_timeout",
+    "evicted",
+    "request_timeout",
+    "protocol_error",
+    "io_error",
+    "response_failed",
+    "other",
+];
 
-impl CloseReason {
-    /// Every reason, in counter order.
-    pub const ALL: [CloseReason; 7] = [
-        Self::HeadTimeout,
-        Self::BodyTooSlow,
-        Self::WriteStalled,
-        Self::IdleTimeout,
-        Self::Malformed,
-        Self::PeerReset,
-        Self::ResponseFailed,
-    ];
-
-    /// The label value in metrics and the key in JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::HeadTimeout => "head_timeout",
-            Self::BodyTooSlow => "body_too_slow",
-            Self::WriteStalled => "write_stalled",
-            Self::IdleTimeout => "idle_timeout",
-            Self::Malformed => "malformed",
-            Self::PeerReset => "peer_reset",
-            Self::ResponseFailed => "response_failed",
-        }
-    }
-
-    fn index(self) -> usize {
-        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
-    }
+fn close_index(reason: &str) -> usize {
+    CLOSE_REASONS
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(CLOSE_REASONS.len() - 1)
 }
 
 /// What a worker is doing, as its slot shows.
@@ -184,7 +160,7 @@ const H_DURATION_SUM_US: usize = 15;
 const H_UNSLOTTED: usize = 16;
 const H_QUEUE_KNOWN: usize = 17;
 const H_CLOSE_REASONS: usize = 24;
-const H_REQUESTS: usize = H_CLOSE_REASONS + CloseReason::ALL.len();
+const H_REQUESTS: usize = H_CLOSE_REASONS + CLOSE_REASONS.len();
 const H_BUCKETS: usize = H_REQUESTS + PROTOCOLS.len() * CODE_CLASSES.len();
 const H_END: usize = H_BUCKETS + DURATION_BUCKETS.len() + 1;
 const _: () = assert!(H_END <= HEADER_WORDS);
@@ -273,9 +249,10 @@ impl Scoreboard {
         self.add(H_CLOSED, 1);
     }
 
-    /// A connection ended early for `reason` (counted besides [`Self::connection_closed`]).
-    pub fn connection_failed(&self, reason: CloseReason) {
-        self.add(H_CLOSE_REASONS + reason.index(), 1);
+    /// A connection ended early for `reason`, one of [`CLOSE_REASONS`] (counted besides
+    /// [`Self::connection_closed`]).
+    pub fn connection_failed(&self, reason: &str) {
+        self.add(H_CLOSE_REASONS + close_index(reason), 1);
     }
 
     /// A request was answered "overloaded" (`maxchildren` reached).
@@ -412,9 +389,10 @@ impl Scoreboard {
             accepted,
             active_connections: accepted.saturating_sub(closed),
             closed,
-            close_reasons: CloseReason::ALL
+            close_reasons: CLOSE_REASONS
                 .iter()
-                .map(|r| (r.name(), self.get(H_CLOSE_REASONS + r.index())))
+                .enumerate()
+                .map(|(i, r)| (*r, self.get(H_CLOSE_REASONS + i)))
                 .collect(),
             requests_started: started,
             in_flight: started.saturating_sub(finished),
@@ -507,6 +485,19 @@ impl Slot {
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
+    }
+
+    /// A connection closed: a worker that was only reading (no request in flight) is idle
+    /// again.
+    pub fn connection_closed(&self) {
+        if self.board.get(self.base + S_IN_FLIGHT) == 0 {
+            let _ = self.board.w(self.base + S_STATE).compare_exchange(
+                WorkerState::Reading.word(),
+                WorkerState::Idle.word(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// A request started: shown as the worker's current request.
@@ -688,10 +679,14 @@ mod tests {
         let mapped = Scoreboard::create().unwrap();
         let board = mapped.board;
         board.connection_opened();
+        board.connection_failed("header_timeout");
+        board.connection_failed("a reason from a newer engine");
         let slot = board.claim_slot(4242).unwrap();
         slot.request_started(b"GET", b"/long?x=1");
         let snap = board.snapshot();
         assert_eq!(snap.accepted, 1);
+        assert!(snap.close_reasons.contains(&("header_timeout", 1)));
+        assert!(snap.close_reasons.contains(&("other", 1)));
         assert_eq!(snap.in_flight, 0, "slot writes alone do not start requests");
         let w = snap.workers.iter().find(|w| w.pid == 4242).unwrap();
         let req = w.request.as_ref().unwrap();
