@@ -6,7 +6,6 @@
 //! 0 after a clean stop, 1 when serving failed, 2 for a bad command line.
 
 use std::ffi::OsString;
-use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -340,7 +339,7 @@ fn serve<H: Handler>(config: &Config, handler: H) -> anyhow::Result<Exit> {
             let exit = runtime.block_on(async {
                 status::worker_started();
                 status::spawn_tasks();
-                spawn_queue_sampler(&std_listener);
+                status::watch_listen_queue(&std_listener);
                 let listener = listen::Listener::from_std(std_listener)?;
                 let shared = shared(config, handler, "threaded");
                 threaded::serve(
@@ -492,21 +491,6 @@ fn shared<H: Handler>(config: &Config, handler: H, method: &'static str) -> Arc<
         shutdown: CancellationToken::new(),
         load: Arc::default(),
     })
-}
-
-/// Measures the listen queue of a threaded server every
-/// [`SAMPLE_INTERVAL`](status::queue::SAMPLE_INTERVAL) (a prefork master measures it itself).
-fn spawn_queue_sampler(listener: &listen::StdListener) {
-    let Ok(fd) = listener.as_fd().try_clone_to_owned() else {
-        return;
-    };
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(status::queue::SAMPLE_INTERVAL);
-        loop {
-            tick.tick().await;
-            status::sample_listen_queue(fd.as_fd());
-        }
-    });
 }
 
 /// Sends `sd_notify` states when running under systemd; logs a failure, never fails.

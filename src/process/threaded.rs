@@ -469,6 +469,7 @@ pub async fn serve<H: Handler>(
                 r.image.exe.display()
             );
             (options.notify)("RELOADING=1");
+            crate::status::worker_stopping();
             // The backlog waits for the new image, on the listener kept open until the
             // exec.
             drain.store(false, Ordering::Release);
@@ -525,6 +526,7 @@ pub async fn serve<H: Handler>(
             }
             Control::ImmediateStop => {
                 tracing::info!("immediate stop");
+                crate::status::worker_stopping();
                 (options.notify)("STOPPING=1");
                 drop(reload.take());
                 drop(kept_listener.take());

@@ -35,7 +35,7 @@ mod stream;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 pub use layer::Observed;
@@ -260,6 +260,9 @@ pub(crate) fn worker_started() {
 
 /// This worker is finishing its requests before it exits.
 pub(crate) fn worker_stopping() {
+    if let Ok(mut fd) = QUEUE_LISTENER.lock() {
+        fd.take();
+    }
     if let Some(slot) = SLOT.get() {
         slot.state(WorkerState::Stopping);
     }
@@ -286,6 +289,35 @@ pub(crate) fn sample_listen_queue(listener: BorrowedFd<'_>) {
     if let (Some(mapped), Some((waiting, limit))) = (BOARD.get(), queue::measure(listener)) {
         mapped.board.listen_queue(waiting, limit);
     }
+}
+
+/// The threaded server's second handle on its listener, for measuring the queue; dropped
+/// as soon as a stop begins ([`worker_stopping`]): a handle left open would keep the socket
+/// listening, and the socket file (which is removed only once nobody listens) behind.
+static QUEUE_LISTENER: Mutex<Option<OwnedFd>> = Mutex::new(None);
+
+/// A threaded server measures its listen queue every [`queue::SAMPLE_INTERVAL`] (a prefork
+/// master measures its own on every turn of its loop). Call inside the runtime.
+pub(crate) fn watch_listen_queue(listener: &impl AsFd) {
+    let Ok(fd) = listener.as_fd().try_clone_to_owned() else {
+        return;
+    };
+    if let Ok(mut slot) = QUEUE_LISTENER.lock() {
+        *slot = Some(fd);
+    }
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(queue::SAMPLE_INTERVAL);
+        loop {
+            tick.tick().await;
+            let Ok(guard) = QUEUE_LISTENER.lock() else {
+                return;
+            };
+            match guard.as_ref() {
+                Some(fd) => sample_listen_queue(fd.as_fd()),
+                None => return,
+            }
+        }
+    });
 }
 
 /// Starts this process's part of the status machinery on its runtime: the `metrics=` listener
