@@ -115,6 +115,18 @@ fn send_exactly(
     all
 }
 
+/// A CGI script in `cmd`'s directory that answers after `secs` seconds.
+fn slow_script(cmd: &TestCommand, secs: u32) -> PathBuf {
+    let script = cmd.path("slow.cgi");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nsleep {secs}\nprintf 'Content-Type: text/plain\\r\\n\\r\\ndone\\n'\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
 fn start(method: &str, extra: &[&str]) -> (Server, u16, PathBuf) {
     let mut cmd = TestCommand::appserver();
     let socket = format!("socket={}", cmd.path("s.sock").display());
@@ -311,13 +323,7 @@ for family in parse(sys.stdin.read()):
 fn listen_queue_counts_waiting_connections() {
     for listen in ["tcp", "unix"] {
         let mut cmd = TestCommand::appserver();
-        let script = cmd.path("slow.cgi");
-        std::fs::write(
-            &script,
-            "#!/bin/sh\nsleep 3\nprintf 'Content-Type: text/plain\\r\\n\\r\\ndone\\n'\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = slow_script(&cmd, 3);
         let address = match listen {
             "tcp" => vec!["host=127.0.0.1".to_owned(), format!("port={}", free_port())],
             _ => vec![format!("socket={}", cmd.path("q.sock").display())],
@@ -450,13 +456,7 @@ fn usr1_reopens_the_access_log() {
 #[test]
 fn slow_cgi_request_is_logged_once_with_its_script() {
     let mut cmd = TestCommand::appserver();
-    let script = cmd.path("slow.cgi");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\nsleep 2\nprintf 'Content-Type: text/plain\\r\\n\\r\\ndone\\n'\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = slow_script(&cmd, 2);
     let socket = format!("socket={}", cmd.path("s.sock").display());
     cmd.args([
         "runfcgi",
