@@ -302,7 +302,27 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
         let mut send: Option<RateClock> = None;
         let t = self.shared.timeouts;
         let peer = self.peer;
-        let mut evictable = true;
+        let mut evictable = false;
+
+        // A web server sends its request with its connect. Until a read has found nothing,
+        // a connection is not taken for a silent one (and not evicted as one): it may only
+        // be that this process had not read it yet.
+        match tokio::time::timeout(Duration::ZERO, rd.read_buf(&mut rbuf)).await {
+            Err(_) => {}
+            Ok(Ok(0)) => {
+                read_closed = true;
+                if let Err(close) = self.on_eof(&rbuf) {
+                    return close;
+                }
+            }
+            Ok(Ok(_)) => {
+                self.set_phase(Phase::Head, Instant::now());
+                if let Err(e) = self.wire.handle_input(&mut rbuf) {
+                    return e.into();
+                }
+            }
+            Ok(Err(e)) => return Close::Io(e),
+        }
 
         loop {
             let now = Instant::now();

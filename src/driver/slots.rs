@@ -73,8 +73,10 @@ impl Slots {
 
     fn register(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Slot {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Not evictable until its connection says it waits (Slot::set_evictable): one this
+        // process has not read yet is not a silent one.
         let state = Arc::new(SlotState {
-            evictable_since: AtomicU64::new(self.nanos(Instant::now())),
+            evictable_since: AtomicU64::new(BUSY),
             evict: Notify::new(),
         });
         self.lock().insert(id, Arc::clone(&state));
@@ -158,11 +160,16 @@ mod tests {
     async fn the_oldest_waiting_connection_is_evicted_never_a_busy_one() {
         let slots = Slots::new(3);
         let a = slots.try_take().unwrap();
-        tokio::time::advance(Duration::from_secs(1)).await;
         let b = slots.try_take().unwrap();
-        tokio::time::advance(Duration::from_secs(1)).await;
         let c = slots.try_take().unwrap();
         assert!(slots.try_take().is_none(), "maxconns=3 taken");
+        // None has said it waits yet.
+        assert!(!slots.evict_oldest());
+        a.set_evictable(true, Instant::now());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        b.set_evictable(true, Instant::now());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        c.set_evictable(true, Instant::now());
         a.set_evictable(false, Instant::now());
         assert!(slots.evict_oldest());
         // b is the oldest waiting one.
