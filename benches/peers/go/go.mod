@@ -1,0 +1,3 @@
+module appserver.bench/peer
+
+go 1.19
