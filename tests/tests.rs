@@ -8,6 +8,7 @@
 mod util;
 
 mod ajp;
+mod benches;
 mod cgi;
 mod cli;
 mod engine;

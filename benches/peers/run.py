@@ -410,15 +410,25 @@ def nginx_conf(d, port):
             keepalive = " keepalive 16;" if b.keep_conn else ""
             lines.append("    upstream %s { server unix:%s/%s.sock;%s }" % (b.name, d, b.name, keepalive))
     lines += ["    server {", "        listen 127.0.0.1:%d;" % port]
-    # nginx-direct: `return` for `/` and `/upload`, a static file for `/big`. For /upload,
-    # `return` makes nginx discard the body (ngx_http_discard_request_body): nginx reads
-    # every byte off the client connection (in 4 KiB reads, into a scratch buffer) before the
-    # connection takes its next request; it just answers (with the announced length)
-    # before the reading ends. That is nginx's floor for receiving a body.
+    # nginx-direct: `return` for `/`, a static file (sendfile) for `/big`. For `/upload`, a
+    # bare `return` would answer first and only then discard the body, 4 KiB per read, so
+    # nginx is made to read it all before answering: `mirror_request_body on` reads the whole
+    # body (into one 11 MiB memory buffer: no disk) before the mirror subrequest, a no-op
+    # `return 204`, is made; the content phase then finds no file, and `error_page 404 =200`
+    # answers 200 with the length, as the backends do.
     lines += [
         "        location = /nginx-direct/ { default_type text/plain; return 200 \"Hello, world\\n\"; }",
         "        location = /nginx-direct/big { default_type application/octet-stream; alias %s/big.bin; }" % d,
-        "        location = /nginx-direct/upload { default_type text/plain; return 200 \"$content_length\\n\"; }",
+        "        location = /nginx-direct/upload {",
+        "            client_body_buffer_size 11m;",
+        "            mirror /nginx-direct/read-body;",
+        "            mirror_request_body on;",
+        "            root %s/no-such-dir;" % d,
+        "            log_not_found off;",
+        "            error_page 404 =200 @nginx-direct-uploaded;",
+        "        }",
+        "        location = /nginx-direct/read-body { internal; return 204; }",
+        "        location @nginx-direct-uploaded { default_type text/plain; return 200 \"$content_length\\n\"; }",
     ]
     for b in BACKENDS:
         if not b.protocol:
@@ -749,14 +759,21 @@ def table(results):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=int, required=True)
-    ap.add_argument("--rounds", type=int, required=True)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", required=True)
-    ap.add_argument("--markdown", required=True)
+    ap.add_argument("--json", default="target/peers.json")
+    ap.add_argument("--markdown", default="target/peers.md")
     ap.add_argument("--only", type=lambda s: [x for x in s.split(",") if x])
+    ap.add_argument("--nginx-conf", metavar="DIR",
+                    help="write the nginx.conf a run would use into DIR (for `nginx -t`) and exit")
     args = ap.parse_args()
+    if args.nginx_conf:
+        os.makedirs(os.path.join(args.nginx_conf, "nginx-tmp"), exist_ok=True)
+        with open(os.path.join(args.nginx_conf, "nginx.conf"), "w") as f:
+            f.write(nginx_conf(os.path.abspath(args.nginx_conf), free_port()))
+        return 0
     try:
         results = run(args)
     except KeyboardInterrupt:

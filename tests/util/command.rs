@@ -45,6 +45,12 @@ pub(crate) fn hello_example_bin() -> PathBuf {
     BUILT.get_or_init(|| build_example("hello")).clone()
 }
 
+/// The bench example (the peer benchmark's app), built on first use as [`axum_example_bin`] is.
+pub(crate) fn bench_example_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| build_example("bench")).clone()
+}
+
 /// Runs `cargo build --example NAME` for the test binary's profile; returns the binary.
 fn build_example(name: &str) -> PathBuf {
     // current_exe = target/<profile>/deps/tests-HASH
@@ -140,6 +146,11 @@ impl TestCommand {
     /// The hello example binary: answers every request without reading its body.
     pub(crate) fn hello() -> TestCommand {
         TestCommand::new(hello_example_bin())
+    }
+
+    /// The bench example binary: `/`, `/big` and `/upload` as `benches/peers.sh` drives them.
+    pub(crate) fn bench() -> TestCommand {
+        TestCommand::new(bench_example_bin())
     }
 
     /// Any program (`manage.py runfcgi` under the test virtualenv's Python, which execs
