@@ -41,6 +41,9 @@ STOP_DEADLINE = 10.0
 # How often the RSS sampler reads the process tree while wrk runs: often enough to see the
 # peak of a 2 s run, rarely enough not to cost the backends a measurable share of 2 cores.
 RSS_PERIOD = 0.2
+# How often wrk's byte counters are read: /proc/PID/io is one small file, and the error on a
+# rate is at most one period out of the run.
+IO_PERIOD = 0.02
 PAGES = ("hello", "big", "upload")
 PAGE_PATH = {"hello": "", "big": "big", "upload": "upload"}
 REFERENCE = "uwsgi-fcgi"
@@ -458,6 +461,42 @@ def nginx_conf(d, port):
 # wrk
 
 
+class IoSampler(threading.Thread):
+    """Reads wrk's byte counters (/proc/PID/io: rchar, wchar; wrk uses read(2) and write(2))
+    every IO_PERIOD while it runs. A 10 MiB page at 50 connections completes too few
+    requests in a few seconds for req/s to be a throughput: up to 50 partial transfers
+    are in flight when wrk stops, and wrk counts none of them. Bytes moved per second are
+    exact whatever is in flight."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.first = self.last = None
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            try:
+                with open("/proc/%d/io" % self.pid) as f:
+                    io = dict(line.split(": ") for line in f.read().splitlines())
+            except (OSError, ValueError):
+                break  # wrk exited
+            sample = (time.monotonic(), int(io["rchar"]), int(io["wchar"]))
+            if self.first is None:
+                self.first = sample
+            self.last = sample
+            self.done.wait(IO_PERIOD)
+
+    def rates(self):
+        """(read MiB/s, written MiB/s) between the first and the last sample."""
+        self.done.set()
+        self.join()
+        if not self.first or self.last[0] - self.first[0] < IO_PERIOD:
+            return None, None
+        dt = self.last[0] - self.first[0]
+        return ((self.last[1] - self.first[1]) / dt / MIB, (self.last[2] - self.first[2]) / dt / MIB)
+
+
 def run_wrk(args, port, prefix, page, d):
     argv = [
         "wrk",
@@ -470,10 +509,23 @@ def run_wrk(args, port, prefix, page, d):
     if page == "upload":
         argv += ["-s", os.path.join(d, "upload.lua")]
     argv.append("http://127.0.0.1:%d%s%s" % (port, prefix, PAGE_PATH[page]))
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=args.duration + 60)
-    if out.returncode != 0:
-        raise RuntimeError("wrk failed (%d): %s" % (out.returncode, out.stderr))
-    return parse_wrk(out.stdout)
+    wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    io = IoSampler(wrk.pid)
+    io.start()
+    try:
+        stdout, stderr = wrk.communicate(timeout=args.duration + 60)
+    except subprocess.TimeoutExpired:
+        wrk.kill()
+        wrk.wait()
+        raise RuntimeError("wrk did not finish within %ds" % (args.duration + 60))
+    finally:
+        read_mib, written_mib = io.rates()
+    if wrk.returncode != 0:
+        raise RuntimeError("wrk failed (%d): %s" % (wrk.returncode, stderr))
+    result = parse_wrk(stdout)
+    result["read_mib_per_s"] = read_mib
+    result["written_mib_per_s"] = written_mib
+    return result
 
 
 def parse_wrk(text):
@@ -547,10 +599,16 @@ def measure(backend, proc, nginx, args, port, d, upload_body):
         # Processes born during the run (a respawned worker) count too.
         pids = sorted(set(pids) | set(tree(root)))
         cpu1, ncpu1 = cpu_ticks(pids), cpu_ticks(nginx_pids)
-        n = max(w["requests"], 1)
-        w["cpu_us_per_req"] = (cpu1 - cpu0) / CLK_TCK * 1e6 / n
-        w["nginx_cpu_us_per_req"] = (ncpu1 - ncpu0) / CLK_TCK * 1e6 / n
-        w["mib_per_s"] = w["rps"] * BIG_LEN / MIB if page != "hello" else None
+        cpu_us, ncpu_us = (cpu1 - cpu0) / CLK_TCK * 1e6, (ncpu1 - ncpu0) / CLK_TCK * 1e6
+        if page == "hello":
+            n = max(w["requests"], 1)
+            w["cpu_us_per_req"], w["nginx_cpu_us_per_req"] = cpu_us / n, ncpu_us / n
+            w["mib_per_s"] = None
+        else:
+            # Few 10 MiB requests complete in a run (see IoSampler): CPU per MiB moved.
+            w["mib_per_s"] = w["read_mib_per_s"] if page == "big" else w["written_mib_per_s"]
+            mib = max((w["mib_per_s"] or 0) * w["seconds"], 1)
+            w["cpu_us_per_mib"], w["nginx_cpu_us_per_mib"] = cpu_us / mib, ncpu_us / mib
         w["peak_rss"] = peak
         record["pages"][page] = w
     return record
@@ -675,8 +733,10 @@ def summarize(results, selected):
             s[page] = {
                 "rps": median_of([w["rps"] for w in ws]),
                 "mib_per_s": median_of([w["mib_per_s"] for w in ws]),
-                "cpu_us_per_req": median_of([w["cpu_us_per_req"] for w in ws]),
-                "nginx_cpu_us_per_req": median_of([w["nginx_cpu_us_per_req"] for w in ws]),
+                "cpu_us_per_req": median_of([w.get("cpu_us_per_req") for w in ws]),
+                "nginx_cpu_us_per_req": median_of([w.get("nginx_cpu_us_per_req") for w in ws]),
+                "cpu_us_per_mib": median_of([w.get("cpu_us_per_mib") for w in ws]),
+                "nginx_cpu_us_per_mib": median_of([w.get("nginx_cpu_us_per_mib") for w in ws]),
                 "peak_rss": median_rss([w["peak_rss"] for w in ws]),
                 "non_2xx": sum(w["non_2xx"] for w in ws),
                 "socket_errors": sum(w["socket_errors"] for w in ws),
