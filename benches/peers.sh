@@ -28,7 +28,7 @@ Options (environment variables in brackets):
   -h, --help           this text
 
 Installs what is missing with apt-get (nginx-light wrk uwsgi uwsgi-plugin-python3 php-fpm
-golang-go; no service is started) and builds the example with cargo --release. Run it on a
+golang-go python3; no service is started) and builds the example with cargo --release. Run it on a
 quiet machine: the ratios, not the absolute figures, carry over. Exit status: 0, 1 if a
 backend failed its contract check or to start, 2 for a bad option.
 USAGE
@@ -72,6 +72,7 @@ declare -A packages=(
     [uwsgi]=/usr/bin/uwsgi
     [uwsgi-plugin-python3]=/usr/lib/uwsgi/plugins/python3_plugin.so
     [golang-go]=/usr/bin/go
+    [python3]=/usr/bin/python3
 )
 missing=()
 for pkg in "${!packages[@]}"; do
