@@ -28,9 +28,9 @@ Options (environment variables in brackets):
   -h, --help           this text
 
 Installs what is missing with apt-get (nginx-light wrk uwsgi uwsgi-plugin-python3 php-fpm
-golang-go python3; no service is started) and builds the example with cargo --release. Run it on a
-quiet machine: the ratios, not the absolute figures, carry over. Exit status: 0, 1 if a
-backend failed its contract check or to start, 2 for a bad option.
+golang-go python3; no service is started) and builds the example with cargo --release.
+Run it on a quiet machine: the ratios, not the absolute figures, carry over. Exit status:
+0, 1 if a backend failed its contract check or to start, 2 for a bad option.
 USAGE
 }
 
