@@ -64,6 +64,13 @@ while (($#)); do
 done
 [[ $duration =~ ^[1-9][0-9]*$ ]] || bad "--duration (DURATION) must be a whole number of seconds >= 1, not '$duration'"
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || bad "--rounds (ROUNDS) must be a whole number >= 1, not '$rounds'"
+known=" nginx-direct uwsgi-fcgi uwsgi-scgi php-fpm go-fcgi appserver-threaded-fcgi
+appserver-threaded-fcgi-kc appserver-prefork-fcgi appserver-prefork-fcgi-kc
+appserver-threaded-scgi appserver-prefork-scgi "
+IFS=, read -ra wanted <<<"$only"
+for name in "${wanted[@]}"; do
+    [[ $known == *[[:space:]]$name[[:space:]]* ]] || bad "--only: no backend '$name'; the backends:$(echo $known | sed 's/^/ /')"
+done
 
 # Debian package -> a file it installs.
 declare -A packages=(

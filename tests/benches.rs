@@ -61,6 +61,11 @@ fn peers_bad_options_exit_2_naming_them() {
         (&["--rounds"][..], &[][..], "--rounds needs a value"),
         (&["--duration", "0"][..], &[][..], "--duration"),
         (&[][..], &[("ROUNDS", "three")][..], "'three'"),
+        (
+            &["--only", "uwsgi-fcgi,gunicorn"][..],
+            &[][..],
+            "no backend 'gunicorn'",
+        ),
     ] {
         let out = peers(args, env);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -518,6 +518,10 @@ def run_wrk(args, port, prefix, page, d):
         wrk.kill()
         wrk.wait()
         raise RuntimeError("wrk did not finish within %ds" % (args.duration + 60))
+    except BaseException:  # interrupted: wrk goes too, by its pid
+        wrk.kill()
+        wrk.wait()
+        raise
     finally:
         read_mib, written_mib = io.rates()
     if wrk.returncode != 0:
@@ -553,7 +557,7 @@ def parse_wrk(text):
 # The run
 
 
-def versions(d):
+def versions():
     def first_line(argv):
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -648,7 +652,7 @@ def run(args):
                     'wrk.headers["Content-Type"] = "application/octet-stream"\n'
                     'wrk.body = string.rep("x", %d)\n' % BIG_LEN)
         upload_body = b"x" * BIG_LEN
-        results["versions"] = versions(d)
+        results["versions"] = versions()
         if any(b.name == "go-fcgi" for b in selected):
             build_go(d)
 
