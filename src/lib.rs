@@ -45,6 +45,7 @@
 //! - [`probe`]: the `appserver probe` client.
 //! - [`status`]: the shared scoreboard, status page, metrics, access and slow logs.
 //! - [`cli`]: the command line shared by `appserver` and your own binaries.
+//! - `fuzzing` (only under `--cfg fuzzing`): entry points for the fuzz targets in `fuzz/`.
 //! - `sys`: the only `unsafe` code (fork, fd handling), each block justified.
 //!
 //! Dependencies point one way: `cli → process → driver → appserver-proto`.
@@ -56,6 +57,8 @@ pub mod config;
 pub mod daemon;
 pub mod driver;
 pub(crate) mod exposure;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod handler;
 pub mod listen;
 pub(crate) mod log_limit;

@@ -189,7 +189,7 @@ pub fn build(
 }
 
 /// Applies the script-name rule; returns `(SCRIPT_NAME, PATH_INFO)`.
-fn resolve_script_name(params: &Params, forced: Option<&str>) -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn resolve_script_name(params: &Params, forced: Option<&str>) -> (Vec<u8>, Vec<u8>) {
     let sent_script = params.get(b"SCRIPT_NAME");
     let mut path_info = match (params.get(b"PATH_INFO"), sent_script) {
         (Some(p), _) => p.to_vec(),
@@ -265,7 +265,7 @@ fn request_uri(params: &Params, script: &[u8], path_info: &[u8]) -> Result<Uri, 
 
 /// Percent-encodes every byte `http::Uri` would refuse (non-ASCII, controls, space and the
 /// few ASCII characters RFC 3986 excludes), leaving existing escapes and delimiters alone.
-fn escape_uri(raw: &[u8]) -> Vec<u8> {
+pub(crate) fn escape_uri(raw: &[u8]) -> Vec<u8> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = Vec::with_capacity(raw.len());
     for &b in raw {

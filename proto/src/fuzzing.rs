@@ -199,44 +199,6 @@ fn must<T>(r: Result<T, ProtocolError>) -> T {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GET: &[u8] = include_bytes!("../testdata/fcgi-nginx-get.bin");
-    const POST: &[u8] = include_bytes!("../testdata/fcgi-nginx-post.bin");
-
-    /// A smoke run of the targets over the captures and cheap deterministic mutations, so
-    /// `--cfg fuzzing` builds are exercised without a fuzzer.
-    #[test]
-    fn targets_survive_captures_and_mutations() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        for capture in [GET, POST] {
-            fcgi_conn(capture);
-            for step in [2u8, 8, 200] {
-                let mut input = capture.to_vec();
-                input.push(step);
-                fcgi_conn(&input);
-            }
-            fcgi_decode(capture);
-            fcgi_roundtrip(capture);
-            for _ in 0..300 {
-                let mut m = capture[..capture.len().min(2048)].to_vec();
-                for _ in 0..4 {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    let at = (seed as usize) % m.len();
-                    m[at] = (seed >> 32) as u8;
-                }
-                fcgi_decode(&m);
-                fcgi_roundtrip(&m);
-                fcgi_conn(&m);
-            }
-        }
-    }
-}
-
 /// `scgi_conn`: plays `data` as a web server against an SCGI [`scgi::Connection`] in
 /// input-chosen chunks: no panic, body never longer than `CONTENT_LENGTH`, the body's end
 /// exactly at it, nothing accepted after it.
@@ -271,30 +233,79 @@ pub fn scgi_conn(data: &[u8]) {
     let _ = conn.handle_eof(&src);
 }
 
-/// `ajp_conn`: plays `data` as a web server against an AJP13 [`ajp::Connection`] in
-/// input-chosen chunks, answering every request like a driver would (asking for body, then a
-/// response): no panic, and every output byte is a well-framed container packet.
+/// `ajp_conn`: plays `data` as a web server against an AJP13 [`ajp::Connection`] (secret
+/// `fuzz`) in input-chosen chunks, answering every request like a driver would (asking for
+/// body as long as it flows, then a response): no panic, every output byte a well-framed
+/// container packet, body never beyond the declared `Content-Length` and complete at its end,
+/// no request event while a request is active, and the CGI variables of every request carrying
+/// its method.
+///
+/// The input's last byte sizes the chunks (low 7 bits) and, in its top bit, turns off the
+/// recognition of lighttpd's body framing (on by default).
 pub fn ajp_conn(data: &[u8]) {
+    ajp_play(data);
+}
+
+/// What [`ajp_conn`] saw, so a test can tell that seeds reach the request body.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct AjpTally {
+    requests: usize,
+    body_ends: usize,
+    refused: usize,
+}
+
+fn ajp_play(data: &[u8]) -> AjpTally {
     use crate::ajp::{AjpConfig, ClientDecoder, Connection as AjpConnection, Event as AjpEvent};
     use crate::limits::AJP_DEFAULT_PACKET_SIZE;
 
-    let chunk = 1 + 3 * usize::from(data.last().copied().unwrap_or(0));
-    let mut conn = AjpConnection::new(AjpConfig::default().with_secret(&b"fuzz"[..]));
+    let last = data.last().copied().unwrap_or(0);
+    let chunk = 1 + 3 * usize::from(last & 0x7f);
+    let config = AjpConfig::default()
+        .with_secret(&b"fuzz"[..])
+        .with_lighttpd_framing(last & 0x80 == 0);
+    let mut conn = AjpConnection::new(config);
     let mut src = BytesMut::new();
     let mut out = BytesMut::new();
     let mut client = ClientDecoder::new(AJP_DEFAULT_PACKET_SIZE);
+    // (declared Content-Length, body bytes received) of the active request.
+    let mut active: Option<(Option<u64>, u64)> = None;
+    let mut tally = AjpTally::default();
     for piece in data.chunks(chunk) {
         src.extend_from_slice(piece);
         let result = conn.handle_input(&mut src);
         while let Some(event) = conn.poll_event() {
             match event {
-                AjpEvent::Request { .. } | AjpEvent::Body(_) => {
+                AjpEvent::Request { params, request } => {
+                    assert!(active.is_none(), "a request while one is active");
+                    assert_eq!(params.get(b"REQUEST_METHOD"), Some(&request.method[..]));
+                    assert!(request.attributes.secret.is_none(), "secret not cleared");
+                    active = Some((request.content_length, 0));
+                    tally.requests += 1;
                     conn.request_body_chunk();
                 }
-                AjpEvent::BodyEnd | AjpEvent::Forbidden { .. } | AjpEvent::BadRequest { .. } => {
-                    let _ = conn.send_headers(200, b"OK", &[(&b"content-type"[..], &b"x"[..])]);
-                    conn.send_body(b"fuzz");
-                    conn.end_response();
+                AjpEvent::Body(bytes) => {
+                    assert!(!bytes.is_empty());
+                    let Some((declared, received)) = active.as_mut() else {
+                        panic!("body outside a request");
+                    };
+                    *received += bytes.len() as u64;
+                    if let Some(declared) = declared {
+                        assert!(*received <= *declared, "body beyond Content-Length");
+                    }
+                    conn.request_body_chunk();
+                }
+                AjpEvent::BodyEnd => {
+                    if let Some((Some(declared), received)) = active {
+                        assert_eq!(received, declared, "body ended short of Content-Length");
+                    }
+                    ajp_respond(&mut conn);
+                    active = None;
+                    tally.body_ends += 1;
+                }
+                AjpEvent::Forbidden { .. } | AjpEvent::BadRequest { .. } => {
+                    tally.refused += 1;
+                    ajp_respond(&mut conn);
+                    active = None;
                 }
             }
         }
@@ -307,8 +318,148 @@ pub fn ajp_conn(data: &[u8]) {
         }
         if result.is_err() {
             assert!(conn.wants_close());
-            return;
+            return tally;
         }
     }
     let _ = conn.handle_eof(&src);
+    tally
+}
+
+/// Answers the active AJP request as a driver would: 200, a body, `END_RESPONSE`.
+fn ajp_respond(conn: &mut crate::ajp::Connection) {
+    let _ = conn.send_headers(200, b"OK", &[(&b"content-type"[..], &b"x"[..])]);
+    conn.send_body(b"fuzz");
+    conn.end_response();
+}
+
+/// `ajp_cgi`: loads `data` as a `FORWARD_REQUEST` payload and maps it to CGI variables
+/// ([`ajp::cgi_params`]): no panic; the variables carry the method, the URI and every header
+/// (as `HTTP_*`, or `CONTENT_*`), and `CONTENT_LENGTH` exactly when the body has a length. It
+/// also checks the packet's round trip: encoding a loaded request and loading it again gives
+/// the same request (header names aside, which a coded name turns to lowercase), and a second
+/// round trip changes nothing.
+pub fn ajp_cgi(data: &[u8]) {
+    use crate::ajp::{cgi_params, ForwardRequest};
+    use crate::limits::AJP_MAX_PACKET_SIZE;
+
+    let limits = Limits::default();
+    let payload = bytes::Bytes::copy_from_slice(data);
+    let Ok(req) = ForwardRequest::load(&payload, &limits) else {
+        return;
+    };
+
+    if let Ok(params) = cgi_params(&req, &limits) {
+        assert_eq!(params.get(b"REQUEST_METHOD"), Some(&req.method[..]));
+        let uri = params
+            .get(b"REQUEST_URI")
+            .expect("REQUEST_URI is always sent");
+        assert!(uri.starts_with(&req.req_uri) || req.req_uri.is_empty());
+        let query = params
+            .get(b"QUERY_STRING")
+            .expect("QUERY_STRING is always sent");
+        assert_eq!(query, req.attributes.query_string.as_deref().unwrap_or(b""));
+        assert_eq!(
+            params.get(b"CONTENT_LENGTH").is_some(),
+            req.header(b"content-length").is_some() && !req.chunked
+        );
+        for (name, value) in &req.headers {
+            if name.eq_ignore_ascii_case(b"content-length")
+                || name.eq_ignore_ascii_case(b"content-type")
+            {
+                continue;
+            }
+            let cgi: Vec<u8> = b"HTTP_"
+                .iter()
+                .copied()
+                .chain(name.iter().map(|&b| match b {
+                    b'-' => b'_',
+                    b => b.to_ascii_uppercase(),
+                }))
+                .collect();
+            let merged = params.get(&cgi).expect("every header becomes HTTP_*");
+            assert!(
+                merged.windows(value.len().max(1)).any(|w| w == &value[..]) || value.is_empty(),
+                "header value lost in the CGI mapping"
+            );
+        }
+        for (name, _) in params.iter() {
+            if let Some(header) = name.strip_prefix(b"HTTP_") {
+                assert!(!header.iter().any(|b| b.is_ascii_lowercase() || *b == b'-'));
+            }
+        }
+    }
+
+    let reencode = |req: &ForwardRequest| {
+        let mut buf = BytesMut::new();
+        req.encode(AJP_MAX_PACKET_SIZE, &mut buf).ok()?;
+        let payload = buf.split_off(crate::limits::AJP_HEADER_LEN).freeze();
+        Some(ForwardRequest::load(&payload, &limits).expect("an encoded request loads"))
+    };
+    let Some(again) = reencode(&req) else {
+        return;
+    };
+    let mut names_aside = again.clone();
+    names_aside.headers = req.headers.clone();
+    assert_eq!(names_aside, req, "FORWARD_REQUEST changed in a round trip");
+    assert!(req
+        .headers
+        .iter()
+        .zip(&again.headers)
+        .all(|((a, _), (b, _))| a.eq_ignore_ascii_case(b)));
+    assert_eq!(reencode(&again).as_ref(), Some(&again));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ajp_conn seeds carry the target's secret, so their requests reach the handler and
+    /// their bodies' ends instead of a 403.
+    #[test]
+    fn ajp_seeds_reach_the_body() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/ajp_conn");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let tally = ajp_play(&std::fs::read(&path).unwrap());
+            assert_eq!(tally.refused, 0, "{}", path.display());
+            assert!(tally.requests > 0, "{}", path.display());
+            assert_eq!(tally.body_ends, tally.requests, "{}", path.display());
+            seen += 1;
+        }
+        assert!(seen >= 3);
+    }
+
+    const GET: &[u8] = include_bytes!("../testdata/fcgi-nginx-get.bin");
+    const POST: &[u8] = include_bytes!("../testdata/fcgi-nginx-post.bin");
+
+    /// A smoke run of the targets over the captures and cheap deterministic mutations, so
+    /// `--cfg fuzzing` builds are exercised without a fuzzer.
+    #[test]
+    fn targets_survive_captures_and_mutations() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for capture in [GET, POST] {
+            fcgi_conn(capture);
+            for step in [2u8, 8, 200] {
+                let mut input = capture.to_vec();
+                input.push(step);
+                fcgi_conn(&input);
+            }
+            fcgi_decode(capture);
+            fcgi_roundtrip(capture);
+            for _ in 0..300 {
+                let mut m = capture[..capture.len().min(2048)].to_vec();
+                for _ in 0..4 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let at = (seed as usize) % m.len();
+                    m[at] = (seed >> 32) as u8;
+                }
+                fcgi_decode(&m);
+                fcgi_roundtrip(&m);
+                fcgi_conn(&m);
+            }
+        }
+    }
 }

@@ -53,7 +53,7 @@ pub(super) async fn read_head<R: AsyncRead + Unpin>(
 
 /// Where the head ends (after its last line's LF) and the body starts: at the first empty
 /// line, with LF or CRLF endings, mixed as they come.
-pub(super) fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
+pub(crate) fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
     if buf.starts_with(b"\n") {
         return Some((0, 1));
     }
@@ -72,19 +72,19 @@ pub(super) fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
 
 /// A parsed CGI head (RFC 3875 §6.3).
 #[derive(Debug)]
-pub(super) struct Head {
-    pub(super) status: Option<StatusCode>,
+pub(crate) struct Head {
+    pub(crate) status: Option<StatusCode>,
     /// The `Status` line's own reason phrase, when it is not the standard one.
-    pub(super) reason: Option<ReasonPhrase>,
-    pub(super) location: Option<Vec<u8>>,
+    pub(crate) reason: Option<ReasonPhrase>,
+    pub(crate) location: Option<Vec<u8>>,
     /// Every field but `Status`, in order, repeated names kept (three `Set-Cookie`).
-    pub(super) headers: HeaderMap,
+    pub(crate) headers: HeaderMap,
 }
 
 /// Parses header lines. A line without a colon, a continuation line, a bad name or a value
 /// with control characters makes the response invalid (502): passing it on could split the
 /// response the web server writes.
-pub(super) fn parse_head(head: &[u8]) -> Result<Head, String> {
+pub(crate) fn parse_head(head: &[u8]) -> Result<Head, String> {
     let mut parsed = Head {
         status: None,
         reason: None,

@@ -24,7 +24,7 @@
 
 mod child;
 mod env;
-mod head;
+pub(crate) mod head;
 mod script;
 #[cfg(test)]
 mod tests;
