@@ -89,9 +89,6 @@ pub fn request_build(data: &[u8]) {
         let Some(header) = name.strip_prefix(b"HTTP_") else {
             continue;
         };
-        if header == b"CONTENT_LENGTH" || header == b"CONTENT_TYPE" {
-            continue;
-        }
         let lower: Vec<u8> = header
             .iter()
             .map(|&b| match b {
@@ -99,6 +96,9 @@ pub fn request_build(data: &[u8]) {
                 b => b.to_ascii_lowercase(),
             })
             .collect();
+        if lower == b"content-length" || lower == b"content-type" {
+            continue;
+        }
         if let (Ok(name), Ok(_)) = (
             HeaderName::from_bytes(&lower),
             http::HeaderValue::from_bytes(value),

@@ -151,11 +151,6 @@ pub fn build(
         let Some(header) = name.strip_prefix(b"HTTP_") else {
             continue;
         };
-        // nginx also sends the body headers as HTTP_CONTENT_*; the CGI variables are the
-        // authoritative ones (they describe the body actually forwarded).
-        if header == b"CONTENT_LENGTH" || header == b"CONTENT_TYPE" {
-            continue;
-        }
         let lower: Vec<u8> = header
             .iter()
             .map(|&b| {
@@ -166,6 +161,13 @@ pub fn build(
                 }
             })
             .collect();
+        // nginx also sends the body headers as HTTP_CONTENT_*; the CGI variables are the
+        // authoritative ones (they describe the body actually forwarded). Compared after the
+        // mapping, so no other spelling (`HTTP_Content_Length`, `HTTP_CONTENT-LENGTH`) can
+        // smuggle in a length the body does not have.
+        if lower == b"content-length" || lower == b"content-type" {
+            continue;
+        }
         // Names or values a web server would never produce are skipped, not fatal: the
         // raw variable stays visible in the Env.
         if let (Ok(n), Ok(v)) = (
@@ -497,6 +499,29 @@ mod tests {
         for bad in ["-2", "+5", " 5", "0x10", "5 "] {
             assert!(content_length(&params(&[("CONTENT_LENGTH", bad)])).is_err());
         }
+    }
+
+    /// Found by the request_build fuzz target: `HTTP_CONTENT_LENGtH` became a
+    /// `Content-Length` header that no CGI variable backed.
+    #[test]
+    fn body_headers_come_only_from_the_cgi_variables() {
+        for spelling in [
+            "HTTP_CONTENT_LENGtH",
+            "HTTP_content_length",
+            "HTTP_CONTENT-LENGTH",
+        ] {
+            let req = build_with(&[("REQUEST_METHOD", "POST"), (spelling, "40000")], None);
+            assert!(!req.headers().contains_key("content-length"), "{spelling}");
+        }
+        let req = build_with(
+            &[
+                ("CONTENT_TYPE", "text/plain"),
+                ("HTTP_Content_Type", "text/html"),
+            ],
+            None,
+        );
+        let types: Vec<_> = req.headers().get_all("content-type").iter().collect();
+        assert_eq!(types, ["text/plain"]);
     }
 
     #[test]
