@@ -18,8 +18,8 @@ use http::{Method, Uri};
 
 use crate::apps::cgi::head::{head_end, parse_head};
 use crate::request::{
-    build, content_length, escape_uri, percent_decode, resolve_script_name, Env, Gateway,
-    RequestOptions,
+    build, content_length, escape_uri, percent_decode, request_path, resolve_script_name, Env,
+    Gateway, RequestOptions,
 };
 use crate::Body;
 
@@ -162,11 +162,6 @@ pub fn request_script_name(data: &[u8]) {
     if !rewritten {
         assert_eq!(script, sent_script.unwrap_or(b""), "SCRIPT_NAME changed");
     }
-}
-
-fn request_path(params: &Params) -> Vec<u8> {
-    let raw = params.get(b"REQUEST_URI").unwrap_or(b"/");
-    percent_decode(raw.split(|&b| b == b'?').next().unwrap_or(raw))
 }
 
 /// `percent_decode`: the request model's percent-decoder and URI escaper on arbitrary bytes.

@@ -238,7 +238,7 @@ pub(crate) fn resolve_script_name(params: &Params, forced: Option<&str>) -> (Vec
 }
 
 /// The percent-decoded path of `REQUEST_URI` (`/` when it was not sent).
-fn request_path(params: &Params) -> Vec<u8> {
+pub(crate) fn request_path(params: &Params) -> Vec<u8> {
     let raw = params.get(b"REQUEST_URI").unwrap_or(b"/");
     percent_decode(raw.split(|&b| b == b'?').next().unwrap_or(raw))
 }
