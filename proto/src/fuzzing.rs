@@ -333,13 +333,13 @@ fn ajp_respond(conn: &mut crate::ajp::Connection) {
 }
 
 /// `ajp_cgi`: loads `data` as a `FORWARD_REQUEST` payload and maps it to CGI variables
-/// ([`ajp::cgi_params`]): no panic; the variables carry the method, the URI and every header
+/// ([`ajp::cgi_params`], with and without `underscores_in_headers`): no panic; the variables carry the method, the URI and every header
 /// (as `HTTP_*`, or `CONTENT_*`), and `CONTENT_LENGTH` exactly when the body has a length. It
 /// also checks the packet's round trip: encoding a loaded request and loading it again gives
 /// the same request (header names aside, which a coded name turns to lowercase), and a second
 /// round trip changes nothing.
 pub fn ajp_cgi(data: &[u8]) {
-    use crate::ajp::{cgi_params, ForwardRequest};
+    use crate::ajp::{cgi_params, header_var, ForwardRequest};
     use crate::limits::AJP_MAX_PACKET_SIZE;
 
     let limits = Limits::default();
@@ -348,7 +348,10 @@ pub fn ajp_cgi(data: &[u8]) {
         return;
     };
 
-    if let Ok(params) = cgi_params(&req, &limits) {
+    for underscores in [false, true] {
+        let Ok(params) = cgi_params(&req, &limits, underscores) else {
+            continue;
+        };
         assert_eq!(params.get(b"REQUEST_METHOD"), Some(&req.method[..]));
         let uri = params
             .get(b"REQUEST_URI")
@@ -368,14 +371,10 @@ pub fn ajp_cgi(data: &[u8]) {
             {
                 continue;
             }
-            let cgi: Vec<u8> = b"HTTP_"
-                .iter()
-                .copied()
-                .chain(name.iter().map(|&b| match b {
-                    b'-' => b'_',
-                    b => b.to_ascii_uppercase(),
-                }))
-                .collect();
+            let Some(cgi) = header_var(name, underscores) else {
+                assert!(!underscores && name.contains(&b'_'));
+                continue;
+            };
             let merged = params.get(&cgi).expect("every header becomes HTTP_*");
             assert!(
                 merged.windows(value.len().max(1)).any(|w| w == &value[..]) || value.is_empty(),
