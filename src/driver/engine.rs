@@ -220,7 +220,8 @@ struct Queued {
 struct Active {
     exchange: Exchange,
     /// Method and URI, for log lines.
-    what: String,
+    /// Method and URI of a handler's request; `None` for a response the server made.
+    what: Option<Arc<str>>,
     started: Instant,
     /// A handler runs (`request_timeout` applies), not a response the server made.
     calling: bool,
@@ -555,13 +556,13 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                 let timeout = t.request.unwrap_or_default();
                 let a = self.active.as_ref()?;
                 if a.head_sent {
-                    let request = a.what.clone();
+                    let request = a.what.as_deref().unwrap_or_default().to_owned();
                     return Some(Close::RequestTimeout { request, timeout });
                 }
                 let a = self.active.take()?;
                 tracing::warn!(
                     peer = %self.peer,
-                    request = %a.what,
+                    request = a.what.as_deref().unwrap_or_default(),
                     "request_timeout={}s: cancelled after {:.1}s, answering 504",
                     timeout.as_secs(),
                     now.saturating_duration_since(a.started).as_secs_f64()
@@ -613,11 +614,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                 crate::status::recorder()
                     .answered_by_server(self.shared.gateway.protocol, status.as_u16());
                 let reason = status.canonical_reason().unwrap_or("Refused");
-                self.begin(
-                    Exchange::respond(plain(status, reason), None),
-                    String::new(),
-                    now,
-                );
+                self.begin(Exchange::respond(plain(status, reason), None), None, now);
             }
             Incoming::Body(data) => {
                 if let Some(a) = self.active.as_mut() {
@@ -631,7 +628,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
             }
             Incoming::Abort => {
                 if let Some(a) = self.active.take() {
-                    tracing::debug!(peer = %self.peer, "the web server aborted {}", a.what);
+                    tracing::debug!(peer = %self.peer, "the web server aborted {}", a.what.as_deref().unwrap_or_default());
                     a.exchange.cancel();
                     self.wire.end_response();
                     self.set_phase(Phase::Idle, now);
@@ -646,15 +643,15 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
             Some(admission) => Exchange::start(self.shared, admission, params, self.peer),
             None => return self.overloaded(now),
         };
-        let what = ex.what().to_owned();
+        let what = ex.what();
         self.begin(ex, what, now);
     }
 
-    fn begin(&mut self, exchange: Exchange, what: String, now: Instant) {
+    fn begin(&mut self, exchange: Exchange, what: Option<Arc<str>>, now: Instant) {
         self.clean_end = false;
         let t = &self.shared.timeouts;
         self.active = Some(Active {
-            calling: !what.is_empty(),
+            calling: what.is_some(),
             exchange,
             what,
             started: now,
@@ -673,7 +670,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
         );
         self.clean_end = false;
         match self.wire.overloaded() {
-            Some(resp) => self.begin(Exchange::respond(resp, None), String::new(), now),
+            Some(resp) => self.begin(Exchange::respond(resp, None), None, now),
             None => self.set_phase(Phase::Idle, now),
         }
     }

@@ -131,11 +131,11 @@ impl Exchange {
         }
     }
 
-    /// The request's method and URI, for log lines; empty for a response the server made.
-    pub(crate) fn what(&self) -> &str {
+    /// The request's method and URI, for log lines; `None` for a response the server made.
+    pub(crate) fn what(&self) -> Option<Arc<str>> {
         match &self.phase {
-            Phase::Calling(call) => call.what(),
-            _ => "",
+            Phase::Calling(call) => Some(Arc::clone(call.what())),
+            _ => None,
         }
     }
 

@@ -201,20 +201,21 @@ impl Drop for Admission {
 /// wake-up per request); a panic is caught at each poll, contained and reported.
 pub(crate) struct Call {
     future: Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>,
-    what: String,
+    /// Method and URI, shared with the engine's log lines (one allocation per request).
+    what: Arc<str>,
 }
 
 impl Call {
     /// Starts the handler on `req`.
     pub(crate) fn start<H: Handler>(shared: &Arc<Shared<H>>, req: Request) -> Self {
-        let what = format!("{} {}", req.method(), req.uri());
+        let what: Arc<str> = format!("{} {}", req.method(), req.uri()).into();
         let shared = Arc::clone(shared);
         let future = Box::pin(async move { shared.handler.call(req).await });
         Self { future, what }
     }
 
     /// The request's method and URI.
-    pub(crate) fn what(&self) -> &str {
+    pub(crate) fn what(&self) -> &Arc<str> {
         &self.what
     }
 
