@@ -450,7 +450,7 @@ fn prefork_worker<H: Handler>(
     match result {
         Ok(_) => 0,
         Err(e) => {
-            eprintln!("appserver: worker {}: {e}", std::process::id());
+            crate::process::prefork::worker_failed(&e);
             1
         }
     }

@@ -1570,14 +1570,13 @@ fn check_boot_failure_line(log: &str) {
         line.contains(&format!("(the last: worker {last} exited with status 1)")),
         "{line}"
     );
+    // Searched for anywhere, not line by line: the check must not depend on how the lines of
+    // processes sharing one stderr interleave.
     let started: Vec<u32> = log
-        .lines()
-        .filter_map(|l| {
-            l.split("worker ")
-                .nth(1)?
-                .strip_suffix(" started")?
-                .parse()
-                .ok()
+        .match_indices("worker ")
+        .filter_map(|(at, word)| {
+            let (pid, rest) = log[at + word.len()..].split_once(' ')?;
+            rest.starts_with("started").then(|| pid.parse().ok())?
         })
         .collect();
     assert!(

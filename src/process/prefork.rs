@@ -538,13 +538,13 @@ impl<'a> Master<'a> {
                 // workers would log to the terminal and keep the pipes of whoever started the
                 // daemon open (a script reading its output would never see the end).
                 if let Err(e) = crate::daemon::reopen_logs(self.config) {
-                    eprintln!("appserver: worker {}: {e}", std::process::id());
+                    worker_failed(&e);
                     std::process::exit(1);
                 }
                 // The app starts here, after the fork (app=wsgi: the interpreter and the import),
                 // so a failure is this worker's, reported like any worker that cannot start.
                 if let Err(e) = super::hooks::serve_start() {
-                    eprintln!("appserver: worker {}: {e}", std::process::id());
+                    worker_failed(&e);
                     std::process::exit(1);
                 }
                 // The fork copied the master's handle on the listener too. The worker accepts
@@ -573,7 +573,7 @@ impl<'a> Master<'a> {
                         .unwrap_or(1)
                     }
                     (Err(e), _) | (_, Err(e)) => {
-                        eprintln!("appserver: worker {}: {e}", std::process::id());
+                        worker_failed(&e);
                         1
                     }
                 };
@@ -864,6 +864,15 @@ fn jittered(max: u64) -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     max + u64::from(seed) % (spread + 1)
+}
+
+/// Says on stderr why this worker cannot go on, in one write: the master and the workers
+/// share stderr, and a line written in pieces (as `eprintln!` does with its arguments) can
+/// get another process's line in its middle.
+pub fn worker_failed(e: &dyn std::fmt::Display) {
+    use std::io::Write as _;
+    let line = format!("appserver: worker {}: {e}\n", std::process::id());
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 #[cfg(test)]
