@@ -35,7 +35,7 @@ pub async fn serve<S, H>(
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
 {
-    super::engine::run(io, &peer, &shared, Ajp::new(config), None).await;
+    super::engine::run(io, &peer, &shared, Ajp::new(config), None, None).await;
 }
 
 /// The AJP13 side of a connection.

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use super::deadlines::{Phase, RateClock};
 use super::exchange::{self, Exchange, Progress};
 use super::slots::Slot;
-use super::{Shared, READ_BUF_SIZE};
+use super::{Arrival, Shared, READ_BUF_SIZE};
 use crate::response::plain;
 use crate::{Body, BoxError, Handler, Response};
 
@@ -236,6 +236,7 @@ pub(crate) async fn run<S, H, W>(
     shared: &Arc<Shared<H>>,
     wire: W,
     slot: Option<&Slot>,
+    arrival: Option<Arrival>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
@@ -250,6 +251,7 @@ pub(crate) async fn run<S, H, W>(
         clean_end: false,
         phase: Phase::Fresh,
         phase_since: Instant::now(),
+        arrival,
     };
     let close = engine.serve(io, slot).await;
     if !matches!(close, Close::Done) {
@@ -287,6 +289,9 @@ struct Engine<'a, H, W> {
     /// What the connection waits for while no request is in flight.
     phase: Phase,
     phase_since: Instant,
+    /// Held from accept until the first request is admitted or queued, the connection waits
+    /// between requests, or [`Arrival::until`]: see [`crate::driver::ARRIVAL_GRACE`].
+    arrival: Option<Arrival>,
 }
 
 impl<H: Handler, W: Wire> Engine<'_, H, W> {
@@ -362,6 +367,9 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                 && self.wire.is_idle()
                 && rbuf.is_empty()
                 && wbuf.is_empty();
+            if self.arrival.is_some() && (busy || (waiting && self.phase != Phase::Fresh)) {
+                self.arrival = None;
+            }
             if waiting != evictable {
                 evictable = waiting;
                 if let Some(slot) = slot {
@@ -495,6 +503,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
             }
         };
         consider(send.and_then(RateClock::deadline), Due::Send);
+        consider(self.arrival.as_ref().map(Arrival::until), Due::Arrival);
         match (&self.active, &self.queued) {
             (Some(a), _) => {
                 if !read_closed && !a.exchange.body_done() {
@@ -527,6 +536,10 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
     ) -> Option<Close> {
         let t = self.shared.timeouts;
         match why {
+            Due::Arrival => {
+                self.arrival = None;
+                None
+            }
             Due::Send => {
                 let s = send?;
                 Some(Close::SendTimeout {
@@ -748,6 +761,8 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
 /// What a deadline guards.
 #[derive(Clone, Copy, Debug)]
 enum Due {
+    /// [`Arrival::until`]: the connection stops counting as arriving; nothing closes.
+    Arrival,
     Send,
     Body,
     Request,

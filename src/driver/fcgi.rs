@@ -27,7 +27,7 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
 {
-    super::engine::run(io, &peer, &shared, Fcgi::new(&shared), None).await;
+    super::engine::run(io, &peer, &shared, Fcgi::new(&shared), None, None).await;
 }
 
 /// The FastCGI side of a connection.

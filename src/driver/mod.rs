@@ -42,6 +42,15 @@ pub(crate) use slots::{Slot, Slots};
 /// + 255 padding) fits, so a record never needs more than two reads.
 pub(crate) const READ_BUF_SIZE: usize = 64 * 1024 + 512;
 
+/// How long a connection just accepted counts against its process's room for requests
+/// ([`Load::room`]) before its request is admitted. A web server writes its request right
+/// after its connect, but the process may read the connection before those bytes are there,
+/// or between two parts of a head: without this, a prefork worker that looks idle in that
+/// moment takes a second connection whose request then waits behind the first while other
+/// workers are idle. Short, because a connection that sends nothing (or a head a byte at a
+/// time) holds the accept loop back this long and no longer.
+pub const ARRIVAL_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The protocol a server speaks, with what it needs to know.
 #[derive(Clone, Debug)]
 pub enum Protocol {
@@ -61,22 +70,24 @@ pub enum Protocol {
 }
 
 /// Serves one accepted connection with the server's protocol until it ends; `slot` is its
-/// `maxconns` slot, through which the slot table may evict it while it waits for a request.
+/// `maxconns` slot, through which the slot table may evict it while it waits for a request,
+/// and `arrival` counts it against the process's room until its request is admitted.
 pub(crate) async fn serve<S, H>(
     io: S,
     peer: impl std::fmt::Display + Send + Sync,
     shared: Arc<Shared<H>>,
     slot: Option<&Slot>,
+    arrival: Option<Arrival>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
 {
     match &shared.protocol {
         Protocol::Fcgi => {
-            engine::run(io, &peer, &shared, fcgi::Fcgi::new(&shared), slot).await;
+            engine::run(io, &peer, &shared, fcgi::Fcgi::new(&shared), slot, arrival).await;
         }
         Protocol::Scgi => {
-            engine::run(io, &peer, &shared, scgi::Scgi::new(&shared), slot).await;
+            engine::run(io, &peer, &shared, scgi::Scgi::new(&shared), slot, arrival).await;
         }
         Protocol::Ajp {
             secret,
@@ -90,7 +101,7 @@ pub(crate) async fn serve<S, H>(
             if let Some(secret) = secret {
                 config = config.with_secret(secret.clone());
             }
-            engine::run(io, &peer, &shared, ajp::Ajp::new(config), slot).await;
+            engine::run(io, &peer, &shared, ajp::Ajp::new(config), slot, arrival).await;
         }
     }
 }
@@ -147,6 +158,8 @@ impl<H: Handler> Shared<H> {
 #[derive(Debug, Default)]
 pub struct Load {
     in_flight: AtomicUsize,
+    /// Connections accepted less than [`ARRIVAL_GRACE`] ago whose request is not admitted yet.
+    arriving: AtomicUsize,
     served: AtomicU64,
     changed: Notify,
     /// Every waiter is woken when a request ends.
@@ -169,16 +182,51 @@ impl Load {
         self.changed.notified().await;
     }
 
-    /// Returns once fewer than `capacity` requests are in flight.
+    /// Returns once fewer than `capacity` requests are in flight or arriving (see
+    /// [`Arrival`]).
     pub async fn room(&self, capacity: usize) {
         loop {
             // Registered before the check, so an end in between is not missed.
             let freed = self.freed.notified();
-            if self.in_flight() < capacity {
+            if self.in_flight() + self.arriving.load(Ordering::Acquire) < capacity {
                 return;
             }
             freed.await;
         }
+    }
+
+    /// Counts a connection just accepted as arriving until the returned guard is dropped or
+    /// [`ARRIVAL_GRACE`] has passed, whichever is first.
+    pub fn arrive(self: &Arc<Self>) -> Arrival {
+        self.arriving.fetch_add(1, Ordering::AcqRel);
+        Arrival {
+            load: Arc::clone(self),
+            until: tokio::time::Instant::now() + ARRIVAL_GRACE,
+        }
+    }
+}
+
+/// A connection accepted whose request has not been admitted yet: the accept loop does not
+/// take another one it may not have room for until this one has said what it is. The engine
+/// drops it once the request is admitted or queued, once the connection waits between
+/// requests, at its close, or at [`Arrival::until`].
+#[derive(Debug)]
+pub struct Arrival {
+    load: Arc<Load>,
+    until: tokio::time::Instant,
+}
+
+impl Arrival {
+    /// When the connection stops counting as arriving even without a request.
+    pub(crate) fn until(&self) -> tokio::time::Instant {
+        self.until
+    }
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.load.arriving.fetch_sub(1, Ordering::AcqRel);
+        self.load.freed.notify_waiters();
     }
 }
 

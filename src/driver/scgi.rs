@@ -25,7 +25,7 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
 {
-    super::engine::run(io, &peer, &shared, Scgi::new(&shared), None).await;
+    super::engine::run(io, &peer, &shared, Scgi::new(&shared), None, None).await;
 }
 
 /// The SCGI side of a connection.

@@ -345,8 +345,9 @@ pub async fn serve<H: Handler>(
                         }
                     }
                     None => {
-                        // A process running all the requests it may leaves new connections
-                        // in the backlog, to a worker with room.
+                        // A process running all the requests it may (counting the one a
+                        // connection just accepted is about to bring, driver::ARRIVAL_GRACE)
+                        // leaves new connections in the backlog, to a worker with room.
                         tokio::select! {
                             () = shared.load.room(shared.max_requests as usize) => {}
                             () = stop.cancelled() => continue,
@@ -374,6 +375,8 @@ pub async fn serve<H: Handler>(
                     tracing::warn!(peer = %peer, "connection refused: peer not in allow= / FCGI_WEB_SERVER_ADDRS");
                     continue;
                 }
+                // Counted from here, so the next turn's room() sees this connection.
+                let arrival = shared.load.arrive();
                 let Some(slot) = take_slot(&slots, options.max_conns, &stop, drain_until).await
                 else {
                     continue;
@@ -387,7 +390,7 @@ pub async fn serve<H: Handler>(
                         SlotFor::Free(slot) => slot,
                         SlotFor::Evicted => slots.take().await,
                     };
-                    driver::serve(stream, peer, shared, Some(&slot)).await;
+                    driver::serve(stream, peer, shared, Some(&slot), Some(arrival)).await;
                     drop(slot);
                     crate::status::recorder().connection_closed();
                 });

@@ -309,3 +309,58 @@ async fn a_request_over_the_limit_waits_queue_timeout_for_a_slot() {
     assert!(out.is_empty());
     assert_eq!(asked.elapsed(), Duration::from_secs(10));
 }
+
+/// A connection accepted as `arrival` of `shared`'s process, served on its own task.
+fn spawn_arriving<H: Handler>(
+    shared: &Arc<Shared<H>>,
+) -> (DuplexStream, tokio::task::JoinHandle<()>) {
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let arrival = shared.load.arrive();
+    let shared = Arc::clone(shared);
+    let task = tokio::spawn(async move {
+        crate::driver::serve(server, "test-peer", shared, None, Some(arrival)).await;
+    });
+    (client, task)
+}
+
+/// Whether `load.room(capacity)` is there now (after letting every task run).
+async fn room_now(shared: &Arc<Shared<Gate>>, capacity: usize) -> bool {
+    tokio::time::timeout(Duration::ZERO, shared.load.room(capacity))
+        .await
+        .is_ok()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_counts_against_the_room_until_its_request_is_admitted() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let shared = test_shared(Gate(Arc::clone(&gate)), 1, "fcgi");
+    let (mut io, _task) = spawn_arriving(&shared);
+    // Accepted, nothing read yet: a prefork worker (room for one request) takes no other.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!room_now(&shared, 1).await);
+    // Half a head, and a pause within the grace: still arriving.
+    let request = fcgi_request(&[("REQUEST_METHOD", "GET")], Some(b""));
+    let (first, rest) = request.split_at(12);
+    io.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!room_now(&shared, 1).await);
+    // Admitted: in flight, no longer arriving (room for a second of two).
+    io.write_all(rest).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(shared.load.in_flight(), 1);
+    assert!(!room_now(&shared, 1).await);
+    assert!(room_now(&shared, 2).await);
+    gate.notify_one();
+    let (out, status) = fcgi_response(&mut io).await.unwrap();
+    assert_eq!(status, ProtocolStatus::RequestComplete, "{out}");
+    assert!(room_now(&shared, 1).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_connection_stops_counting_against_the_room_after_the_grace() {
+    let shared = test_shared(Gate(Arc::new(tokio::sync::Notify::new())), 1, "fcgi");
+    let accepted = Instant::now();
+    let (_io, _task) = spawn_arriving(&shared);
+    shared.load.room(1).await;
+    assert_eq!(accepted.elapsed(), crate::driver::ARRIVAL_GRACE);
+}
