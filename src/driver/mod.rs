@@ -48,8 +48,9 @@ pub(crate) const READ_BUF_SIZE: usize = 64 * 1024 + 512;
 /// or between two parts of a head: without this, a prefork worker that looks idle in that
 /// moment takes a second connection whose request then waits behind the first while other
 /// workers are idle. Short, because a connection that sends nothing (or a head a byte at a
-/// time) holds the accept loop back this long and no longer.
-pub const ARRIVAL_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+/// time) holds that worker's accept loop back this long (the other workers go on accepting):
+/// 20 ms covers a web server descheduled between its connect and its write on a busy machine.
+pub const ARRIVAL_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The protocol a server speaks, with what it needs to know.
 #[derive(Clone, Debug)]

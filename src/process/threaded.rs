@@ -320,6 +320,8 @@ pub async fn serve<H: Handler>(
         let shared = Arc::clone(&shared);
         let stop = stop_accepting.clone();
         let options = options.clone();
+        // Prefork workers share the listener (see driver::ARRIVAL_GRACE).
+        let siblings = options.method == "prefork";
         async move {
             // When the listener is about to close (a signalled graceful stop, not a worker
             // retiring while others keep accepting), the connections already waiting in the
@@ -345,8 +347,8 @@ pub async fn serve<H: Handler>(
                         }
                     }
                     None => {
-                        // A process running all the requests it may (counting the one a
-                        // connection just accepted is about to bring, driver::ARRIVAL_GRACE)
+                        // A process running all the requests it may (a prefork worker also
+                        // counts the one a connection just accepted is about to bring)
                         // leaves new connections in the backlog, to a worker with room.
                         tokio::select! {
                             () = shared.load.room(shared.max_requests as usize) => {}
@@ -375,8 +377,10 @@ pub async fn serve<H: Handler>(
                     tracing::warn!(peer = %peer, "connection refused: peer not in allow= / FCGI_WEB_SERVER_ADDRS");
                     continue;
                 }
-                // Counted from here, so the next turn's room() sees this connection.
-                let arrival = shared.load.arrive();
+                // Counted from here, so the next turn's room() sees this connection. Only
+                // where other workers share the listener: one threaded process has nobody to
+                // leave a connection to, and would only accept silent ones more slowly.
+                let arrival = siblings.then(|| shared.load.arrive());
                 let Some(slot) = take_slot(&slots, options.max_conns, &stop, drain_until).await
                 else {
                     continue;
@@ -390,7 +394,7 @@ pub async fn serve<H: Handler>(
                         SlotFor::Free(slot) => slot,
                         SlotFor::Evicted => slots.take().await,
                     };
-                    driver::serve(stream, peer, shared, Some(&slot), Some(arrival)).await;
+                    driver::serve(stream, peer, shared, Some(&slot), arrival).await;
                     drop(slot);
                     crate::status::recorder().connection_closed();
                 });

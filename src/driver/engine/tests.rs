@@ -336,13 +336,14 @@ async fn a_connection_counts_against_the_room_until_its_request_is_admitted() {
     let shared = test_shared(Gate(Arc::clone(&gate)), 1, "fcgi");
     let (mut io, _task) = spawn_arriving(&shared);
     // Accepted, nothing read yet: a prefork worker (room for one request) takes no other.
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    let grace = crate::driver::ARRIVAL_GRACE;
+    tokio::time::sleep(grace / 4).await;
     assert!(!room_now(&shared, 1).await);
     // Half a head, and a pause within the grace: still arriving.
     let request = fcgi_request(&[("REQUEST_METHOD", "GET")], Some(b""));
     let (first, rest) = request.split_at(12);
     io.write_all(first).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::sleep(grace / 2).await;
     assert!(!room_now(&shared, 1).await);
     // Admitted: in flight, no longer arriving (room for a second of two).
     io.write_all(rest).await.unwrap();
