@@ -43,10 +43,10 @@ const HEADER_WORDS: usize = 128;
 /// Words of the whole scoreboard.
 pub(crate) const WORDS: usize = HEADER_WORDS + MAX_SLOTS * SLOT_WORDS;
 
-/// Marks a scoreboard of this layout ("ASSCORE" + version 1): a re-executed image maps the
+/// Marks a scoreboard of this layout ("ASSCORE" + version 2): a re-executed image maps the
 /// memory it inherited only when it holds this, so a binary with another layout starts
 /// afresh instead of misreading it.
-const MAGIC: u64 = 0x4153_5343_4f52_4501;
+const MAGIC: u64 = 0x4153_5343_4f52_4502;
 
 /// Longest method kept in a slot; longer ones are cut.
 pub const SLOT_METHOD_BYTES: usize = 16;
@@ -159,6 +159,10 @@ const H_LAST_RELOAD: usize = 14;
 const H_DURATION_SUM_US: usize = 15;
 const H_UNSLOTTED: usize = 16;
 const H_QUEUE_KNOWN: usize = 17;
+/// Slots ever claimed, a high-water mark: slots are taken from the front, so searches and
+/// snapshots read this many and not all [`MAX_SLOTS`] (a worker that scanned them all would
+/// have half a megabyte of the mapping in its resident set for nothing).
+const H_SLOTS_USED: usize = 18;
 const H_CLOSE_REASONS: usize = 24;
 const H_REQUESTS: usize = H_CLOSE_REASONS + CLOSE_REASONS.len();
 const H_BUCKETS: usize = H_REQUESTS + PROTOCOLS.len() * CODE_CLASSES.len();
@@ -218,6 +222,11 @@ impl Scoreboard {
         board.add(H_RELOADS, 1);
         board.set(H_LAST_RELOAD, unix_secs(SystemTime::now()));
         Ok(Mapped { board, file })
+    }
+
+    /// Slots claimed at least once (see [`H_SLOTS_USED`]).
+    fn slots_used(&self) -> usize {
+        usize::try_from(self.get(H_SLOTS_USED)).map_or(MAX_SLOTS, |n| n.min(MAX_SLOTS))
     }
 
     fn w(&self, i: usize) -> &AtomicU64 {
@@ -310,13 +319,24 @@ impl Scoreboard {
     pub fn claim_slot(&self, pid: u32) -> Option<Slot> {
         let pid = u64::from(pid);
         let base = |i: usize| HEADER_WORDS + i * SLOT_WORDS;
-        let held = (0..MAX_SLOTS).find(|&i| self.get(base(i) + S_PID) == pid);
-        let index = held.or_else(|| {
-            (0..MAX_SLOTS).find(|&i| {
-                self.w(base(i) + S_PID)
-                    .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            })
+        let used = self.slots_used();
+        let held = (0..used).find(|&i| self.get(base(i) + S_PID) == pid);
+        let claim = |i: usize| {
+            self.w(base(i) + S_PID)
+                .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        };
+        let index = held.or_else(|| (0..used).find(|&i| claim(i))).or_else(|| {
+            // A slot never used before: the next one past the high-water mark, this
+            // process's alone once the mark is moved past it.
+            let fresh = self
+                .w(H_SLOTS_USED)
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < MAX_SLOTS as u64).then_some(n + 1)
+                })
+                .ok()?;
+            let i = usize::try_from(fresh).ok()?;
+            claim(i).then_some(i)
         });
         let Some(index) = index else {
             self.add(H_UNSLOTTED, 1);
@@ -338,7 +358,7 @@ impl Scoreboard {
 
     /// Frees the slot of `pid` (a worker that exited), if it holds one.
     pub fn release_pid(&self, pid: u32) {
-        for i in 0..MAX_SLOTS {
+        for i in 0..self.slots_used() {
             let at = HEADER_WORDS + i * SLOT_WORDS + S_PID;
             if self
                 .w(at)
@@ -376,7 +396,7 @@ impl Scoreboard {
         let started = self.get(H_STARTED);
         let accepted = self.get(H_ACCEPTED);
         let closed = self.get(H_CLOSED);
-        let workers = (0..MAX_SLOTS)
+        let workers = (0..self.slots_used())
             .filter_map(|i| self.read_slot(HEADER_WORDS + i * SLOT_WORDS, now))
             .collect();
         Snapshot {
@@ -739,6 +759,48 @@ mod tests {
         assert!(board.claim_slot(MAX_SLOTS as u32 + 1).is_none());
         assert_eq!(board.snapshot().unslotted, 1);
         assert_eq!(board.snapshot().workers.len(), MAX_SLOTS);
+    }
+
+    /// Resident KiB of the mapping holding `board`, from /proc/self/smaps.
+    fn resident_kib(board: &Scoreboard) -> u64 {
+        let at = board.words.as_ptr() as usize;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((lo, hi)) = range.split_once('-') {
+                    if let (Ok(lo), Ok(hi)) =
+                        (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                    {
+                        inside = (lo..hi).contains(&at);
+                        continue;
+                    }
+                }
+            }
+            if inside {
+                if let Some(kib) = line.strip_prefix("Rss:") {
+                    return kib.trim().trim_end_matches(" kB").parse().unwrap();
+                }
+            }
+        }
+        panic!("no mapping at {at:#x}")
+    }
+
+    #[test]
+    fn slots_come_from_the_front_and_only_those_are_read() {
+        let board = Scoreboard::create().unwrap().board;
+        for pid in 1..=3 {
+            board.claim_slot(pid).unwrap();
+        }
+        board.release_pid(2);
+        // The freed slot is taken again before a new one.
+        board.claim_slot(4).unwrap();
+        assert_eq!(board.slots_used(), 3);
+        let pids: Vec<u32> = board.snapshot().workers.iter().map(|w| w.pid).collect();
+        assert_eq!(pids, [1, 4, 3]);
+        // Claims, releases and snapshots touched the first page and no other: a worker does
+        // not carry the whole mapping in its resident set.
+        assert!(resident_kib(&board) <= 8, "{} KiB", resident_kib(&board));
     }
 
     #[test]
