@@ -210,7 +210,7 @@ impl Load {
 /// A connection accepted whose request has not been admitted yet: the accept loop does not
 /// take another one it may not have room for until this one has said what it is. The engine
 /// drops it once the request is admitted or queued, once the connection waits between
-/// requests, at its close, or at [`Arrival::until`].
+/// requests, at its close, or [`ARRIVAL_GRACE`] after it was accepted.
 #[derive(Debug)]
 pub struct Arrival {
     load: Arc<Load>,
