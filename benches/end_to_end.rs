@@ -1,6 +1,8 @@
 //! Requests per second through a real unix socket: the FastCGI driver, the request model and a
 #![allow(missing_docs)] // criterion_group!/criterion_main! generate undocumented items
-//! hello handler, against a client that speaks FastCGI like nginx with `fastcgi_keep_conn on`.
+//! hello handler, against a client that speaks FastCGI like nginx: with `fastcgi_keep_conn on`
+//! (one connection, request after request) and without it (a connection per request, closed
+//! by the server after its response: accept, read, write, close, as most sites run it).
 //!
 //! Run with `cargo bench --bench end_to_end`. The figure to compare is the time per request
 //! against the codec-only figure of `proto/benches/codec.rs` in the same run: the difference
@@ -31,7 +33,8 @@ impl Handler for Hello {
     }
 }
 
-fn request() -> BytesMut {
+/// A hello request; `keep_conn` as nginx's `fastcgi_keep_conn`.
+fn request(keep_conn: bool) -> BytesMut {
     let mut p = ParamsBuilder::new(Limits::default());
     for (n, v) in [
         ("REQUEST_METHOD", "GET"),
@@ -51,7 +54,7 @@ fn request() -> BytesMut {
             .expect("bench params fit the limits");
     }
     let mut out = BytesMut::new();
-    encode_request(1, Role::Responder, true, &p.finish(), &mut out);
+    encode_request(1, Role::Responder, keep_conn, &p.finish(), &mut out);
     encode_stdin(1, b"", &mut out);
     out
 }
@@ -92,7 +95,7 @@ fn keepalive_requests(
     path: &std::path::Path,
 ) {
     let mut stream = UnixStream::connect(path).expect("connect");
-    let req = request();
+    let req = request(true);
     let mut decoder = ClientDecoder::default();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
@@ -116,6 +119,32 @@ fn keepalive_requests(
     });
 }
 
+/// One request per connection, as nginx without `fastcgi_keep_conn`: connect, send the
+/// request, read until the server closes.
+fn one_request_per_connection(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    path: &std::path::Path,
+) {
+    let req = request(false);
+    let mut chunk = vec![0u8; 64 * 1024];
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let mut stream = UnixStream::connect(path).expect("connect");
+            stream.write_all(&req).expect("write");
+            let mut got = 0;
+            loop {
+                let n = stream.read(&mut chunk).expect("read");
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            assert!(got > 0, "the server closed without a response");
+        });
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -129,6 +158,7 @@ fn bench(c: &mut Criterion) {
     let plain = dir.path().join("bench.sock");
     serve(&runtime, &plain, Hello);
     keepalive_requests(&mut group, "fcgi_keepalive_hello_unix", &plain);
+    one_request_per_connection(&mut group, "fcgi_connection_per_request_hello_unix", &plain);
     // After: what runfcgi runs, the app observed (scoreboard, counters, access log).
     appserver::status::bench::install(Some(dir.path().join("access.log"))).expect("status");
     let observed = dir.path().join("observed.sock");
@@ -138,6 +168,11 @@ fn bench(c: &mut Criterion) {
         appserver::status::Observed::new(Hello, None, None, "fcgi"),
     );
     keepalive_requests(&mut group, "fcgi_keepalive_hello_unix_observed", &observed);
+    one_request_per_connection(
+        &mut group,
+        "fcgi_connection_per_request_hello_unix_observed",
+        &observed,
+    );
     group.finish();
 }
 
