@@ -1003,3 +1003,113 @@ fn a_reload_whose_import_fails_keeps_the_old_workers_serving() {
         assert_eq!(get(), "still the old code", "{}", server.log());
     }
 }
+
+/// The slow-log entry (`slowlog=`) whose first line holds `needle`: that line and the
+/// indented lines under it.
+fn slow_entry(log: &str, needle: &str) -> Option<String> {
+    let mut lines = log.lines().skip_while(|l| !l.contains(needle));
+    let first = lines.next()?;
+    let mut entry = first.to_owned();
+    for line in lines.take_while(|l| l.starts_with("  ")) {
+        entry.push('\n');
+        entry.push_str(line);
+    }
+    Some(entry)
+}
+
+/// slowlog=1 with Django behind nginx, threaded: a view sleeping in `slow_inner` and one
+/// spinning in a CPU-bound loop in `spin_inner` (holding the GIL but for Python's switch
+/// interval) run at once; each is logged once with the Python stack of its own thread, the
+/// frame's function and file in it, and both still answer 200.
+#[test]
+fn slow_wsgi_request_is_logged_with_its_python_stack() {
+    let stack = nginx_fcgi(&["method=threaded", "slowlog=1"]);
+    let port = stack.port();
+    let get = |path: &'static str| std::thread::spawn(move || http_get(port, path));
+    let sleeping = get("/slow/?s=3");
+    let spinning = get("/spin/?s=3");
+    for (handle, body) in [(sleeping, "slept\n"), (spinning, "spun\n")] {
+        let resp = handle.join().unwrap();
+        assert_eq!(resp.status, 200, "{}", stack.logs());
+        assert_eq!(resp.text(), body);
+    }
+    for (uri, function, other) in [
+        ("/slow/?s=3", "in slow_inner", "in spin_inner"),
+        ("/spin/?s=3", "in spin_inner", "in slow_inner"),
+    ] {
+        let needle = format!("slow request: GET {uri} running for ");
+        // Its innermost frame: the entry has crossed the pipe up to there.
+        assert!(
+            stack.server.wait_log(&format!("{function}\n"), 1),
+            "{}",
+            stack.logs()
+        );
+        let log = stack.server.log();
+        assert_eq!(log.matches(&needle).count(), 1, "once: {log}");
+        let entry = slow_entry(&log, &needle).unwrap();
+        assert!(
+            entry.contains("  Python stack of thread "),
+            "{uri}: {entry}"
+        );
+        let frame = entry
+            .lines()
+            .position(|l| l.ends_with(function))
+            .unwrap_or_else(|| panic!("{uri}: no frame {function}: {entry}"));
+        assert!(
+            entry
+                .lines()
+                .nth(frame)
+                .unwrap()
+                .contains("mysite/views.py\", line "),
+            "{uri}: {entry}"
+        );
+        assert!(
+            !entry.contains(other),
+            "{uri}: another thread's stack: {entry}"
+        );
+    }
+}
+
+/// A request whose thread holds the GIL in C code (libc's sleep through `ctypes.PyDLL`) the
+/// whole time: the slow line is still logged, within `SLOW_DETAIL_WAIT` (1 s) of being due
+/// and while the request still runs, saying the stack was not taken; the request answers 200
+/// and the next slow request in the same worker has its stack again.
+#[test]
+fn a_slow_request_holding_the_gil_is_logged_without_its_stack() {
+    let stack = nginx_fcgi(&["slowlog=1", "minspare=1", "maxspare=1", "maxchildren=1"]);
+    let port = stack.port();
+    let holding = std::thread::spawn(move || http_get(port, "/hold-gil/?s=4"));
+    let needle = "slow request: GET /hold-gil/?s=4 running for ";
+    assert!(
+        stack.server.wait_log("(Python stack not taken within", 1),
+        "{}",
+        stack.logs()
+    );
+    assert!(
+        !holding.is_finished(),
+        "logged only once the request was done: {}",
+        stack.logs()
+    );
+    let entry = slow_entry(&stack.server.log(), needle).unwrap();
+    assert!(
+        entry.contains(
+            "(Python stack not taken within 1.0s: the request's thread does not let go of it)"
+        ),
+        "{entry}"
+    );
+    let resp = holding.join().unwrap();
+    assert_eq!(resp.status, 200, "{}", stack.logs());
+    assert_eq!(resp.text(), "held\n");
+
+    let resp = http_get(port, "/slow/?s=2");
+    assert_eq!(resp.status, 200, "{}", stack.logs());
+    let needle = "slow request: GET /slow/?s=2 running for ";
+    assert!(
+        stack.server.wait_log("in slow_inner\n", 1),
+        "{}",
+        stack.logs()
+    );
+    let entry = slow_entry(&stack.server.log(), needle).unwrap();
+    assert!(entry.contains("in slow_inner"), "{entry}");
+    assert_eq!(stack.server.log().matches("slow request:").count(), 2);
+}

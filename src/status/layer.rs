@@ -12,10 +12,16 @@
 //! ```text
 //! WARN slow request: GET /report?year=2026 running for 5.0s (worker 4242; script /srv/cgi/report.cgi pid 4321)
 //! ```
+//!
+//! An app that runs the request's code on a thread of its own (`app=wsgi`) gives a
+//! [`SlowDetail`] with [`note_detail`]: the slow line then carries what it shows (the Python
+//! stack), taken on a thread of its own so the connection engine never waits for it, and
+//! given up after [`SLOW_DETAIL_WAIT`].
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self as std_mpsc, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -64,9 +70,45 @@ tokio::task_local! {
 }
 
 /// What the app tells about a request while it runs, for the slow log.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Running {
     child: Mutex<Option<(String, u32)>>,
+    detail: Mutex<Option<Arc<dyn SlowDetail>>>,
+}
+
+/// What an app that runs a request's code on a thread of its own can show about it when the
+/// request is found slow (`app=wsgi`: that thread's Python stack, as php-fpm's slowlog shows
+/// the PHP backtrace). The status layer knows no more of the app than this.
+pub trait SlowDetail: Send + Sync {
+    /// What the detail is, for the line that says it could not be taken ("Python stack").
+    fn what(&self) -> &'static str;
+    /// The detail, as lines to print under the slow line, each indented. Called once per
+    /// slow request, on a thread of its own; it may block (for Python's GIL), and is given up
+    /// on after [`SLOW_DETAIL_WAIT`].
+    fn take(&self) -> String;
+}
+
+/// How long the slow log waits for an app's [`SlowDetail`] before it logs the slow line
+/// without it: Python hands the GIL over within its switch interval (5 ms) to a waiting
+/// thread even from a busy loop, so a second only runs out when the request's thread holds
+/// the GIL inside C code; the slow line must not wait on that.
+pub const SLOW_DETAIL_WAIT: Duration = Duration::from_secs(1);
+
+/// Slow requests whose detail may wait at once to be taken: details are taken one after the
+/// other on one thread (each in milliseconds), so this is only reached when that thread is
+/// stuck (a request's thread holds the GIL in C code); the ones beyond it are logged at once,
+/// without their detail, and the queue never grows.
+pub const MAX_DETAILS_WAITING: usize = 16;
+
+/// Called by an app that runs the request's code on a thread of its own (`app=wsgi`): the
+/// slow log shows `detail` under its line. Does nothing outside a request or without
+/// `slowlog=`.
+pub fn note_detail(detail: Arc<dyn SlowDetail>) {
+    let _ = RUNNING.try_with(|r| {
+        if let Ok(mut slot) = r.detail.lock() {
+            *slot = Some(detail);
+        }
+    });
 }
 
 /// Called by an app that runs a program for the request (`app=cgi`): the slow log names the
@@ -266,13 +308,81 @@ impl Slow {
             .and_then(|c| c.clone())
             .map(|(script, pid)| format!("; script {script} pid {pid}"))
             .unwrap_or_default();
-        tracing::warn!(
+        let line = format!(
             "slow request: {} running for {:.1}s (worker {}{child})",
             self.what,
             self.start.elapsed().as_secs_f64(),
             std::process::id()
         );
+        match self.running.detail.lock().ok().and_then(|d| d.clone()) {
+            Some(detail) => log_with_detail(line, detail),
+            None => tracing::warn!("{line}"),
+        }
     }
+}
+
+/// Logs `line` with the app's detail under it, taken on the detail thread while a task of the
+/// runtime waits at most [`SLOW_DETAIL_WAIT`] for it: the connection engine goes on serving
+/// meanwhile, and the line is logged (once) whatever the detail does.
+fn log_with_detail(line: String, detail: Arc<dyn SlowDetail>) {
+    let what = detail.what();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let queued = match detail_queue() {
+        None => Err("cannot start its thread".to_owned()),
+        Some(queue) => queue.try_send((detail, tx)).map_err(|e| match e {
+            TrySendError::Full(_) => {
+                format!("{MAX_DETAILS_WAITING} slow requests already wait for theirs")
+            }
+            TrySendError::Disconnected(_) => "its thread is gone".to_owned(),
+        }),
+    };
+    if let Err(why) = queued {
+        tracing::warn!("{line}\n  ({what} not taken: {why})");
+        return;
+    }
+    tokio::spawn(async move {
+        match tokio::time::timeout(SLOW_DETAIL_WAIT, rx).await {
+            Ok(Ok(text)) => tracing::warn!("{line}\n{text}"),
+            Ok(Err(_)) => tracing::warn!("{line}\n  ({what} not taken: taking it panicked)"),
+            Err(_) => tracing::warn!(
+                "{line}\n  ({what} not taken within {:.1}s: the request's thread does not let go of it)",
+                SLOW_DETAIL_WAIT.as_secs_f64()
+            ),
+        }
+    });
+}
+
+/// A detail to take, and where its text goes.
+type DetailJob = (Arc<dyn SlowDetail>, tokio::sync::oneshot::Sender<String>);
+
+/// The queue of the thread that takes details, started with the first slow request that has
+/// one (in the serving process: a prefork master serves no request).
+fn detail_queue() -> Option<&'static SyncSender<DetailJob>> {
+    static QUEUE: OnceLock<Option<SyncSender<DetailJob>>> = OnceLock::new();
+    QUEUE
+        .get_or_init(|| {
+            let (tx, rx) = std_mpsc::sync_channel::<DetailJob>(MAX_DETAILS_WAITING);
+            std::thread::Builder::new()
+                .name("slowlog-detail".into())
+                .spawn(move || {
+                    for (detail, reply) in rx {
+                        if reply.is_closed() {
+                            // Given up on while it waited behind a stuck one.
+                            continue;
+                        }
+                        // A panic drops `reply`: the line says so.
+                        let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            detail.take()
+                        }));
+                        if let Ok(text) = taken {
+                            let _ = reply.send(text);
+                        }
+                    }
+                })
+                .ok()
+                .map(|_| tx)
+        })
+        .as_ref()
 }
 
 /// A response body that counts its bytes and finishes the request's bookkeeping at its end.

@@ -17,6 +17,7 @@
 //! - `input`: `wsgi.input`, `wsgi.errors`.
 //! - `response`: `start_response`, `write()`, iteration, `close()`, `wsgi.file_wrapper`.
 //! - `interp`: the interpreter's life in a process (start, import, signals).
+//! - `stack`: the Python stack of a slow request's thread, for `slowlog=`.
 //!
 //! Process models: prefork starts Python in each worker after the fork and runs one Python
 //! thread there (one request at a time per worker, as Django's prefork); with `preload=true`
@@ -27,6 +28,7 @@ mod environ;
 mod input;
 mod interp;
 mod response;
+mod stack;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,6 +42,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use self::environ::{Flags, Vars};
 use self::response::{Head, Out};
+use self::stack::{PythonStack, RunningOn};
 use crate::config::{Config, Method};
 use crate::process::hooks::ProcessHooks;
 use crate::response::ReasonPhrase;
@@ -208,6 +211,8 @@ impl Handler for Wsgi {
         let head_request = parts.method == http::Method::HEAD;
         let vars = environ::vars(&parts, self.inner.forced_script_name);
         let (tx, mut rx) = mpsc::channel(RESPONSE_CHANNEL_CHUNKS);
+        let running_on = RunningOn::default();
+        crate::status::layer::note_detail(Arc::new(PythonStack(running_on.clone())));
         let job = Job {
             vars,
             body,
@@ -215,6 +220,7 @@ impl Handler for Wsgi {
             out: tx,
             what,
             head_request,
+            running_on,
             _permit: permit,
         };
         pool.submit(job, &self.inner)?;
@@ -290,6 +296,8 @@ struct Job {
     out: mpsc::Sender<Out>,
     what: String,
     head_request: bool,
+    /// Where the thread that runs the request says so, for the slow log.
+    running_on: RunningOn,
     /// A place among the requests the pool runs at once, given back when the job is done.
     _permit: OwnedSemaphorePermit,
 }
@@ -360,6 +368,12 @@ fn python_thread(inner: &Inner, queue: &Mutex<std_mpsc::Receiver<Job>>, idle: &A
             return;
         };
         let app = app.bind(py);
+        // This thread's `threading.get_ident()`, the key of `sys._current_frames()`.
+        let ident = py
+            .import("threading")
+            .and_then(|t| t.call_method0("get_ident"))
+            .and_then(|i| i.extract::<u64>())
+            .unwrap_or(0);
         // The request this thread was started for is already queued for it; after each job
         // the thread counts itself idle, and whoever queues the next job claims it.
         let mut first = true;
@@ -377,16 +391,23 @@ fn python_thread(inner: &Inner, queue: &Mutex<std_mpsc::Receiver<Job>>, idle: &A
             let Some(job) = job else {
                 return;
             };
-            run_job(py, app, inner.flags, job);
+            run_job(py, app, inner.flags, ident, job);
         }
     });
 }
 
-fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, flags: Flags, job: Job) {
+fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, flags: Flags, ident: u64, job: Job) {
     if job.out.is_closed() {
         // The client went away while the request waited for a thread.
         return;
     }
+    job.running_on.start(py, ident);
+    let running_on = job.running_on.clone();
+    run_request(py, app, flags, job);
+    running_on.end(py);
+}
+
+fn run_request(py: Python<'_>, app: &Bound<'_, PyAny>, flags: Flags, job: Job) {
     let setup = || -> PyResult<_> {
         let input = Bound::new(py, input::Input::new(job.body, job.runtime))?;
         let errors = Bound::new(py, input::Errors::new(job.what.clone()))?;

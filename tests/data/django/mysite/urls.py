@@ -10,5 +10,8 @@ urlpatterns = [
     path("stream/", views.stream, name="stream"),
     path("file/", views.file, name="file"),
     path("raise/", views.fail, name="raise"),
+    path("slow/", views.slow, name="slow"),
+    path("spin/", views.spin, name="spin"),
+    path("hold-gil/", views.hold_gil, name="hold-gil"),
     path("admin/", admin.site.urls),
 ]

@@ -1,4 +1,5 @@
 """Views that exercise what a Django site needs from its server."""
+import ctypes
 import hashlib
 import os
 import time
@@ -63,3 +64,38 @@ def file(request):
 
 def fail(request):
     raise RuntimeError("this view fails on purpose")
+
+
+# Slow views for the slow log (slowlog=): each waits in a named function, which the logged
+# Python stack must show; `s` is the number of seconds.
+
+
+def slow_inner(seconds):
+    time.sleep(seconds)
+
+
+def slow(request):
+    """Sleeps (GIL released) in slow_inner."""
+    slow_inner(float(request.GET.get("s", "3")))
+    return HttpResponse("slept\n", content_type="text/plain")
+
+
+def spin_inner(seconds):
+    end = time.monotonic() + seconds
+    turns = 0
+    while time.monotonic() < end:
+        turns += 1
+    return turns
+
+
+def spin(request):
+    """A CPU-bound loop in spin_inner: the GIL is held, let go only at Python's switch interval."""
+    spin_inner(float(request.GET.get("s", "3")))
+    return HttpResponse("spun\n", content_type="text/plain")
+
+
+def hold_gil(request):
+    """C code that holds the GIL throughout: libc's sleep() called through ctypes.PyDLL,
+    which (unlike CDLL) does not release the GIL around the call."""
+    ctypes.PyDLL(None).sleep(int(request.GET.get("s", "3")))
+    return HttpResponse("held\n", content_type="text/plain")
