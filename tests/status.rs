@@ -410,6 +410,105 @@ fn status_command_prints_the_table() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+/// `appserver status --watch 1` keeps printing the table, each one after the terminal's
+/// home-and-clear sequence: read from its stdout as it comes, a table printed after requests
+/// were answered counts them, then the watcher is stopped by its pid.
+#[test]
+fn status_watch_refreshes_the_table() {
+    /// What `--watch` prints before each table (home, clear), as top does.
+    const CLEAR: &str = "\x1b[H\x1b[2J";
+    /// The `requests` figure of one table.
+    fn requests(table: &str) -> u64 {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with("requests "))
+            .unwrap_or_else(|| panic!("no requests line: {table:?}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    let (server, metrics, _) = start("prefork", &["minspare=1"]);
+    let socket = server.listen().nginx_addr().replace("unix:", "");
+    let mut watch = Command::new(appserver_bin())
+        .args(["status", &format!("127.0.0.1:{metrics}"), "--watch", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Tables as they are printed: a table is whole once the next one has begun.
+    let (tx, tables) = std::sync::mpsc::channel::<String>();
+    let mut stdout = watch.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        use std::io::Read as _;
+        let mut pending = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            pending.extend_from_slice(&buf[..n]);
+            // Every table follows a clear; one is whole once the next clear is here.
+            while let Some(at) = pending.get(CLEAR.len()..).and_then(|rest| {
+                rest.windows(CLEAR.len())
+                    .position(|w| w == CLEAR.as_bytes())
+            }) {
+                let screen = pending.drain(..CLEAR.len() + at).collect::<Vec<u8>>();
+                let _ = tx.send(String::from_utf8_lossy(&screen).into_owned());
+            }
+        }
+    });
+    let next = || {
+        let screen = tables
+            .recv_timeout(SETTLE)
+            .expect("appserver status --watch printed no new table");
+        screen
+            .strip_prefix(CLEAR)
+            .unwrap_or_else(|| panic!("a table not after a clear: {screen:?}"))
+            .to_owned()
+    };
+    let first = next();
+    assert!(first.starts_with("appserver prefork fcgi unix:"), "{first}");
+    assert!(first.contains("PID STATE"), "{first}");
+    let before = requests(&first);
+    const SENT: u64 = 3;
+    for i in 0..SENT {
+        let out = Command::new(appserver_bin())
+            .args(["probe", &socket, &format!("/watched/{i}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let mut refreshed = 1;
+    let after = loop {
+        let table = next();
+        refreshed += 1;
+        assert!(table.contains("PID STATE"), "{table}");
+        let now = requests(&table);
+        assert!(now >= before, "the count went back: {before} then {table}");
+        if now >= before + SENT {
+            break now;
+        }
+        assert!(refreshed < 30, "{SENT} requests never counted: {table}");
+    };
+    assert_eq!(after, before + SENT, "only the probes were sent");
+    assert!(refreshed >= 2);
+    // Still running: it watches until stopped.
+    assert!(watch.try_wait().unwrap().is_none());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watch.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = crate::util::command::wait_timeout(&mut watch, SETTLE).expect("stopped");
+    assert!(!status.success(), "killed by SIGTERM: {status:?}");
+    reader.join().unwrap();
+    let mut stderr = String::new();
+    use std::io::Read as _;
+    watch
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
 /// USR1 reopens the access log after logrotate moved it; JSON lines carry the fields.
 #[test]
 fn usr1_reopens_the_access_log() {
