@@ -349,7 +349,14 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                     self.wire.want_body();
                 }
             }
-            self.wire.poll_transmit(&mut wbuf);
+            // Output moves to the write buffer once that is empty (the two buffers are
+            // swapped), never appended behind bytes still being written: data walking
+            // through one buffer as it is written at the front and appended at the back
+            // touched the whole allocation, 1 MiB resident per slow reader of a large body.
+            // So an empty write buffer means nothing is owed.
+            if wbuf.is_empty() {
+                self.wire.poll_transmit(&mut wbuf);
+            }
             match (&mut send, wbuf.is_empty()) {
                 (None, false) => send = Some(RateClock::new(now, t.send, t.send_min_rate)),
                 (Some(_), true) => send = None,
