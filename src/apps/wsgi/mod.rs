@@ -368,9 +368,11 @@ fn python_thread(inner: &Inner, queue: &Mutex<std_mpsc::Receiver<Job>>, idle: &A
             return;
         };
         let app = app.bind(py);
-        // This thread's `threading.get_ident()`, the key of `sys._current_frames()`.
+        // This thread's ident, the key of `sys._current_frames()`: from `_thread`, built in
+        // and loaded with the interpreter, not `threading`, whose import would add its
+        // modules to every worker's memory for one number.
         let ident = py
-            .import("threading")
+            .import("_thread")
             .and_then(|t| t.call_method0("get_ident"))
             .and_then(|i| i.extract::<u64>())
             .unwrap_or(0);
