@@ -209,6 +209,11 @@ pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 /// At most this much input is discarded while lingering when no request body is owed.
 pub const LINGER_MAX_BYTES: u64 = 1 << 20;
 
+/// Output appended to the write buffer behind bytes not yet written, at most: enough for a
+/// response's head, a small body and the end marker to share one write, small enough that
+/// a large body never walks through the buffer (see the engine loop).
+const MAX_COALESCED_OUTPUT: usize = 16 * 1024;
+
 /// A request waiting for a `maxchildren` slot.
 struct Queued {
     params: Params,
@@ -349,12 +354,14 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                     self.wire.want_body();
                 }
             }
-            // Output moves to the write buffer once that is empty (the two buffers are
-            // swapped), never appended behind bytes still being written: data walking
-            // through one buffer as it is written at the front and appended at the back
-            // touched the whole allocation, 1 MiB resident per slow reader of a large body.
-            // So an empty write buffer means nothing is owed.
-            if wbuf.is_empty() {
+            // Output moves to the write buffer when that is empty (the two buffers are
+            // swapped) or when both together are small (a response head, its body and the
+            // end marker, queued one after the other, go out in one write). Large output is
+            // never appended behind bytes still being written: data walking through one
+            // buffer as it is written at the front and appended at the back touched the
+            // whole allocation, 1 MiB resident per slow reader of a large body. Either way
+            // an empty write buffer means nothing is owed.
+            if wbuf.is_empty() || wbuf.len() + self.wire.queued_output() <= MAX_COALESCED_OUTPUT {
                 self.wire.poll_transmit(&mut wbuf);
             }
             match (&mut send, wbuf.is_empty()) {

@@ -365,3 +365,75 @@ async fn a_silent_connection_stops_counting_against_the_room_after_the_grace() {
     shared.load.room(1).await;
     assert_eq!(accepted.elapsed(), crate::driver::ARRIVAL_GRACE);
 }
+
+/// A stream that counts the writes made to it.
+struct CountWrites {
+    inner: DuplexStream,
+    writes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for CountWrites {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountWrites {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Answers a fixed short body.
+struct Hello;
+impl Handler for Hello {
+    async fn call(&self, _req: Request) -> Result<Response, BoxError> {
+        Ok(Response::new(Body::from("Hello, world\n")))
+    }
+}
+
+#[tokio::test]
+async fn a_short_response_goes_out_in_one_write() {
+    let shared = test_shared(Hello, 4, "fcgi");
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let io = CountWrites {
+        inner: server,
+        writes: Arc::clone(&writes),
+    };
+    let task = tokio::spawn(fcgi::serve(io, "test-peer", shared));
+    client
+        .write_all(&fcgi_request(&[("REQUEST_METHOD", "GET")], Some(b"")))
+        .await
+        .unwrap();
+    let (out, status) = fcgi_response(&mut client).await.unwrap();
+    assert_eq!(status, ProtocolStatus::RequestComplete);
+    assert!(out.ends_with("Hello, world\n"), "{out}");
+    task.await.unwrap();
+    // Head, body and END_REQUEST: one write, not one each.
+    assert_eq!(writes.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
