@@ -546,7 +546,20 @@ fn usr1_reopens_the_access_log() {
     assert_eq!(v["status"], 200);
     assert_eq!(v["protocol"], "fcgi");
     assert!(v["duration"].as_f64().unwrap() > 0.0);
-    assert!(n(&v["pid"]) != u64::from(server.pid()), "a worker's pid");
+    // A worker's own pid (its parent is the master), not the master's it was forked from.
+    let pid = n(&v["pid"]);
+    assert!(pid != u64::from(server.pid()), "a worker's pid");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let ppid = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<u32>().ok());
+    assert_eq!(
+        ppid,
+        Some(server.pid()),
+        "pid {pid} is the master's child: {stat}"
+    );
     let _ = metrics;
 }
 

@@ -232,7 +232,7 @@ impl Done {
                 user_agent: &f.user_agent,
                 duration: elapsed,
                 time: SystemTime::now(),
-                pid: std::process::id(),
+                pid: super::pid(),
                 protocol: self.protocol,
             });
         }

@@ -249,8 +249,22 @@ impl Recorder {
     }
 }
 
+/// This serving process's pid, set by [`worker_started`]: the access log writes it on every
+/// line, and asking the kernel each time is a system call (glibc does not cache `getpid`).
+/// Set after the fork, in the process that serves, so a worker never shows its master's.
+static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// This process's pid: the one [`worker_started`] recorded, else asked of the kernel.
+pub(crate) fn pid() -> u32 {
+    match PID.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => std::process::id(),
+        pid => pid,
+    }
+}
+
 /// A worker process (or a threaded server) starts serving: it claims its slot.
 pub(crate) fn worker_started() {
+    PID.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
     if let Some(mapped) = BOARD.get() {
         if let Some(slot) = mapped.board.claim_slot(std::process::id()) {
             let _ = SLOT.set(slot);
