@@ -124,7 +124,7 @@ pub fn note_child(script: &str, pid: u32) {
 impl<H: Handler> Handler for Observed<H> {
     async fn call(&self, req: Request) -> Result<Response, BoxError> {
         let recorder = super::recorder();
-        let uri = req.uri().to_string();
+        let uri = request_target(req.uri());
         recorder.request_started(req.method().as_str().as_bytes(), uri.as_bytes());
         let done = Done {
             recorder,
@@ -166,6 +166,16 @@ impl<H: Handler> Handler for Observed<H> {
         })
         .await;
         done.outcome(resp, Some(slow))
+    }
+}
+
+/// The request target as the web server sent it, for the worker's slot and the log lines:
+/// a request's URI comes from `REQUEST_URI`, a path and query, which is borrowed as it is;
+/// only a URI with a scheme or authority is formatted (as `Display` writes it).
+fn request_target(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
+    match uri.path_and_query() {
+        Some(pq) if uri.scheme().is_none() && uri.authority().is_none() => pq.as_str().into(),
+        _ => uri.to_string().into(),
     }
 }
 
@@ -460,4 +470,30 @@ fn status_page(query: &str) -> Response {
         header::HeaderValue::from_static("no-store"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_target;
+
+    #[test]
+    fn the_request_target_is_what_the_uri_displays() {
+        for uri in [
+            "/",
+            "/caf%C3%A9?x=1&y",
+            "/a/b?",
+            "*",
+            "http://example.com/p?q",
+            "http://example.com",
+        ] {
+            let parsed: http::Uri = uri.parse().unwrap();
+            assert_eq!(request_target(&parsed), parsed.to_string(), "{uri}");
+        }
+        // Origin-form, as request::build makes every request's URI: borrowed, not formatted.
+        let parsed: http::Uri = "/p?q".parse().unwrap();
+        assert!(matches!(
+            request_target(&parsed),
+            std::borrow::Cow::Borrowed("/p?q")
+        ));
+    }
 }
