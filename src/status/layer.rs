@@ -100,6 +100,12 @@ pub const SLOW_DETAIL_WAIT: Duration = Duration::from_secs(1);
 /// without their detail, and the queue never grows.
 pub const MAX_DETAILS_WAITING: usize = 16;
 
+/// Whether the request being handled is watched by `slowlog=`: an app asks before it builds
+/// a [`SlowDetail`], so that without `slowlog=` a request costs nothing for it.
+pub fn slow_log_watches() -> bool {
+    RUNNING.try_with(|_| ()).is_ok()
+}
+
 /// Called by an app that runs the request's code on a thread of its own (`app=wsgi`): the
 /// slow log shows `detail` under its line. Does nothing outside a request or without
 /// `slowlog=`.
@@ -474,7 +480,32 @@ fn status_page(query: &str) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::request_target;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{request_target, slow_log_watches, Observed};
+    use crate::{Body, BoxError, Handler, Request, Response};
+
+    /// Records whether the slow log watched the request it handled.
+    struct Watched(Arc<AtomicBool>);
+    impl Handler for Watched {
+        async fn call(&self, _req: Request) -> Result<Response, BoxError> {
+            self.0.store(slow_log_watches(), Ordering::SeqCst);
+            Ok(Response::new(Body::empty()))
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_request_under_slowlog_is_watched() {
+        assert!(!slow_log_watches(), "outside any request");
+        for (slowlog, watched) in [(None, false), (Some(Duration::from_secs(5)), true)] {
+            let seen = Arc::new(AtomicBool::new(!watched));
+            let observed = Observed::new(Watched(Arc::clone(&seen)), None, slowlog, "fcgi");
+            observed.call(Request::new(Body::empty())).await.unwrap();
+            assert_eq!(seen.load(Ordering::SeqCst), watched, "slowlog={slowlog:?}");
+        }
+    }
 
     #[test]
     fn the_request_target_is_what_the_uri_displays() {

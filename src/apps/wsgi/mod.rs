@@ -211,8 +211,12 @@ impl Handler for Wsgi {
         let head_request = parts.method == http::Method::HEAD;
         let vars = environ::vars(&parts, self.inner.forced_script_name);
         let (tx, mut rx) = mpsc::channel(RESPONSE_CHANNEL_CHUNKS);
-        let running_on = RunningOn::default();
-        crate::status::layer::note_detail(Arc::new(PythonStack(running_on.clone())));
+        // Where the request runs, for its Python stack in the slow log: only with slowlog=.
+        let running_on = crate::status::layer::slow_log_watches().then(|| {
+            let running_on = RunningOn::default();
+            crate::status::layer::note_detail(Arc::new(PythonStack(running_on.clone())));
+            running_on
+        });
         let job = Job {
             vars,
             body,
@@ -296,8 +300,9 @@ struct Job {
     out: mpsc::Sender<Out>,
     what: String,
     head_request: bool,
-    /// Where the thread that runs the request says so, for the slow log.
-    running_on: RunningOn,
+    /// Where the thread that runs the request says so, for the slow log (`None` without
+    /// `slowlog=`).
+    running_on: Option<RunningOn>,
     /// A place among the requests the pool runs at once, given back when the job is done.
     _permit: OwnedSemaphorePermit,
 }
@@ -403,10 +408,14 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, flags: Flags, ident: u64, job
         // The client went away while the request waited for a thread.
         return;
     }
-    job.running_on.start(py, ident);
     let running_on = job.running_on.clone();
+    if let Some(r) = &running_on {
+        r.start(py, ident);
+    }
     run_request(py, app, flags, job);
-    running_on.end(py);
+    if let Some(r) = &running_on {
+        r.end(py);
+    }
 }
 
 fn run_request(py: Python<'_>, app: &Bound<'_, PyAny>, flags: Flags, job: Job) {
