@@ -366,7 +366,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
             // buffer as it is written at the front and appended at the back touched the
             // whole allocation, 1 MiB resident per slow reader of a large body. Either way
             // an empty write buffer means nothing is owed.
-            if wbuf.is_empty() || wbuf.len() + self.wire.queued_output() <= MAX_COALESCED_OUTPUT {
+            if joins_write_buffer(wbuf.len(), self.wire.queued_output()) {
                 self.wire.poll_transmit(&mut wbuf);
             }
             match (&mut send, wbuf.is_empty()) {
@@ -774,9 +774,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
     /// look at both.
     fn release_idle_buffers(&mut self, wbuf: &mut BytesMut) {
         for _ in 0..2 {
-            if wbuf.capacity() > IDLE_OUTPUT_KEEP {
-                *wbuf = BytesMut::new();
-            }
+            keep_while_idle(wbuf);
             self.wire.poll_transmit(wbuf);
         }
     }
@@ -792,6 +790,19 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
         tokio::time::timeout(t, wr.write_all_buf(wbuf))
             .await
             .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    }
+}
+
+/// Whether the output queued in the wire joins the write buffer, which holds `unwritten`
+/// bytes: when that is empty, or when both fit in [`MAX_COALESCED_OUTPUT`].
+fn joins_write_buffer(unwritten: usize, queued: usize) -> bool {
+    unwritten == 0 || unwritten + queued <= MAX_COALESCED_OUTPUT
+}
+
+/// Frees an empty output buffer of a waiting connection if it grew past [`IDLE_OUTPUT_KEEP`].
+fn keep_while_idle(buf: &mut BytesMut) {
+    if buf.capacity() > IDLE_OUTPUT_KEEP {
+        *buf = BytesMut::new();
     }
 }
 

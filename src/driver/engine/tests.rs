@@ -437,3 +437,26 @@ async fn a_short_response_goes_out_in_one_write() {
     // Head, body and END_REQUEST: one write, not one each.
     assert_eq!(writes.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
+
+#[test]
+fn output_joins_unwritten_bytes_up_to_max_coalesced_output() {
+    use super::{joins_write_buffer, MAX_COALESCED_OUTPUT};
+    // An empty write buffer takes any amount (the buffers are swapped).
+    assert!(joins_write_buffer(0, 10 * MAX_COALESCED_OUTPUT));
+    // Behind unwritten bytes: up to the limit together, not a byte more.
+    assert!(joins_write_buffer(1, MAX_COALESCED_OUTPUT - 1));
+    assert!(!joins_write_buffer(1, MAX_COALESCED_OUTPUT));
+}
+
+#[test]
+fn a_waiting_connection_keeps_output_buffers_up_to_idle_output_keep() {
+    use super::{keep_while_idle, IDLE_OUTPUT_KEEP};
+    let mut at_limit = BytesMut::with_capacity(IDLE_OUTPUT_KEEP);
+    let kept = at_limit.capacity();
+    keep_while_idle(&mut at_limit);
+    assert_eq!(at_limit.capacity(), kept);
+    let mut over = BytesMut::with_capacity(IDLE_OUTPUT_KEEP + 1);
+    assert!(over.capacity() > IDLE_OUTPUT_KEEP);
+    keep_while_idle(&mut over);
+    assert_eq!(over.capacity(), 0);
+}
