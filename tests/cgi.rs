@@ -605,7 +605,10 @@ fn proxy_header_never_reaches_the_script() {
 /// timeouts, aborts, redirects and plain runs not one zombie is left under the server.
 #[test]
 fn client_abort_kills_the_group_and_no_zombies_remain() {
-    let s = Setup::new(&["cgi_timeout=1"]);
+    // Long enough that the client's hang-up, not the timeout, ends slow.sh on a loaded
+    // machine (with 1 s the timeout could come first, and nginx then reset the client's
+    // connection mid-read); hang.sh below still ends by it.
+    let s = Setup::new(&["cgi_timeout=3"]);
 
     // Client abort: read the first line, then hang up.
     let mut stream = TcpStream::connect(("127.0.0.1", s.nginx.port())).unwrap();
@@ -619,7 +622,9 @@ fn client_abort_kills_the_group_and_no_zombies_remain() {
     let mut line = String::new();
     while line != "started\n" {
         line.clear();
-        let n = reader.read_line(&mut line).unwrap();
+        let n = reader
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("reading slow.sh's response: {e}\n{}", s.logs()));
         assert!(n > 0, "connection closed before the body: {}", s.logs());
     }
     drop(reader);
