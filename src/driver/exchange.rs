@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use appserver_proto::Params;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http_body::Body as _;
 use tokio_util::sync::PollSender;
@@ -24,6 +24,11 @@ use crate::body::{self, BodyError};
 use crate::request;
 use crate::response::plain;
 use crate::{Body, BoxError, Handler, Response};
+
+/// The largest request-body chunk made by joining the web server's smaller ones: the size
+/// of the largest single record or packet, so the body channel's bound
+/// ([`BODY_CHANNEL_CHUNKS`](body::BODY_CHANNEL_CHUNKS) chunks) stays what it was.
+pub(crate) const MAX_JOINED_BODY_CHUNK: usize = 64 * 1024;
 
 /// One request in flight.
 pub(crate) struct Exchange {
@@ -172,7 +177,7 @@ impl Exchange {
                 let is_err = item.is_err();
                 match tx.poll_reserve(cx) {
                     Poll::Ready(Ok(())) => {
-                        if let Some(item) = self.pending.pop_front() {
+                        if let Some(item) = next_body_chunk(&mut self.pending) {
                             // The slot was just reserved, so sending cannot fail for lack of
                             // room; a closed receiver only means the handler stopped reading.
                             let _ = tx.send_item(item);
@@ -234,6 +239,36 @@ impl Exchange {
     }
 }
 
+/// The next chunk for the body channel: the first pending one, joined with the data
+/// chunks behind it while together they stay within [`MAX_JOINED_BODY_CHUNK`]. A web
+/// server's records are often smaller than what one read brings (nginx: 32 KiB), and each
+/// chunk the channel carries may wake the handler's thread once.
+fn next_body_chunk(
+    pending: &mut VecDeque<Result<Bytes, BodyError>>,
+) -> Option<Result<Bytes, BodyError>> {
+    let first = pending.pop_front()?;
+    let Ok(first) = first else {
+        return Some(first);
+    };
+    let fits = |len: usize, next: Option<&Result<Bytes, BodyError>>| {
+        next.is_some_and(|n| {
+            n.as_ref()
+                .is_ok_and(|b| len + b.len() <= MAX_JOINED_BODY_CHUNK)
+        })
+    };
+    if !fits(first.len(), pending.front()) {
+        return Some(Ok(first));
+    }
+    let mut joined = BytesMut::with_capacity(MAX_JOINED_BODY_CHUNK);
+    joined.extend_from_slice(&first);
+    while fits(joined.len(), pending.front()) {
+        if let Some(Ok(next)) = pending.pop_front() {
+            joined.extend_from_slice(&next);
+        }
+    }
+    Some(Ok(joined.freeze()))
+}
+
 /// Polls an optional exchange (pending forever when there is none), for `select!` branches.
 pub(crate) async fn progress(
     exchange: Option<&mut Exchange>,
@@ -246,4 +281,53 @@ pub(crate) async fn progress(
         None => Poll::Pending,
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(sizes: &[usize]) -> VecDeque<Result<Bytes, BodyError>> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Ok(Bytes::from(vec![i as u8; n])))
+            .collect()
+    }
+
+    fn sizes(pending: &mut VecDeque<Result<Bytes, BodyError>>) -> Vec<usize> {
+        std::iter::from_fn(|| next_body_chunk(pending))
+            .map(|c| c.map_or(usize::MAX, |b| b.len()))
+            .collect()
+    }
+
+    #[test]
+    fn body_chunks_are_joined_up_to_the_bound_and_not_beyond() {
+        const HALF: usize = MAX_JOINED_BODY_CHUNK / 2;
+        // nginx's 32 KiB records: two make one chunk.
+        assert_eq!(
+            sizes(&mut chunks(&[HALF, HALF, HALF])),
+            [MAX_JOINED_BODY_CHUNK, HALF]
+        );
+        // One byte over the bound stays apart.
+        assert_eq!(sizes(&mut chunks(&[HALF, HALF + 1])), [HALF, HALF + 1]);
+        assert_eq!(
+            sizes(&mut chunks(&[MAX_JOINED_BODY_CHUNK, 1])),
+            [MAX_JOINED_BODY_CHUNK, 1]
+        );
+        // Small records (Apache's 8 KiB) fill a chunk.
+        assert_eq!(sizes(&mut chunks(&[8192; 9])), [65536, 8192]);
+    }
+
+    #[test]
+    fn joined_chunks_keep_the_bytes_in_order_and_an_error_is_never_joined() {
+        let mut pending = chunks(&[3, 2]);
+        pending.push_back(Err(BodyError::Truncated { received: 5 }));
+        pending.push_back(Ok(Bytes::from_static(b"zz")));
+        let first = next_body_chunk(&mut pending).unwrap().unwrap();
+        assert_eq!(&first[..], &[0, 0, 0, 1, 1]);
+        assert!(next_body_chunk(&mut pending).unwrap().is_err());
+        assert_eq!(next_body_chunk(&mut pending).unwrap().unwrap(), "zz");
+        assert!(next_body_chunk(&mut pending).is_none());
+    }
 }
