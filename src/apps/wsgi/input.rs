@@ -4,14 +4,17 @@
 //! channel: nothing is read ahead of what the app asks for beyond one chunk (at most one
 //! record or packet), so an upload moves only as fast as the app consumes it and AJP asks the
 //! web server for the next chunk only when Python reads. The wait for a chunk releases the
-//! GIL. The stream ends at the body's end, which the driver puts at `CONTENT_LENGTH` or at the
-//! protocol's end marker for bodies without a length. A truncated body raises `OSError`.
+//! GIL; chunks already waiting in the channel are taken with it, up to what the read asked
+//! for, so a `read(65536)` wakes the Python thread once, not once per chunk. The stream ends
+//! at the body's end, which the driver puts at `CONTENT_LENGTH` or at the protocol's end
+//! marker for bodies without a length. A truncated body raises `OSError`.
 //!
 //! [`Errors`] writes whole lines to appserver's log.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -23,15 +26,16 @@ use crate::Body;
 #[pyclass(frozen, module = "appserver")]
 pub(crate) struct Input {
     state: Mutex<InputState>,
-    /// Where the body's channel lives: the Python thread waits on it with `block_on`.
-    runtime: tokio::runtime::Handle,
+    /// Where the body's channel lives: the Python thread waits on it with `block_on`
+    /// (`None` for a request without a body).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 struct InputState {
     /// `None` while a thread waits for the next chunk (it holds the body), and once
     /// [`Input::release`] gave the body back.
     body: Option<Body>,
-    buf: BytesMut,
+    buf: Chunks,
     eof: bool,
     released: bool,
 }
@@ -41,11 +45,25 @@ impl Input {
         Self {
             state: Mutex::new(InputState {
                 body: Some(body),
-                buf: BytesMut::new(),
+                buf: Chunks::default(),
                 eof: false,
                 released: false,
             }),
-            runtime,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// The stream of a request without a body: at its end from the start, so reading never
+    /// waits (the app may run on the connection's thread, which cannot wait for a body).
+    pub(crate) fn ended() -> Self {
+        Self {
+            state: Mutex::new(InputState {
+                body: None,
+                buf: Chunks::default(),
+                eof: true,
+                released: true,
+            }),
+            runtime: None,
         }
     }
 
@@ -59,9 +77,14 @@ impl Input {
         st.eof = true;
     }
 
-    /// Reads one more chunk into the buffer; false at the end. The GIL is released while
+    /// Reads one more chunk into the buffer, and the chunks already waiting behind it while
+    /// the buffer holds fewer than `want` bytes; false at the end. The GIL is released while
     /// waiting, and the state lock is not held (another thread may touch the stream).
-    fn fill(&self, py: Python<'_>) -> PyResult<bool> {
+    fn fill(&self, py: Python<'_>, want: usize) -> PyResult<bool> {
+        let Some(runtime) = self.runtime.clone() else {
+            // A request without a body: nothing to wait for.
+            return Ok(false);
+        };
         let mut body = {
             let mut st = lock(&self.state);
             if st.eof {
@@ -76,34 +99,51 @@ impl Input {
                 }
             }
         };
-        let runtime = self.runtime.clone();
-        let frame = py.detach(|| runtime.block_on(body.frame()));
+        let mut frame = py.detach(|| runtime.block_on(body.frame()));
         let mut st = lock(&self.state);
+        let result = loop {
+            match frame {
+                None => {
+                    st.eof = true;
+                    break Ok(false);
+                }
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        st.buf.push(data);
+                    }
+                }
+                Some(Err(e)) => {
+                    st.eof = true;
+                    break Err(PyOSError::new_err(format!("appserver: {e}")));
+                }
+            }
+            if st.buf.len() >= want {
+                break Ok(true);
+            }
+            match ready_frame(&mut body) {
+                Some(next) => frame = next,
+                None => break Ok(true),
+            }
+        };
         if !st.released {
             st.body = Some(body);
         }
-        match frame {
-            None => {
-                st.eof = true;
-                Ok(false)
-            }
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    st.buf.extend_from_slice(&data);
-                }
-                Ok(true)
-            }
-            Some(Err(e)) => {
-                st.eof = true;
-                Err(PyOSError::new_err(format!("appserver: {e}")))
-            }
-        }
+        result
     }
 
-    fn take(&self, n: usize) -> Bytes {
-        let mut st = lock(&self.state);
-        let n = n.min(st.buf.len());
-        st.buf.split_to(n).freeze()
+    /// Takes up to `n` buffered bytes as a `bytes` object, copying each byte once.
+    fn take<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyBytes>> {
+        // Split off under the lock (no copy), copy without it: allocating the object may
+        // run Python code (a collection), which might touch this stream.
+        let (parts, len) = lock(&self.state).buf.split_to(n);
+        PyBytes::new_with(py, len, |dst| {
+            let mut at = 0;
+            for part in &parts {
+                dst[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+            Ok(())
+        })
     }
 
     /// Bytes buffered, and whether the end was seen.
@@ -113,23 +153,96 @@ impl Input {
     }
 
     fn newline_within(&self, limit: usize) -> Option<usize> {
-        let st = lock(&self.state);
-        let end = st.buf.len().min(limit);
-        st.buf[..end].iter().position(|&b| b == b'\n')
+        lock(&self.state).buf.newline_within(limit)
     }
 
-    fn readline_bytes(&self, py: Python<'_>, size: Option<isize>) -> PyResult<Bytes> {
+    fn readline_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        size: Option<isize>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let limit = limit(size);
         loop {
             if let Some(i) = self.newline_within(limit) {
-                return Ok(self.take(i + 1));
+                return self.take(py, i + 1);
             }
             let (len, eof) = self.buffered();
             if len >= limit || eof {
-                return Ok(self.take(limit));
+                return self.take(py, limit);
             }
-            self.fill(py)?;
+            // A line's length is unknown: one chunk at a time.
+            self.fill(py, 0)?;
         }
+    }
+}
+
+/// Body bytes received and not yet read, in the chunks the driver delivered them in, so
+/// that reading copies each byte once.
+#[derive(Default)]
+struct Chunks {
+    parts: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Chunks {
+    fn push(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.len += data.len();
+            self.parts.push_back(data);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Where the first `\n` is, if there is one among the first `limit` bytes.
+    fn newline_within(&self, limit: usize) -> Option<usize> {
+        let mut seen = 0;
+        for part in &self.parts {
+            if seen >= limit {
+                break;
+            }
+            let end = part.len().min(limit - seen);
+            if let Some(i) = part[..end].iter().position(|&b| b == b'\n') {
+                return Some(seen + i);
+            }
+            seen += part.len();
+        }
+        None
+    }
+
+    /// Removes the first `n` bytes (all, when fewer are held), without copying them.
+    fn split_to(&mut self, n: usize) -> (Vec<Bytes>, usize) {
+        let mut want = n.min(self.len);
+        let len = want;
+        let mut out = Vec::new();
+        while want > 0 {
+            let Some(front) = self.parts.front_mut() else {
+                break;
+            };
+            if front.len() <= want {
+                want -= front.len();
+                out.extend(self.parts.pop_front());
+            } else {
+                out.push(front.split_to(want));
+                want = 0;
+            }
+        }
+        self.len -= len;
+        (out, len)
+    }
+}
+
+/// The body's next frame if it is already waiting in the channel, without waiting for one
+/// (`Some(None)` at the end).
+fn ready_frame(
+    body: &mut Body,
+) -> Option<Option<Result<http_body::Frame<Bytes>, crate::BoxError>>> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match http_body::Body::poll_frame(std::pin::Pin::new(body), &mut cx) {
+        std::task::Poll::Ready(frame) => Some(frame),
+        std::task::Poll::Pending => None,
     }
 }
 
@@ -158,15 +271,15 @@ impl Input {
             if len >= limit || eof {
                 break;
             }
-            self.fill(py)?;
+            self.fill(py, limit)?;
         }
-        Ok(PyBytes::new(py, &self.take(limit)))
+        self.take(py, limit)
     }
 
     /// Reads one line, up to and including `\n`, or at most `size` bytes.
     #[pyo3(signature = (size = None))]
     fn readline<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
-        Ok(PyBytes::new(py, &self.readline_bytes(py, size)?))
+        self.readline_bytes(py, size)
     }
 
     /// Reads lines until the end, or until `hint` bytes were read.
@@ -177,11 +290,12 @@ impl Input {
         let mut total = 0usize;
         loop {
             let line = self.readline_bytes(py, None)?;
-            if line.is_empty() {
+            let len = line.as_bytes().len();
+            if len == 0 {
                 break;
             }
-            total = total.saturating_add(line.len());
-            lines.append(PyBytes::new(py, &line))?;
+            total = total.saturating_add(len);
+            lines.append(line)?;
             if total >= hint {
                 break;
             }
@@ -195,7 +309,7 @@ impl Input {
 
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let line = self.readline_bytes(py, None)?;
-        Ok((!line.is_empty()).then(|| PyBytes::new(py, &line)))
+        Ok((!line.as_bytes().is_empty()).then_some(line))
     }
 }
 
@@ -258,5 +372,48 @@ impl Errors {
 impl Drop for Errors {
     fn drop(&mut self) {
         self.log_lines(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(parts: &[&'static str]) -> Chunks {
+        let mut c = Chunks::default();
+        for p in parts {
+            c.push(Bytes::from_static(p.as_bytes()));
+        }
+        c
+    }
+
+    fn split(c: &mut Chunks, n: usize) -> String {
+        let (parts, len) = c.split_to(n);
+        let s: String = parts
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        assert_eq!(s.len(), len);
+        s
+    }
+
+    #[test]
+    fn reads_span_chunks_and_keep_the_rest() {
+        let mut c = held(&["abc", "", "de", "fgh"]);
+        assert_eq!(c.len(), 8);
+        assert_eq!(split(&mut c, 4), "abcd");
+        assert_eq!(c.len(), 4);
+        assert_eq!(split(&mut c, 1), "e");
+        assert_eq!(split(&mut c, 100), "fgh");
+        assert_eq!((c.len(), split(&mut c, 1)), (0, String::new()));
+    }
+
+    #[test]
+    fn a_newline_is_found_across_chunks_within_the_limit_only() {
+        let c = held(&["ab", "c\nd", "\n"]);
+        assert_eq!(c.newline_within(usize::MAX), Some(3));
+        assert_eq!(c.newline_within(4), Some(3));
+        assert_eq!(c.newline_within(3), None);
+        assert_eq!(held(&["xy", "z"]).newline_within(usize::MAX), None);
     }
 }
