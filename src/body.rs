@@ -131,7 +131,8 @@ pub enum BodyError {
 }
 
 /// How many body chunks may wait in the channel between driver and handler. Each chunk is at
-/// most one record or packet (64 KiB), so a request pins at most ~256 KiB of unread body.
+/// most 64 KiB (one record or packet, or small ones joined: the driver's
+/// `MAX_JOINED_BODY_CHUNK`), so a request pins at most ~256 KiB of unread body.
 pub(crate) const BODY_CHANNEL_CHUNKS: usize = 4;
 
 /// The sending half the driver holds for one request body.
@@ -161,6 +162,12 @@ impl http_body::Body for ChannelBody {
             .map(|item| item.map(|r| r.map(Frame::data)))
     }
 
+    /// True once the driver delivered everything and closed the channel: a handler can tell
+    /// a request that has no body (or all of it already waiting) without waiting for it.
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_closed() && self.rx.is_empty()
+    }
+
     fn size_hint(&self) -> SizeHint {
         match self.content_length {
             Some(n) => SizeHint::with_exact(n),
@@ -178,15 +185,32 @@ mod tests {
         let (tx, body) = channel(Some(3));
         assert_eq!(http_body::Body::size_hint(&body).exact(), Some(3));
         tx.send(Ok(Bytes::from_static(b"ab"))).await.unwrap();
+        assert!(
+            !http_body::Body::is_end_stream(&body),
+            "the sender is still open"
+        );
         tx.send(Err(BodyError::Truncated { received: 2 }))
             .await
             .unwrap();
         drop(tx);
+        assert!(
+            !http_body::Body::is_end_stream(&body),
+            "closed, but chunks still wait"
+        );
         let err = body.collect_bytes().await.unwrap_err();
         assert_eq!(
             err.to_string(),
             "request body truncated: the web server closed the connection after 2 bytes"
         );
+    }
+
+    #[tokio::test]
+    async fn a_closed_empty_channel_is_the_end_of_the_stream() {
+        let (tx, body) = channel(Some(0));
+        assert!(!http_body::Body::is_end_stream(&body));
+        drop(tx);
+        assert!(http_body::Body::is_end_stream(&body));
+        assert!(body.collect_bytes().await.unwrap().is_empty());
     }
 
     #[tokio::test]
