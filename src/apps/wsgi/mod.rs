@@ -2,7 +2,8 @@
 //! 3333 exactly (cargo feature `wsgi`).
 //!
 //! [`Wsgi`] is a plain [`Handler`]: the driver gives it a request, it hands the request to a
-//! Python thread of its pool and streams back what the app produces. Python runs only
+//! Python thread of its pool (or, in a prefork worker, runs it on its own thread) and streams
+//! back what the app produces. Python runs only
 //! on those threads, each attached to the interpreter once for its life (so thread-locals
 //! such as Django's database connections survive between requests) and releasing the GIL
 //! around every wait: for a job, for a request-body chunk, for room in the response channel.
@@ -19,10 +20,13 @@
 //! - `interp`: the interpreter's life in a process (start, import, signals).
 //! - `stack`: the Python stack of a slow request's thread, for `slowlog=`.
 //!
-//! Process models: prefork starts Python in each worker after the fork and runs one Python
-//! thread there (one request at a time per worker, as Django's prefork); with `preload=true`
-//! the master imports the app before forking, with the interpreter's fork hooks around each
-//! fork. threaded runs up to `maxchildren` Python threads, started as requests need them.
+//! Process models: prefork starts Python in each worker after the fork and serves one
+//! request at a time per worker, as Django's prefork: a request without a body (a GET, most
+//! of a site's traffic) runs on the worker's own thread ([`Wsgi::call_inline`], no hand-off),
+//! one with a body on the worker's one Python thread, where `wsgi.input` can wait for the
+//! driver. With `preload=true` the master imports the app before forking, with the
+//! interpreter's fork hooks around each fork. threaded runs every request on up to
+//! `maxchildren` Python threads, started as requests need them.
 
 mod environ;
 mod input;
@@ -31,7 +35,7 @@ mod response;
 mod stack;
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
@@ -41,7 +45,7 @@ use pyo3::prelude::*;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use self::environ::{Flags, Vars};
-use self::response::{Head, Out};
+use self::response::{AppCall, Head, Out, Sink, StartResponse};
 use self::stack::{PythonStack, RunningOn};
 use crate::config::{Config, Method};
 use crate::process::hooks::ProcessHooks;
@@ -71,6 +75,12 @@ struct Inner {
     flags: Flags,
     /// Python threads this process may run: `maxchildren` (threaded), 1 (prefork).
     threads: usize,
+    /// A request without a body may run on the connection's own thread (see
+    /// [`Wsgi::call_inline`]): prefork, without `request_timeout=`.
+    inline: bool,
+    /// The app called `write()` while running on the connection's thread: its requests run
+    /// on a Python thread from then on (see [`response::MAX_HELD_WRITE`]).
+    write_seen: Arc<AtomicBool>,
     /// The app's callable, once imported in this process (or its preloading master).
     app: OnceLock<Py<PyAny>>,
     /// The Python threads, once started in the serving process.
@@ -109,6 +119,7 @@ impl Wsgi {
             } else {
                 1
             },
+            !threaded && config.timeouts.request.is_none(),
         )
     }
 
@@ -118,6 +129,7 @@ impl Wsgi {
         forced_script_name: bool,
         flags: Flags,
         threads: usize,
+        inline: bool,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -126,6 +138,8 @@ impl Wsgi {
                 forced_script_name,
                 flags,
                 threads,
+                inline,
+                write_seen: Arc::new(AtomicBool::new(false)),
                 app: OnceLock::new(),
                 pool: OnceLock::new(),
             }),
@@ -205,11 +219,18 @@ impl Handler for Wsgi {
         let Some(pool) = self.inner.pool.get() else {
             return Err("the Python interpreter was not started in this process".into());
         };
-        let permit = Arc::clone(&pool.permits).acquire_owned().await?;
         let (parts, body) = req.into_parts();
-        let what = format!("{} {}", parts.method, parts.uri);
         let head_request = parts.method == http::Method::HEAD;
         let vars = environ::vars(&parts, self.inner.forced_script_name);
+        if self.inner.inline
+            && http_body::Body::is_end_stream(&body)
+            && !self.inner.write_seen.load(Ordering::Relaxed)
+            && !crate::status::layer::slow_log_watches()
+        {
+            return self.call_inline(vars, &parts, head_request);
+        }
+        let permit = Arc::clone(&pool.permits).acquire_owned().await?;
+        let what = format!("{} {}", parts.method, parts.uri);
         let (tx, mut rx) = mpsc::channel(RESPONSE_CHANNEL_CHUNKS);
         // Where the request runs, for its Python stack in the slow log: only with slowlog=.
         let running_on = crate::status::layer::slow_log_watches().then(|| {
@@ -229,7 +250,7 @@ impl Handler for Wsgi {
         };
         pool.submit(job, &self.inner)?;
         match rx.recv().await {
-            Some(Out::Head(head)) => Ok(response(head, rx)),
+            Some(Out::Head(head)) => Ok(response(head, Body::new(OutBody { rx, done: false }))),
             Some(Out::Fail(traceback)) => Err(format!("the WSGI app failed:\n{traceback}").into()),
             Some(other) => Err(format!("the WSGI app sent {other:?} before its head").into()),
             None => Err("the Python thread ended without a response".into()),
@@ -237,8 +258,142 @@ impl Handler for Wsgi {
     }
 }
 
-fn response(head: Head, rx: mpsc::Receiver<Out>) -> Response {
-    let mut resp = Response::new(Body::new(OutBody { rx, done: false }));
+impl Wsgi {
+    /// Runs the app for a request without a body on the connection's own thread, with no
+    /// hand-off to a Python thread and back: the two thread wake-ups that would cost are most
+    /// of a short request's time. Only where nothing else waits for this thread: a prefork
+    /// worker runs one request at a time, and its one Python thread (which requests with a
+    /// body still use, as `wsgi.input` waits for the driver) is idle meanwhile. The app is
+    /// called and iterated up to its first non-empty chunk here; [`InlineBody`] takes the
+    /// rest a chunk at a time as the driver has room for it.
+    ///
+    /// Not used with `request_timeout=` or `slowlog=`: their timers run on this thread, which
+    /// the app holds while it runs.
+    fn call_inline(
+        &self,
+        vars: Vars,
+        parts: &http::request::Parts,
+        head_request: bool,
+    ) -> Result<Response, BoxError> {
+        let Some(app) = self.inner.app.get() else {
+            return Err("the WSGI app was not loaded in this process".into());
+        };
+        Python::attach(|py| {
+            let setup = || -> PyResult<_> {
+                let start = Bound::new(
+                    py,
+                    StartResponse::new(Sink::held(Arc::clone(&self.inner.write_seen))),
+                )?;
+                let errors = input::Errors::new(format!("{} {}", parts.method, parts.uri));
+                let environ = environ::dict(
+                    py,
+                    &vars,
+                    self.inner.flags,
+                    Bound::new(py, input::Input::ended())?.into_any(),
+                    Bound::new(py, errors)?.into_any(),
+                    py.get_type::<response::FileWrapper>().into_any(),
+                )?;
+                Ok((environ, start))
+            };
+            let (environ, start) = match setup() {
+                Ok(made) => made,
+                Err(e) => {
+                    let tb = interp::traceback(py, &e);
+                    return Err(format!("the WSGI app failed:\n{tb}").into());
+                }
+            };
+            let mut call = AppCall::new(app.bind(py), environ.into_any(), &start, head_request);
+            // Up to the head: the first non-empty chunk, the end, or a failure.
+            loop {
+                match start.get().take_held() {
+                    Some(Out::Head(head)) => {
+                        let body = InlineBody {
+                            call,
+                            start: start.unbind(),
+                            yielded: false,
+                        };
+                        return Ok(response(head, Body::new(body)));
+                    }
+                    Some(Out::Fail(tb)) => {
+                        return Err(format!("the WSGI app failed:\n{tb}").into());
+                    }
+                    Some(other) => {
+                        return Err(format!("the WSGI app sent {other:?} before its head").into())
+                    }
+                    None if call.is_done() => {
+                        return Err("the WSGI app ended without a response".into());
+                    }
+                    None => {
+                        call.step(py);
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The response body of an app running on the connection's thread: each poll takes what the
+/// app already produced, or runs it one step further (one chunk of its iterable). A client
+/// that goes away drops the body, which calls the app's `close()`.
+///
+/// Before a step that runs app code (a generator may sleep between chunks), the body yields
+/// once, so the driver writes what it holds first: a streamed chunk reaches the client when
+/// it is made, not with the next one. Stepping through a list runs no app code, so a short
+/// response still goes out with its end in one write.
+struct InlineBody {
+    call: AppCall,
+    start: Py<StartResponse>,
+    /// This poll follows a yield: take the step now.
+    yielded: bool,
+}
+
+impl http_body::Body for InlineBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        Python::attach(|py| loop {
+            match this.start.get().take_held() {
+                Some(Out::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Some(Out::End) => return Poll::Ready(None),
+                Some(Out::Fail(tb)) => {
+                    return Poll::Ready(Some(Err(format!(
+                        "the WSGI app failed after sending its head:\n{tb}"
+                    )
+                    .into())))
+                }
+                Some(Out::Head(_)) => {
+                    return Poll::Ready(Some(Err("the WSGI app sent a second head".into())))
+                }
+                None if this.call.is_done() => return Poll::Ready(None),
+                None if this.call.next_step_runs_app_code() && !this.yielded => {
+                    this.yielded = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                None => {
+                    this.yielded = false;
+                    this.call.step(py);
+                }
+            }
+        })
+    }
+}
+
+impl Drop for InlineBody {
+    fn drop(&mut self) {
+        if !self.call.is_done() {
+            Python::attach(|py| self.call.abandon(py));
+        }
+    }
+}
+
+fn response(head: Head, body: Body) -> Response {
+    let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
     if let Some(reason) = head.reason {
         resp.extensions_mut().insert::<ReasonPhrase>(reason);
@@ -422,7 +577,10 @@ fn run_request(py: Python<'_>, app: &Bound<'_, PyAny>, flags: Flags, job: Job) {
     let setup = || -> PyResult<_> {
         let input = Bound::new(py, input::Input::new(job.body, job.runtime))?;
         let errors = Bound::new(py, input::Errors::new(job.what.clone()))?;
-        let start = Bound::new(py, response::StartResponse::new(job.out.clone()))?;
+        let start = Bound::new(
+            py,
+            response::StartResponse::new(Sink::Channel(job.out.clone())),
+        )?;
         let wrapper = py.get_type::<response::FileWrapper>();
         let environ = environ::dict(
             py,
@@ -436,7 +594,7 @@ fn run_request(py: Python<'_>, app: &Bound<'_, PyAny>, flags: Flags, job: Job) {
     };
     match setup() {
         Ok((input, start, environ)) => {
-            response::run(py, app, environ.into_any(), &start, job.head_request);
+            AppCall::new(app, environ.into_any(), &start, job.head_request).run(py);
             input.get().release();
         }
         Err(e) => {

@@ -9,18 +9,22 @@
 //! and a body shorter than it fails the response. `close()` is called exactly once, on
 //! success, on an exception and when the client went away.
 //!
-//! Everything goes to the async side as [`Out`] messages over a bounded channel; the Python
-//! thread waits for room with the GIL released, so a slow client slows the app down instead
-//! of filling memory.
+//! Everything goes to the async side as [`Out`] messages through a [`Sink`]. From a Python
+//! thread, that is a bounded channel: the thread waits for room with the GIL released, so a
+//! slow client slows the app down instead of filling memory. When the app runs on the
+//! connection's own thread ([`AppCall`] advanced by the response body as the driver asks for
+//! more), the messages are held for the body to take, one step of the app at a time.
 
+use std::collections::VecDeque;
 use std::io::{Read, Seek};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyIterator, PyString};
 use tokio::sync::mpsc;
 
 use super::interp::traceback;
@@ -53,12 +57,46 @@ pub(crate) struct Head {
 /// How much of a `wsgi.file_wrapper` file the fast path reads at once, without the GIL.
 const FILE_CHUNK: usize = 64 * 1024;
 
+/// How many bytes `write()` may hold while the app runs on the connection's thread, which
+/// cannot send them before the app returns. `write()` is the legacy way to answer (Django,
+/// Flask and most apps return an iterable instead); an app that writes more than this in
+/// one call gets an `OSError`, and from then on this process runs every request on a
+/// Python thread, where `write()` streams with the channel's bound.
+pub(crate) const MAX_HELD_WRITE: usize = 4 * 1024 * 1024;
+
+/// Where the response goes.
+pub(crate) enum Sink {
+    /// To the connection's task over a bounded channel: the app runs on a Python thread.
+    Channel(mpsc::Sender<Out>),
+    /// Held for the connection's task to take: the app runs on that task's thread.
+    Held(Mutex<Held>),
+}
+
+impl Sink {
+    /// A sink that holds the messages for [`StartResponse::take_held`]; `write_seen` is set
+    /// when the app calls `write()`, so that its later requests run on a Python thread.
+    pub(crate) fn held(write_seen: Arc<AtomicBool>) -> Self {
+        Self::Held(Mutex::new(Held {
+            queue: VecDeque::new(),
+            bytes: 0,
+            write_seen,
+        }))
+    }
+}
+
+pub(crate) struct Held {
+    queue: VecDeque<Out>,
+    /// Data bytes in `queue`.
+    bytes: usize,
+    write_seen: Arc<AtomicBool>,
+}
+
 /// The `start_response` callable given to the app; its `write` attribute is the `write()`
 /// callable `start_response` returns.
 #[pyclass(frozen, module = "appserver")]
 pub(crate) struct StartResponse {
     state: Mutex<State>,
-    out: mpsc::Sender<Out>,
+    sink: Sink,
 }
 
 struct State {
@@ -72,7 +110,7 @@ struct State {
 }
 
 impl StartResponse {
-    pub(crate) fn new(out: mpsc::Sender<Out>) -> Self {
+    pub(crate) fn new(sink: Sink) -> Self {
         Self {
             state: Mutex::new(State {
                 head: None,
@@ -81,24 +119,53 @@ impl StartResponse {
                 gone: false,
                 overflow: false,
             }),
-            out,
+            sink,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The next held message (a [`Sink::Held`] sink only).
+    pub(crate) fn take_held(&self) -> Option<Out> {
+        let Sink::Held(held) = &self.sink else {
+            return None;
+        };
+        let mut held = lock(held);
+        let msg = held.queue.pop_front()?;
+        if let Out::Data(data) = &msg {
+            held.bytes -= data.len();
+        }
+        Some(msg)
     }
 
-    /// Sends `msg`, waiting for room with the GIL released; false when the client is gone.
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Sends `msg`, waiting for room with the GIL released (or holds it); false when the
+    /// client is gone.
     fn post(&self, py: Python<'_>, msg: Out) -> bool {
-        let out = self.out.clone();
-        let ok = py.detach(move || out.blocking_send(msg).is_ok());
+        let ok = match &self.sink {
+            Sink::Channel(out) => {
+                let out = out.clone();
+                py.detach(move || out.blocking_send(msg).is_ok())
+            }
+            Sink::Held(held) => {
+                let mut held = lock(held);
+                if let Out::Data(data) = &msg {
+                    held.bytes += data.len();
+                }
+                held.queue.push_back(msg);
+                true
+            }
+        };
         if !ok {
             self.lock().gone = true;
         }
         ok
+    }
+
+    /// The client went away: nothing more is sent.
+    pub(crate) fn set_gone(&self) {
+        self.lock().gone = true;
     }
 
     /// Sends the head if not yet sent; an error when `start_response` was not called.
@@ -213,11 +280,27 @@ impl StartResponse {
         Ok(slf.getattr("write")?.unbind())
     }
 
-    /// The `write()` callable: sends `data` at once (the head first).
+    /// The `write()` callable: sends `data` at once (the head first), or holds it until
+    /// the app returns when it runs on the connection's thread.
     fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let bytes = data
             .cast::<PyBytes>()
             .map_err(|_| PyTypeError::new_err("write() takes bytes"))?;
+        if let Sink::Held(held) = &self.sink {
+            let held_bytes = {
+                let held = lock(held);
+                held.write_seen.store(true, Ordering::Relaxed);
+                held.bytes
+            };
+            if held_bytes + bytes.as_bytes().len() > MAX_HELD_WRITE {
+                return Err(PyOSError::new_err(format!(
+                    "appserver: write() would hold more than {MAX_HELD_WRITE} bytes until \
+                     the app returns (it runs on the connection's thread for a request \
+                     without a body); this process runs the app's later requests on a \
+                     Python thread, where write() streams"
+                )));
+            }
+        }
         if !self.send(py, bytes.as_bytes())? {
             return Err(PyOSError::new_err("appserver: the client went away"));
         }
@@ -332,72 +415,200 @@ impl FileWrapper {
     }
 }
 
-/// Calls the app for one request and streams its response; every outcome ends in `End` or
-/// `Fail` on the channel (or nothing, when the client went away).
-pub(crate) fn run(
-    py: Python<'_>,
-    app: &Bound<'_, PyAny>,
-    environ: Bound<'_, PyAny>,
-    start: &Bound<'_, StartResponse>,
+/// One call of the app, taken a step at a time: the call itself, then one chunk of the
+/// result (or of a `wsgi.file_wrapper` file) per step, then the end and `close()`. Every
+/// outcome ends in `End` or `Fail` through the sink (or nothing, when the client went away),
+/// and `close()` is called exactly once.
+///
+/// A Python thread takes the steps in a row ([`AppCall::run`]), waiting for room in the
+/// channel; on the connection's thread, the response body takes one whenever the driver
+/// wants more, so the app never runs ahead of the client.
+pub(crate) struct AppCall {
+    start: Py<StartResponse>,
     head_request: bool,
-) {
-    let sr = start.get();
-    let result = match app.call1((environ, start)) {
-        Ok(r) => r,
-        Err(e) => return fail(py, sr, &e),
-    };
-    let streamed = stream(py, &result, sr, head_request);
-    // close() exactly once, whatever happened while iterating.
-    let closed = match result.hasattr("close") {
-        Ok(true) => result.call_method0("close").map(drop),
-        Ok(false) => Ok(()),
-        Err(e) => Err(e),
-    };
-    match (streamed, closed) {
-        (Err(e), _) | (Ok(()), Err(e)) => fail(py, sr, &e),
-        (Ok(()), Ok(())) => {}
-    }
+    state: CallState,
 }
 
-/// Iterates the result (or reads a file wrapper's descriptor) and finishes the response.
-fn stream(
-    py: Python<'_>,
-    result: &Bound<'_, PyAny>,
-    sr: &StartResponse,
-    head_request: bool,
-) -> PyResult<()> {
-    if let Ok(wrapper) = result.cast_exact::<FileWrapper>() {
-        if let Some(file) = wrapper_file(py, wrapper.get()) {
-            if !sr.send_head(py)? {
-                return Ok(());
-            }
-            let mut file = file;
-            loop {
-                let mut buf = vec![0u8; FILE_CHUNK];
-                let n = py
-                    .detach(|| file.read(&mut buf))
-                    .map_err(|e| PyOSError::new_err(format!("reading the file: {e}")))?;
-                if n == 0 || !sr.send(py, &buf[..n])? {
-                    break;
+enum CallState {
+    /// `app(environ, start_response)` is still to be called.
+    Calling { app: Py<PyAny>, environ: Py<PyAny> },
+    /// Iterating the result.
+    Iterating {
+        result: Py<PyAny>,
+        iter: Py<PyIterator>,
+        /// The iterator walks a list or tuple (what most apps return, Django's
+        /// `HttpResponse` included): taking an item runs no app code, so it cannot block.
+        plain: bool,
+    },
+    /// Reading a file wrapper's descriptor with the GIL released.
+    File {
+        result: Py<PyAny>,
+        file: std::fs::File,
+    },
+    /// Over: the end or the failure was sent, and `close()` called.
+    Done,
+}
+
+impl AppCall {
+    pub(crate) fn new(
+        app: &Bound<'_, PyAny>,
+        environ: Bound<'_, PyAny>,
+        start: &Bound<'_, StartResponse>,
+        head_request: bool,
+    ) -> Self {
+        Self {
+            start: start.clone().unbind(),
+            head_request,
+            state: CallState::Calling {
+                app: app.clone().unbind(),
+                environ: environ.unbind(),
+            },
+        }
+    }
+
+    /// Takes every step, on a Python thread.
+    pub(crate) fn run(mut self, py: Python<'_>) {
+        while self.step(py) {}
+    }
+
+    /// True once the call is over.
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self.state, CallState::Done)
+    }
+
+    /// True when the next step runs app code (a generator, Django's streaming response), which
+    /// may take its time: what was produced before should go out first.
+    pub(crate) fn next_step_runs_app_code(&self) -> bool {
+        match &self.state {
+            CallState::Calling { .. } => true,
+            CallState::Iterating { plain, .. } => !plain,
+            CallState::File { .. } | CallState::Done => false,
+        }
+    }
+
+    /// Takes one step; false once the call is over.
+    pub(crate) fn step(&mut self, py: Python<'_>) -> bool {
+        let start = self.start.clone_ref(py);
+        let sr = start.get();
+        match std::mem::replace(&mut self.state, CallState::Done) {
+            CallState::Done => {}
+            CallState::Calling { app, environ } => {
+                match app.bind(py).call1((environ, start.bind(py))) {
+                    Ok(result) => self.state = self.first_state(py, result),
+                    Err(e) => fail(py, sr, &e),
                 }
             }
-            return if sr.gone() {
-                Ok(())
-            } else {
-                sr.finish(py, head_request)
-            };
+            CallState::Iterating {
+                result,
+                iter,
+                plain,
+            } => {
+                let sent = match iter.bind(py).clone().next() {
+                    Some(Ok(item)) => match item.cast::<PyBytes>() {
+                        Ok(bytes) => sr.send(py, bytes.as_bytes()),
+                        Err(_) => Err(PyTypeError::new_err("the app's iterable must yield bytes")),
+                    },
+                    None => return self.end(py, result, sr.finish(py, self.head_request)),
+                    Some(Err(e)) => Err(e),
+                };
+                match sent {
+                    Ok(true) => {
+                        self.state = CallState::Iterating {
+                            result,
+                            iter,
+                            plain,
+                        }
+                    }
+                    // The client went away: close() and stop.
+                    Ok(false) => return self.end(py, result, Ok(())),
+                    Err(e) => return self.end(py, result, Err(e)),
+                }
+            }
+            CallState::File { result, mut file } => {
+                let mut buf = vec![0u8; FILE_CHUNK];
+                let read = py
+                    .detach(|| file.read(&mut buf))
+                    .map_err(|e| PyOSError::new_err(format!("reading the file: {e}")));
+                let sent = match read {
+                    Ok(0) => return self.end(py, result, sr.finish(py, self.head_request)),
+                    Ok(n) => sr.send(py, &buf[..n]),
+                    Err(e) => Err(e),
+                };
+                match sent {
+                    Ok(true) => self.state = CallState::File { result, file },
+                    Ok(false) => return self.end(py, result, Ok(())),
+                    Err(e) => return self.end(py, result, Err(e)),
+                }
+            }
+        }
+        !self.is_done()
+    }
+
+    /// What follows the app's return: its file wrapper's descriptor, or its iterator.
+    fn first_state(&mut self, py: Python<'_>, result: Bound<'_, PyAny>) -> CallState {
+        let sr = self.start.get();
+        if let Ok(wrapper) = result.cast_exact::<FileWrapper>() {
+            if let Some(file) = wrapper_file(py, wrapper.get()) {
+                return match sr.send_head(py) {
+                    Ok(true) => CallState::File {
+                        result: result.unbind(),
+                        file,
+                    },
+                    Ok(false) => {
+                        self.end(py, result.unbind(), Ok(()));
+                        CallState::Done
+                    }
+                    Err(e) => {
+                        self.end(py, result.unbind(), Err(e));
+                        CallState::Done
+                    }
+                };
+            }
+        }
+        match result.try_iter() {
+            Ok(iter) => CallState::Iterating {
+                plain: iter
+                    .get_type()
+                    .name()
+                    .is_ok_and(|n| n == "list_iterator" || n == "tuple_iterator"),
+                result: result.unbind(),
+                iter: iter.unbind(),
+            },
+            Err(e) => {
+                self.end(py, result.unbind(), Err(e));
+                CallState::Done
+            }
         }
     }
-    for item in result.try_iter()? {
-        let item = item?;
-        let bytes = item
-            .cast::<PyBytes>()
-            .map_err(|_| PyTypeError::new_err("the app's iterable must yield bytes"))?;
-        if !sr.send(py, bytes.as_bytes())? {
-            return Ok(());
+
+    /// Ends the call: `close()` exactly once, whatever happened while iterating, then a
+    /// failure of either reported. Returns false (the call is over).
+    fn end(&mut self, py: Python<'_>, result: Py<PyAny>, streamed: PyResult<()>) -> bool {
+        self.state = CallState::Done;
+        let result = result.bind(py);
+        let closed = match result.hasattr("close") {
+            Ok(true) => result.call_method0("close").map(drop),
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match (streamed, closed) {
+            (Err(e), _) | (Ok(()), Err(e)) => fail(py, self.start.get(), &e),
+            (Ok(()), Ok(())) => {}
+        }
+        false
+    }
+
+    /// The client went away before the call was over: nothing more is sent, and `close()`
+    /// is called (once) if the app had returned.
+    pub(crate) fn abandon(&mut self, py: Python<'_>) {
+        self.start.get().set_gone();
+        match std::mem::replace(&mut self.state, CallState::Done) {
+            CallState::Iterating { result, .. } | CallState::File { result, .. } => {
+                self.end(py, result, Ok(()));
+            }
+            CallState::Calling { .. } | CallState::Done => {}
         }
     }
-    sr.finish(py, head_request)
 }
 
 /// The wrapper's file as a descriptor of our own, when it has a real one.
@@ -435,4 +646,8 @@ fn fail(py: Python<'_>, sr: &StartResponse, err: &PyErr) {
         return;
     }
     sr.post(py, Out::Fail(text));
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -24,6 +24,24 @@ fn apps_dir() -> PathBuf {
 
 /// A started handler serving `testapps:<name>` with `threads` Python threads.
 fn app(name: &str, threads: usize) -> Wsgi {
+    make(name, threads, false)
+}
+
+/// The same as prefork serves it: a request without a body runs on the caller's thread.
+fn inline_app(name: &str) -> Wsgi {
+    make(name, 1, true)
+}
+
+/// `testapps:<name>` both ways a request without a body may run: on a Python thread, and on
+/// the connection's thread; with a label for failure messages.
+fn both(name: &str) -> [(&'static str, Wsgi); 2] {
+    [
+        ("python thread", app(name, 1)),
+        ("inline", inline_app(name)),
+    ]
+}
+
+fn make(name: &str, threads: usize, inline: bool) -> Wsgi {
     let w = Wsgi::new(
         interp::Settings {
             module: "testapps".into(),
@@ -35,9 +53,10 @@ fn app(name: &str, threads: usize) -> Wsgi {
         false,
         Flags {
             multithread: threads > 1,
-            multiprocess: false,
+            multiprocess: inline,
         },
         threads,
+        inline,
     );
     // The interpreter is process-wide: the first test to get here starts it.
     static START: Mutex<()> = Mutex::new(());
@@ -229,47 +248,56 @@ async fn a_truncated_body_raises_in_the_app_and_answers_500() {
 
 #[tokio::test]
 async fn start_response_may_come_during_the_first_iteration() {
-    let w = app("late_start", 1);
-    let resp = w.call(get("")).await.unwrap();
-    assert_eq!(resp.status(), 201);
-    assert_eq!(text(resp).await, "late");
+    for (how, w) in both("late_start") {
+        let resp = w.call(get("")).await.unwrap();
+        assert_eq!(resp.status(), 201, "{how}");
+        assert_eq!(text(resp).await, "late", "{how}");
+    }
 }
 
 #[tokio::test]
 async fn the_head_is_held_until_the_first_non_empty_chunk() {
-    let w = app("held_head", 1);
-    let resp = w.call(get("")).await.unwrap();
-    assert_eq!(resp.status(), 503);
-    assert_eq!(text(resp).await, "sorry");
+    for (how, w) in both("held_head") {
+        let resp = w.call(get("")).await.unwrap();
+        assert_eq!(resp.status(), 503, "{how}");
+        assert_eq!(text(resp).await, "sorry", "{how}");
+    }
 }
 
 #[tokio::test]
 async fn exc_info_after_the_head_is_re_raised_and_aborts_the_response() {
-    let w = app("exc_after_head", 1);
-    let resp = w.call(get("")).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert_eq!(first, "partial");
-    let err = body.frame().await.unwrap().unwrap_err().to_string();
-    assert!(err.contains("ValueError: boom after head"), "{err}");
+    for (how, w) in both("exc_after_head") {
+        let resp = w.call(get("")).await.unwrap();
+        assert_eq!(resp.status(), 200, "{how}");
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "partial", "{how}");
+        let err = body.frame().await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("ValueError: boom after head"), "{how}: {err}");
+    }
 }
 
 #[tokio::test]
 async fn an_exception_before_the_head_is_an_error_with_the_traceback() {
-    let w = app("raises", 1);
-    let err = w.call(get("")).await.unwrap_err().to_string();
-    assert!(err.contains("Traceback (most recent call last)"), "{err}");
-    assert!(
-        err.contains("KeyError: 'no such thing in the app'"),
-        "{err}"
-    );
+    for (how, w) in both("raises") {
+        let err = w.call(get("")).await.unwrap_err().to_string();
+        assert!(
+            err.contains("Traceback (most recent call last)"),
+            "{how}: {err}"
+        );
+        assert!(
+            err.contains("KeyError: 'no such thing in the app'"),
+            "{how}: {err}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn write_callable_sends_before_the_iterable() {
-    let w = app("write_app", 1);
-    assert_eq!(text(w.call(get("")).await.unwrap()).await, "one,two,three");
+    for (how, w) in both("write_app") {
+        let resp = w.call(get("")).await.unwrap();
+        assert_eq!(text(resp).await, "one,two,three", "{how}");
+    }
 }
 
 /// Waits until the Python expression `expr` reads `value` (close() runs on the Python
@@ -291,67 +319,95 @@ async fn wait_for_py(expr: &str, value: &str) {
 
 #[tokio::test]
 async fn close_is_called_exactly_once_on_success_error_and_abort() {
-    let w = app("counted", 1);
-    let ok = w.call(get("key=ok&n=3")).await.unwrap();
-    assert_eq!(text(ok).await, "x".repeat(30));
-    wait_for_py("closes['ok']", "1").await;
+    for (how, w) in both("counted") {
+        // Keys of their own per way, in the app's shared counters.
+        let key = |k: &str| format!("{k}-{}", how.replace(' ', "-"));
+        let ok = w
+            .call(get(&format!("key={}&n=3", key("ok"))))
+            .await
+            .unwrap();
+        assert_eq!(text(ok).await, "x".repeat(30), "{how}");
+        wait_for_py(&format!("closes['{}']", key("ok")), "1").await;
 
-    let resp = w.call(get("key=fail&n=3&fail=1")).await.unwrap();
-    assert!(resp.into_body().collect().await.is_err());
-    wait_for_py("closes['fail']", "1").await;
+        let fail = format!("key={}&n=3&fail=1", key("fail"));
+        let resp = w.call(get(&fail)).await.unwrap();
+        assert!(resp.into_body().collect().await.is_err(), "{how}");
+        wait_for_py(&format!("closes['{}']", key("fail")), "1").await;
 
-    // The client goes away after the first chunk: the app is stopped and closed, not run to
-    // the end.
-    let resp = w.call(get("key=abort&n=1000&size=65536")).await.unwrap();
-    let mut body = resp.into_body();
-    body.frame().await.unwrap().unwrap();
-    drop(body);
-    wait_for_py("closes['abort']", "1").await;
-    let produced: usize = py_eval("produced['abort']").parse().unwrap();
-    assert!(
-        produced < 20,
-        "the app ran on after the client left: {produced} chunks"
-    );
-    assert_eq!(py_eval("closes['abort']"), "1");
+        // The client goes away after the first chunk: the app is stopped and closed, not
+        // run to the end.
+        let abort = format!("key={}&n=1000&size=65536", key("abort"));
+        let resp = w.call(get(&abort)).await.unwrap();
+        let mut body = resp.into_body();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        wait_for_py(&format!("closes['{}']", key("abort")), "1").await;
+        let produced: usize = py_eval(&format!("produced['{}']", key("abort")))
+            .parse()
+            .unwrap();
+        assert!(
+            produced < 20,
+            "{how}: the app ran on after the client left: {produced} chunks"
+        );
+        assert_eq!(
+            py_eval(&format!("closes['{}']", key("abort"))),
+            "1",
+            "{how}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn a_slow_client_holds_the_app_back_with_bounded_chunks() {
-    let w = app("counted", 1);
-    let resp = w.call(get("key=slow&n=1000&size=1024")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let produced: usize = py_eval("produced['slow']").parse().unwrap();
-    // The channel's chunks plus the one the thread holds while it waits, plus the head.
-    assert!(
-        produced <= RESPONSE_CHANNEL_CHUNKS + 2,
-        "the app ran ahead of the client: {produced} chunks"
-    );
-    assert_eq!(text(resp).await.len(), 1000 * 1024);
+    for (how, w) in both("counted") {
+        let key = format!("slow-{}", how.replace(' ', "-"));
+        let resp = w
+            .call(get(&format!("key={key}&n=1000&size=1024")))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let produced: usize = py_eval(&format!("produced['{key}']")).parse().unwrap();
+        // The channel's chunks plus the one the thread holds while it waits, plus the head;
+        // inline, the app has made only the chunk that let the head go.
+        let bound = if how == "inline" {
+            1
+        } else {
+            RESPONSE_CHANNEL_CHUNKS + 2
+        };
+        assert!(
+            produced <= bound,
+            "{how}: the app ran ahead of the client: {produced} chunks"
+        );
+        assert_eq!(text(resp).await.len(), 1000 * 1024, "{how}");
+    }
 }
 
 #[tokio::test]
 async fn content_length_is_enforced_both_ways() {
-    let short = app("short_length", 1);
-    let resp = short.call(get("")).await.unwrap();
-    let err = resp.into_body().collect().await.unwrap_err().to_string();
-    assert!(
-        err.contains("Content-Length: 10") && err.contains("after 5 bytes"),
-        "{err}"
-    );
-
-    let long = app("long_length", 1);
-    let resp = long.call(get("")).await.unwrap();
-    assert_eq!(text(resp).await, "123");
+    for (how, short) in both("short_length") {
+        let resp = short.call(get("")).await.unwrap();
+        let err = resp.into_body().collect().await.unwrap_err().to_string();
+        assert!(
+            err.contains("Content-Length: 10") && err.contains("after 5 bytes"),
+            "{how}: {err}"
+        );
+    }
+    for (how, long) in both("long_length") {
+        let resp = long.call(get("")).await.unwrap();
+        assert_eq!(text(resp).await, "123", "{how}");
+    }
 }
 
 #[tokio::test]
 async fn header_values_must_be_latin1() {
-    let w = app("bad_header", 1);
-    let err = w.call(get("")).await.unwrap_err().to_string();
-    assert!(err.contains("not latin-1"), "{err}");
-    let w = app("latin1_header", 1);
-    let resp = w.call(get("")).await.unwrap();
-    assert_eq!(resp.headers()["x-name"].as_bytes(), b"caf\xe9");
+    for (how, w) in both("bad_header") {
+        let err = w.call(get("")).await.unwrap_err().to_string();
+        assert!(err.contains("not latin-1"), "{how}: {err}");
+    }
+    for (how, w) in both("latin1_header") {
+        let resp = w.call(get("")).await.unwrap();
+        assert_eq!(resp.headers()["x-name"].as_bytes(), b"caf\xe9", "{how}");
+    }
 }
 
 #[tokio::test]
@@ -360,10 +416,15 @@ async fn file_wrapper_streams_the_file() {
     let path = dir.path().join("data.bin");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&path, &data).unwrap();
-    let w = app("file_app", 1);
-    let resp = w.call(get(path.to_str().unwrap())).await.unwrap();
-    let got = resp.into_body().collect().await.unwrap().to_bytes();
-    assert!(got == data, "file content differs ({} bytes)", got.len());
+    for (how, w) in both("file_app") {
+        let resp = w.call(get(path.to_str().unwrap())).await.unwrap();
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            got == data,
+            "{how}: file content differs ({} bytes)",
+            got.len()
+        );
+    }
 }
 
 #[tokio::test]
@@ -381,4 +442,79 @@ async fn threads_serve_requests_concurrently_up_to_the_limit() {
         took < Duration::from_millis(1700),
         "not concurrent: {took:?}"
     );
+}
+
+#[tokio::test]
+async fn inline_a_request_without_a_body_runs_on_the_callers_thread_one_with_a_body_does_not() {
+    let w = inline_app("thread_ident");
+    let here = py_eval("__import__('threading').get_ident()");
+    let resp = w.call(get("")).await.unwrap();
+    assert_eq!(
+        text(resp).await,
+        here,
+        "a GET runs on the connection's thread"
+    );
+    let there = post(&w, "", &[b"some", b"body"]).await;
+    assert_ne!(there, here, "a POST with a body runs on a Python thread");
+    // The thread-path handler never runs the app on the caller's thread.
+    let w = app("thread_ident", 1);
+    assert_ne!(text(w.call(get("")).await.unwrap()).await, here);
+}
+
+#[tokio::test]
+async fn inline_write_holds_up_to_its_bound_then_the_app_moves_to_a_python_thread() {
+    let w = inline_app("big_write");
+    let at_bound = format!("{}", response::MAX_HELD_WRITE);
+    let resp = w.call(get(&at_bound)).await.unwrap();
+    assert_eq!(text(resp).await.len(), response::MAX_HELD_WRITE);
+
+    let w = inline_app("big_write");
+    let over = format!("{}", response::MAX_HELD_WRITE + 1);
+    let err = w.call(get(&over)).await.unwrap_err().to_string();
+    assert!(
+        err.contains("OSError") && err.contains("write() would hold more than"),
+        "{err}"
+    );
+    // The app used write(): from now on it runs on a Python thread, where write() streams.
+    let resp = w.call(get(&over)).await.unwrap();
+    assert_eq!(text(resp).await.len(), response::MAX_HELD_WRITE + 1);
+}
+
+/// Polls `body` once without a waker to speak of: `Some(frame)`, `None` at its end, or
+/// "pending".
+fn poll_once(body: &mut Body) -> Result<Option<Bytes>, &'static str> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match http_body::Body::poll_frame(Pin::new(body), &mut cx) {
+        Poll::Ready(Some(Ok(frame))) => Ok(Some(frame.into_data().unwrap())),
+        Poll::Ready(None) => Ok(None),
+        Poll::Ready(Some(Err(e))) => panic!("{e}"),
+        Poll::Pending => Err("pending"),
+    }
+}
+
+#[tokio::test]
+async fn inline_a_generator_yields_before_each_step_and_a_list_does_not() {
+    // A generator's next chunk may take its time: the body yields first, so the driver
+    // writes what it holds.
+    let w = inline_app("counted");
+    let resp = w.call(get("key=yield&n=2")).await.unwrap();
+    let mut body = resp.into_body();
+    assert_eq!(poll_once(&mut body), Ok(Some(Bytes::from("x".repeat(10)))));
+    assert_eq!(poll_once(&mut body), Err("pending"));
+    assert_eq!(
+        py_eval("produced['yield']"),
+        "1",
+        "no step taken while yielding"
+    );
+    assert_eq!(poll_once(&mut body), Ok(Some(Bytes::from("x".repeat(10)))));
+    assert_eq!(poll_once(&mut body), Err("pending"));
+    assert_eq!(poll_once(&mut body), Ok(None));
+
+    // A list runs no app code: its chunks and its end come without a yield, so a short
+    // response goes out in one write.
+    let w = inline_app("plain_list");
+    let mut body = w.call(get("")).await.unwrap().into_body();
+    assert_eq!(poll_once(&mut body), Ok(Some(Bytes::from("a"))));
+    assert_eq!(poll_once(&mut body), Ok(Some(Bytes::from("b"))));
+    assert_eq!(poll_once(&mut body), Ok(None));
 }

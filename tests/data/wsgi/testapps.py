@@ -266,3 +266,26 @@ if os.environ.get("APPSERVER_TEST_ATEXIT_LOG"):
             time.sleep(600)
 
     atexit.register(_at_exit)
+
+
+@validator
+def thread_ident(environ, start_response):
+    """The ident of the thread the app runs on; reads the body first."""
+    environ["wsgi.input"].read(65536)
+    return _text(start_response, str(threading.get_ident()))
+
+
+@validator
+def big_write(environ, start_response):
+    """write() of `n` bytes (query string) in one call, then an empty iterable."""
+    n = int(environ["QUERY_STRING"] or "0")
+    write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    write(b"w" * n)
+    return []
+
+
+def plain_list(environ, start_response):
+    """A list of two chunks, unwrapped: the validator would wrap the list in an iterator of
+    its own, and this app is about what a bare list allows (tests/wsgi.rs, inline)."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"a", b"b"]
