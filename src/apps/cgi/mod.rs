@@ -75,6 +75,16 @@ pub const MAX_EARLY_OUTPUT: usize = 1024 * 1024;
 /// Bytes read from a script's stdout at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// How long a script that cannot be executed because it is open for writing somewhere
+/// (`ETXTBSY`) is tried again: a deploy that is writing it, or, in any multi-threaded process
+/// that starts programs, another thread's child between its fork and its exec, which holds
+/// a copy of every descriptor for that moment. Both pass within milliseconds; a script that
+/// stays busy longer is answered 502 like any that cannot run.
+pub const EXEC_BUSY_WAIT: Duration = Duration::from_millis(100);
+
+/// The pause between two tries within [`EXEC_BUSY_WAIT`].
+const EXEC_BUSY_RETRY: Duration = Duration::from_millis(5);
+
 /// Options of the CGI gateway. [`Cgi::from_config`] fills them from the `runfcgi` options;
 /// a program embedding the gateway sets them itself:
 ///
@@ -445,7 +455,7 @@ impl Inner {
             cmd.current_dir(dir);
         }
         let deadline = Instant::now() + self.timeout;
-        let mut child = match cmd.spawn() {
+        let mut child = match spawn(&mut cmd).await {
             Ok(child) => child,
             Err(e) => {
                 let status = if e.kind() == io::ErrorKind::PermissionDenied {
@@ -572,4 +582,17 @@ impl Inner {
 /// `Location: /path` (not `//host/...`, which a browser reads as another host).
 fn is_local(location: &[u8]) -> bool {
     location.starts_with(b"/") && !location.starts_with(b"//")
+}
+
+/// Starts `cmd`, trying again for up to [`EXEC_BUSY_WAIT`] while the script is busy.
+async fn spawn(cmd: &mut Command) -> io::Result<tokio::process::Child> {
+    let give_up = Instant::now() + EXEC_BUSY_WAIT;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && Instant::now() < give_up => {
+                tokio::time::sleep(EXEC_BUSY_RETRY).await;
+            }
+            spawned => return spawned,
+        }
+    }
 }

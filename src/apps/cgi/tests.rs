@@ -878,3 +878,26 @@ fn cgi_vars_cannot_add_what_runs_code() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_script_busy_for_a_moment_runs_one_busy_for_longer_is_a_502() {
+    let (dir, cgi) = one_script("printf 'Content-Type: text/plain\\n\\nran'\n", 10);
+    let path = dir.path().join("t.sh");
+    // Open for writing, the script cannot be executed (ETXTBSY) until the descriptor closes.
+    let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let released = tokio::spawn(async move {
+        tokio::time::sleep(EXEC_BUSY_WAIT / 4).await;
+        drop(writer);
+    });
+    let resp = cgi.call(request(&[], Body::empty())).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(text(resp).await, "ran");
+    released.await.unwrap();
+
+    let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let started = Instant::now();
+    let resp = cgi.call(request(&[], Body::empty())).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert!(started.elapsed() >= EXEC_BUSY_WAIT, "gave up early");
+    drop(writer);
+}
