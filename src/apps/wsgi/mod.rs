@@ -22,7 +22,7 @@
 //!
 //! Process models: prefork starts Python in each worker after the fork and serves one
 //! request at a time per worker, as Django's prefork: a request without a body (a GET, most
-//! of a site's traffic) runs on the worker's own thread ([`Wsgi::call_inline`], no hand-off),
+//! of a site's traffic) runs on the worker's own thread (`Wsgi::call_inline`, no hand-off),
 //! one with a body on the worker's one Python thread, where `wsgi.input` can wait for the
 //! driver. With `preload=true` the master imports the app before forking, with the
 //! interpreter's fork hooks around each fork. threaded runs every request on up to
