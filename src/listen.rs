@@ -29,8 +29,9 @@ use nix::sys::socket::{
     self as nix_socket, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage,
 };
 use socket2::{Domain, SockAddr, Socket, Type};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::config::{Config, Inherited, Listen};
 use crate::sys;
@@ -197,10 +198,13 @@ pub struct Listener {
     description: String,
 }
 
+/// The listening socket, registered with the runtime for readiness only: accepting with
+/// mio's `accept4` (non-blocking, close-on-exec) gives a socket the runtime does not know yet
+/// (see [`Stream`]).
 #[derive(Debug)]
 enum Inner {
-    Tcp(TcpListener),
-    Unix(UnixListener),
+    Tcp(AsyncFd<mio::net::TcpListener>),
+    Unix(AsyncFd<mio::net::UnixListener>),
 }
 
 impl Listener {
@@ -214,11 +218,11 @@ impl Listener {
         let inner = match socket {
             StdSocket::Tcp(l) => {
                 l.set_nonblocking(true)?;
-                Inner::Tcp(TcpListener::from_std(l)?)
+                Inner::Tcp(sys::readable_listener(mio::net::TcpListener::from_std(l))?)
             }
             StdSocket::Unix(l) => {
                 l.set_nonblocking(true)?;
-                Inner::Unix(UnixListener::from_std(l)?)
+                Inner::Unix(sys::readable_listener(mio::net::UnixListener::from_std(l))?)
             }
         };
         Ok(Self {
@@ -233,15 +237,17 @@ impl Listener {
     pub async fn accept(&self) -> io::Result<(Stream, PeerAddr)> {
         match &self.inner {
             Inner::Tcp(l) => {
-                let (stream, addr) = l.accept().await?;
+                let (stream, addr) = accept_ready(l, |l| l.accept()).await?;
+                let stream = std::net::TcpStream::from(stream);
                 // Fails only when the peer is already gone; the read that follows says so.
                 let _ = stream.set_nodelay(true);
                 let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-                Ok((Stream::Tcp(stream), PeerAddr::Tcp(addr)))
+                Ok((Stream::plain(Conn::TcpPlain(stream)), PeerAddr::Tcp(addr)))
             }
             Inner::Unix(l) => {
-                let (stream, _) = l.accept().await?;
-                Ok((Stream::Unix(stream), PeerAddr::Unix))
+                let (stream, _) = accept_ready(l, |l| l.accept()).await?;
+                let stream = std::os::unix::net::UnixStream::from(stream);
+                Ok((Stream::plain(Conn::UnixPlain(stream)), PeerAddr::Unix))
             }
         }
     }
@@ -252,13 +258,97 @@ impl Listener {
     }
 }
 
+/// Waits until `listener` is readable and accepts with `accept`, again while it would block.
+async fn accept_ready<L: AsRawFd, T>(
+    listener: &AsyncFd<L>,
+    accept: impl Fn(&L) -> io::Result<T>,
+) -> io::Result<T> {
+    loop {
+        let mut ready = listener.readable().await?;
+        match ready.try_io(|l| accept(l.get_ref())) {
+            Ok(accepted) => return accepted,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
 /// An accepted connection.
+///
+/// It starts unknown to the runtime's poller: reads and writes go straight to the socket, and
+/// only the first one that would block registers it. A web server's request usually arrives
+/// whole before appserver reads it, and a short answer fits the socket's buffer, so a
+/// connection per request (FastCGI without `fastcgi_keep_conn`, SCGI) then costs no
+/// `epoll_ctl` to add the socket and none to remove it: two system calls of about seven a
+/// request (docs/performance.md, "The hot path").
 #[derive(Debug)]
-pub enum Stream {
-    /// From a TCP listener.
+pub struct Stream {
+    conn: Conn,
+}
+
+#[derive(Debug)]
+enum Conn {
+    TcpPlain(std::net::TcpStream),
+    UnixPlain(std::os::unix::net::UnixStream),
     Tcp(TcpStream),
-    /// From a unix socket listener.
     Unix(UnixStream),
+    /// Registering failed: the socket is closed.
+    Lost,
+}
+
+impl Stream {
+    fn plain(conn: Conn) -> Self {
+        Self { conn }
+    }
+
+    /// True once the socket is registered with the runtime's poller.
+    #[cfg(test)]
+    fn is_registered(&self) -> bool {
+        matches!(self.conn, Conn::Tcp(_) | Conn::Unix(_))
+    }
+
+    /// Registers the socket with the runtime, for an operation that would block.
+    fn register(&mut self) -> io::Result<()> {
+        self.conn = match std::mem::replace(&mut self.conn, Conn::Lost) {
+            Conn::TcpPlain(s) => Conn::Tcp(TcpStream::from_std(s)?),
+            Conn::UnixPlain(s) => Conn::Unix(UnixStream::from_std(s)?),
+            other => other,
+        };
+        Ok(())
+    }
+
+    /// The socket while it is not registered.
+    fn plain_socket(&self) -> Option<socket2::SockRef<'_>> {
+        match &self.conn {
+            Conn::TcpPlain(s) => Some(socket2::SockRef::from(s)),
+            Conn::UnixPlain(s) => Some(socket2::SockRef::from(s)),
+            _ => None,
+        }
+    }
+
+    /// Runs `op` on the unregistered socket; `None` when it would block (the socket is then
+    /// registered) or when the socket is registered already.
+    fn try_plain<T>(
+        &mut self,
+        mut op: impl FnMut(socket2::SockRef<'_>) -> io::Result<T>,
+    ) -> Option<io::Result<T>> {
+        loop {
+            let sock = self.plain_socket()?;
+            match op(sock) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return self.register().err().map(Err);
+                }
+                done => return Some(done),
+            }
+        }
+    }
+}
+
+fn lost() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the connection could not be registered with the runtime",
+    )
 }
 
 impl AsyncRead for Stream {
@@ -267,9 +357,14 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        let this = self.get_mut();
+        if let Some(read) = this.try_plain(|sock| sys::recv_into(&sock, buf)) {
+            return Poll::Ready(read.map(drop));
+        }
+        match &mut this.conn {
+            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            _ => Poll::Ready(Err(lost())),
         }
     }
 }
@@ -280,9 +375,14 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        let this = self.get_mut();
+        if let Some(written) = this.try_plain(|sock| sock.send(buf)) {
+            return Poll::Ready(written);
+        }
+        match &mut this.conn {
+            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            _ => Poll::Ready(Err(lost())),
         }
     }
 
@@ -291,30 +391,39 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Self::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        let this = self.get_mut();
+        if let Some(written) = this.try_plain(|sock| sock.send_vectored(bufs)) {
+            return Poll::Ready(written);
+        }
+        match &mut this.conn {
+            Conn::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            _ => Poll::Ready(Err(lost())),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Tcp(s) => s.is_write_vectored(),
-            Self::Unix(s) => s.is_write_vectored(),
-        }
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Self::Unix(s) => Pin::new(s).poll_flush(cx),
+        match &mut self.get_mut().conn {
+            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Conn::Unix(s) => Pin::new(s).poll_flush(cx),
+            // A socket holds nothing back to flush.
+            _ => Poll::Ready(Ok(())),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        let this = self.get_mut();
+        if let Some(sock) = this.plain_socket() {
+            return Poll::Ready(sock.shutdown(std::net::Shutdown::Write));
+        }
+        match &mut this.conn {
+            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            _ => Poll::Ready(Err(lost())),
         }
     }
 }
@@ -782,14 +891,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_there_at_accept_and_answered_at_once_never_registers_the_socket() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let l =
+            Listener::from_std(bind(&config(&[&format!("socket={}", path.display())])).unwrap())
+                .unwrap();
+        let mut client = StdUnixStream::connect(&path).unwrap();
+        std::io::Write::write_all(&mut client, b"request").unwrap();
+        let (mut stream, _) = l.accept().await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 7);
+        stream.write_all(b"answer").await.unwrap();
+        stream.shutdown().await.unwrap();
+        assert!(!stream.is_registered(), "nothing had to wait");
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut client, &mut got).unwrap();
+        assert_eq!(got, "answer");
+    }
+
+    #[tokio::test]
+    async fn a_read_that_would_block_registers_the_socket_and_wakes_when_bytes_come() {
+        use tokio::io::AsyncReadExt;
+        let std_l = bind(&config(&["host=127.0.0.1", "port=0"])).unwrap();
+        let addr = std_l.local_addr().unwrap();
+        let l = Listener::from_std(std_l).unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        let (mut stream, _) = l.accept().await.unwrap();
+        let writer = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::io::Write::write_all(&mut client, b"late").unwrap();
+            client
+        });
+        let mut buf = [0u8; 16];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"late");
+        assert!(stream.is_registered(), "the first read had to wait");
+        // The end of the stream still reads as the end, through the registered socket.
+        drop(writer.await.unwrap());
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
     async fn accept_tcp_sets_nodelay_and_reports_peer() {
         let std_l = bind(&config(&["host=127.0.0.1", "port=0"])).unwrap();
         let addr = std_l.local_addr().unwrap();
         let l = Listener::from_std(std_l).unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
         let (stream, peer) = l.accept().await.unwrap();
-        let Stream::Tcp(tcp) = &stream else {
-            panic!("expected TCP")
+        let Conn::TcpPlain(tcp) = &stream.conn else {
+            panic!("expected TCP, not yet registered")
         };
         assert!(tcp.nodelay().unwrap());
         assert_eq!(peer, PeerAddr::Tcp(client.local_addr().unwrap()));

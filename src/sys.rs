@@ -309,6 +309,36 @@ pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
     Ok(hard.max(soft))
 }
 
+/// Registers a listening socket with the runtime for readiness only (accepting stays with
+/// the caller); call inside the runtime.
+pub(crate) fn readable_listener<L: AsRawFd>(
+    listener: L,
+) -> io::Result<tokio::io::unix::AsyncFd<L>> {
+    // SAFETY: `L` is one of mio's listeners, which own their descriptor and close it only
+    // when dropped: the descriptor stays open, the same and returned by every as_raw_fd()
+    // for as long as the AsyncFd owns the listener.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE)
+            .map_err(io::Error::from)
+    }
+}
+
+/// Reads what the socket holds into `buf`'s unfilled part, as the runtime's own reads do,
+/// without zeroing it first (a read buffer is 64 KiB or more); `Ok(0)` at the end.
+pub(crate) fn recv_into(
+    sock: &socket2::SockRef<'_>,
+    buf: &mut tokio::io::ReadBuf<'_>,
+) -> io::Result<usize> {
+    // SAFETY: recv(2) only writes initialised bytes into the slice it is given, never
+    // de-initialises any, and reports how many it wrote; assume_init covers exactly those.
+    unsafe {
+        let n = sock.recv(buf.unfilled_mut())?;
+        buf.assume_init(n);
+        buf.advance(n);
+        Ok(n)
+    }
+}
+
 /// Duplicates `fd` (close-on-exec) into a [`File`] of its own, sharing the file offset: the
 /// `wsgi.file_wrapper` fast path reads a Python file object's descriptor without the GIL.
 #[cfg(feature = "wsgi")]
