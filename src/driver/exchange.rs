@@ -250,21 +250,25 @@ fn next_body_chunk(
     let Ok(first) = first else {
         return Some(first);
     };
-    let fits = |len: usize, next: Option<&Result<Bytes, BodyError>>| {
-        next.is_some_and(|n| {
-            n.as_ref()
-                .is_ok_and(|b| len + b.len() <= MAX_JOINED_BODY_CHUNK)
-        })
-    };
-    if !fits(first.len(), pending.front()) {
+    // How many data chunks behind it fit, and their joined length.
+    let mut len = first.len();
+    let mut behind = 0;
+    for next in pending.iter() {
+        match next {
+            Ok(b) if len + b.len() <= MAX_JOINED_BODY_CHUNK => {
+                len += b.len();
+                behind += 1;
+            }
+            _ => break,
+        }
+    }
+    if behind == 0 {
         return Some(Ok(first));
     }
-    let mut joined = BytesMut::with_capacity(MAX_JOINED_BODY_CHUNK);
+    let mut joined = BytesMut::with_capacity(len);
     joined.extend_from_slice(&first);
-    while fits(joined.len(), pending.front()) {
-        if let Some(Ok(next)) = pending.pop_front() {
-            joined.extend_from_slice(&next);
-        }
+    for next in pending.drain(..behind).flatten() {
+        joined.extend_from_slice(&next);
     }
     Some(Ok(joined.freeze()))
 }
