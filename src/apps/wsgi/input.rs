@@ -20,6 +20,7 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
+use super::lock;
 use crate::Body;
 
 /// `wsgi.input`: `read(size=-1)`, `readline(size=-1)`, `readlines(hint=-1)`, iteration.
@@ -252,12 +253,6 @@ fn limit(size: Option<isize>) -> usize {
         Some(n) if n >= 0 => n.unsigned_abs(),
         _ => usize::MAX,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave the buffer half-updated in a way that
-    // matters more than losing the request, which has already failed.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[pymethods]

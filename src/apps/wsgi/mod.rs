@@ -545,9 +545,7 @@ fn python_thread(inner: &Inner, queue: &Mutex<std_mpsc::Receiver<Job>>, idle: &A
             }
             first = false;
             let job = py.detach(|| {
-                let queue = queue
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let queue = lock(queue);
                 queue.recv().ok()
             });
             let Some(job) = job else {
@@ -605,6 +603,13 @@ fn run_request(py: Python<'_>, app: &Bound<'_, PyAny>, flags: Flags, job: Job) {
             });
         }
     }
+}
+
+/// Locks `m`, poisoned or not: a panic while one of these locks was held (a stream's buffer,
+/// a response's state, the job queue) cannot leave what it guards half-updated in a way that
+/// matters more than losing the request it belonged to, which has already failed.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

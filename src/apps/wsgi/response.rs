@@ -28,6 +28,7 @@ use pyo3::types::{PyBytes, PyIterator, PyString};
 use tokio::sync::mpsc;
 
 use super::interp::traceback;
+use super::lock;
 use crate::response::ReasonPhrase;
 
 /// What the Python thread tells the async side, in order: `Head`, `Data`*, then `End` or
@@ -646,8 +647,4 @@ fn fail(py: Python<'_>, sr: &StartResponse, err: &PyErr) {
         return;
     }
     sr.post(py, Out::Fail(text));
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -60,9 +60,7 @@ fn make(name: &str, threads: usize, inline: bool) -> Wsgi {
     );
     // The interpreter is process-wide: the first test to get here starts it.
     static START: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = START
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one_at_a_time = lock(&START);
     w.start().unwrap();
     w
 }
