@@ -964,6 +964,33 @@ fn exit_runs_atexit_handlers_under_a_deadline() {
     }
 }
 
+/// `wsgi.errors` goes to appserver's log a line at a time, each naming its request; a line
+/// left unfinished is logged when the request ends. Both where the app runs: on the
+/// prefork worker's own thread and on a threaded server's Python thread.
+#[test]
+fn wsgi_errors_lines_reach_the_log_naming_the_request() {
+    for method in ["prefork", "threaded"] {
+        let server = testapp("errors_app", &[&format!("method={method}")], &[]).start();
+        let mut stream = crate::util::client::Stream::connect(server.listen());
+        let params = crate::util::client::cgi_params("GET", "/why?x=1", &[]);
+        let body = crate::util::client::fcgi_get(&mut stream, &params, false).text();
+        assert!(body.ends_with("logged"), "{method}: {body}");
+        for text in ["wsgi.errors: first line", "wsgi.errors: unfinished"] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let log = server.log();
+                let line = log.lines().find(|l| l.contains(text));
+                if let Some(line) = line {
+                    assert!(line.contains("GET /why?x=1"), "{method}: {line}");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{method}: no {text:?} in\n{log}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 /// A HUP whose new code cannot be imported leaves the previous workers serving the previous
 /// code (prefork: the reload's workers fail to start and the master reports it).
 #[test]

@@ -317,14 +317,31 @@ const MAX_ERRORS_LINE: usize = 8 * 1024;
 #[pyclass(frozen, module = "appserver")]
 pub(crate) struct Errors {
     pending: Mutex<String>,
-    what: String,
+    what: RequestLine,
+}
+
+/// The request a `wsgi.errors` line names, formatted only when a line is logged (most
+/// requests log none).
+struct RequestLine {
+    method: http::Method,
+    uri: http::Uri,
+}
+
+impl std::fmt::Display for RequestLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.uri)
+    }
 }
 
 impl Errors {
-    pub(crate) fn new(what: String) -> Self {
+    /// The stream of the request `parts` belongs to.
+    pub(crate) fn new(parts: &http::request::Parts) -> Self {
         Self {
             pending: Mutex::new(String::new()),
-            what,
+            what: RequestLine {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+            },
         }
     }
 

@@ -230,7 +230,6 @@ impl Handler for Wsgi {
             return self.call_inline(vars, &parts, head_request);
         }
         let permit = Arc::clone(&pool.permits).acquire_owned().await?;
-        let what = format!("{} {}", parts.method, parts.uri);
         let (tx, mut rx) = mpsc::channel(RESPONSE_CHANNEL_CHUNKS);
         // Where the request runs, for its Python stack in the slow log: only with slowlog=.
         let running_on = crate::status::layer::slow_log_watches().then(|| {
@@ -243,7 +242,7 @@ impl Handler for Wsgi {
             body,
             runtime: tokio::runtime::Handle::current(),
             out: tx,
-            what,
+            errors: input::Errors::new(&parts),
             head_request,
             running_on,
             _permit: permit,
@@ -284,7 +283,7 @@ impl Wsgi {
                     py,
                     StartResponse::new(Sink::held(Arc::clone(&self.inner.write_seen))),
                 )?;
-                let errors = input::Errors::new(format!("{} {}", parts.method, parts.uri));
+                let errors = input::Errors::new(parts);
                 let environ = environ::dict(
                     py,
                     &vars,
@@ -453,7 +452,8 @@ struct Job {
     body: Body,
     runtime: tokio::runtime::Handle,
     out: mpsc::Sender<Out>,
-    what: String,
+    /// Its `wsgi.errors`, naming the request.
+    errors: input::Errors,
     head_request: bool,
     /// Where the thread that runs the request says so, for the slow log (`None` without
     /// `slowlog=`).
@@ -574,7 +574,7 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, flags: Flags, ident: u64, job
 fn run_request(py: Python<'_>, app: &Bound<'_, PyAny>, flags: Flags, job: Job) {
     let setup = || -> PyResult<_> {
         let input = Bound::new(py, input::Input::new(job.body, job.runtime))?;
-        let errors = Bound::new(py, input::Errors::new(job.what.clone()))?;
+        let errors = Bound::new(py, job.errors)?;
         let start = Bound::new(
             py,
             response::StartResponse::new(Sink::Channel(job.out.clone())),

@@ -289,3 +289,12 @@ def plain_list(environ, start_response):
     its own, and this app is about what a bare list allows (tests/wsgi.rs, inline)."""
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"a", b"b"]
+
+
+@validator
+def errors_app(environ, start_response):
+    """Writes a whole line and a partial one to wsgi.errors, then answers."""
+    errors = environ["wsgi.errors"]
+    errors.write("first line\n")
+    errors.write("unfinished")
+    return _text(start_response, "logged")
