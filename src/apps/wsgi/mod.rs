@@ -222,17 +222,18 @@ impl Handler for Wsgi {
         let (parts, body) = req.into_parts();
         let head_request = parts.method == http::Method::HEAD;
         let vars = environ::vars(&parts, self.inner.forced_script_name);
+        let watched = crate::status::layer::slow_log_watches();
         if self.inner.inline
+            && !watched
             && http_body::Body::is_end_stream(&body)
             && !self.inner.write_seen.load(Ordering::Relaxed)
-            && !crate::status::layer::slow_log_watches()
         {
             return self.call_inline(vars, &parts, head_request);
         }
         let permit = Arc::clone(&pool.permits).acquire_owned().await?;
         let (tx, mut rx) = mpsc::channel(RESPONSE_CHANNEL_CHUNKS);
         // Where the request runs, for its Python stack in the slow log: only with slowlog=.
-        let running_on = crate::status::layer::slow_log_watches().then(|| {
+        let running_on = watched.then(|| {
             let running_on = RunningOn::default();
             crate::status::layer::note_detail(Arc::new(PythonStack(running_on.clone())));
             running_on
@@ -248,12 +249,8 @@ impl Handler for Wsgi {
             _permit: permit,
         };
         pool.submit(job, &self.inner)?;
-        match rx.recv().await {
-            Some(Out::Head(head)) => Ok(response(head, Body::new(OutBody { rx, done: false }))),
-            Some(Out::Fail(traceback)) => Err(format!("the WSGI app failed:\n{traceback}").into()),
-            Some(other) => Err(format!("the WSGI app sent {other:?} before its head").into()),
-            None => Err("the Python thread ended without a response".into()),
-        }
+        let head = expect_head(rx.recv().await)?;
+        Ok(response(head, Body::new(OutBody { rx, done: false })))
     }
 }
 
@@ -303,30 +300,21 @@ impl Wsgi {
             };
             let mut call = AppCall::new(app.bind(py), environ.into_any(), &start, head_request);
             // Up to the head: the first non-empty chunk, the end, or a failure.
-            loop {
+            let first = loop {
                 match start.get().take_held() {
-                    Some(Out::Head(head)) => {
-                        let body = InlineBody {
-                            call,
-                            start: start.unbind(),
-                            yielded: false,
-                        };
-                        return Ok(response(head, Body::new(body)));
-                    }
-                    Some(Out::Fail(tb)) => {
-                        return Err(format!("the WSGI app failed:\n{tb}").into());
-                    }
-                    Some(other) => {
-                        return Err(format!("the WSGI app sent {other:?} before its head").into())
-                    }
-                    None if call.is_done() => {
-                        return Err("the WSGI app ended without a response".into());
-                    }
-                    None => {
+                    None if !call.is_done() => {
                         call.step(py);
                     }
+                    first => break first,
                 }
-            }
+            };
+            let head = expect_head(first)?;
+            let body = InlineBody {
+                call,
+                start: start.unbind(),
+                yielded: false,
+            };
+            Ok(response(head, Body::new(body)))
         })
     }
 }
@@ -357,17 +345,7 @@ impl http_body::Body for InlineBody {
         let this = self.get_mut();
         Python::attach(|py| loop {
             match this.start.get().take_held() {
-                Some(Out::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Some(Out::End) => return Poll::Ready(None),
-                Some(Out::Fail(tb)) => {
-                    return Poll::Ready(Some(Err(format!(
-                        "the WSGI app failed after sending its head:\n{tb}"
-                    )
-                    .into())))
-                }
-                Some(Out::Head(_)) => {
-                    return Poll::Ready(Some(Err("the WSGI app sent a second head".into())))
-                }
+                Some(msg) => return Poll::Ready(after_head(Some(msg))),
                 None if this.call.is_done() => return Poll::Ready(None),
                 None if this.call.next_step_runs_app_code() && !this.yielded => {
                     this.yielded = true;
@@ -422,27 +400,41 @@ impl http_body::Body for OutBody {
         if self.done {
             return Poll::Ready(None);
         }
-        match self.rx.poll_recv(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Out::Data(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
-            Poll::Ready(Some(Out::End)) => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Out::Fail(tb))) => {
-                self.done = true;
-                Poll::Ready(Some(Err(format!(
-                    "the WSGI app failed after sending its head:\n{tb}"
-                )
-                .into())))
-            }
-            Poll::Ready(Some(Out::Head(_))) | Poll::Ready(None) => {
-                self.done = true;
-                Poll::Ready(Some(Err(
-                    "the Python thread ended the response early".into()
-                )))
-            }
-        }
+        self.rx.poll_recv(cx).map(|msg| {
+            let frame = after_head(msg);
+            // After the end or a failure, nothing more comes.
+            self.done = !matches!(frame, Some(Ok(_)));
+            frame
+        })
+    }
+}
+
+/// The app's first message: its head, or the error the driver answers 500 for (with the
+/// app's traceback in the log).
+fn expect_head(first: Option<Out>) -> Result<Head, BoxError> {
+    match first {
+        Some(Out::Head(head)) => Ok(head),
+        Some(Out::Fail(tb)) => Err(format!("the WSGI app failed:\n{tb}").into()),
+        Some(other) => Err(format!("the WSGI app sent {other:?} before its head").into()),
+        None => Err("the WSGI app ended without a response".into()),
+    }
+}
+
+/// What a message after the head is for the response body: a chunk, its end (`None`), or
+/// a failure that makes the driver abort the response. No message at all (`msg` is `None`)
+/// means the channel closed before the end: the Python thread stopped.
+fn after_head(msg: Option<Out>) -> Option<Result<Frame<Bytes>, BoxError>> {
+    match msg {
+        Some(Out::Data(data)) => Some(Ok(Frame::data(data))),
+        Some(Out::End) => None,
+        Some(Out::Fail(tb)) => Some(Err(format!(
+            "the WSGI app failed after sending its head:\n{tb}"
+        )
+        .into())),
+        Some(Out::Head(_)) => Some(Err("the WSGI app sent a second head".into())),
+        None => Some(Err(
+            "the response ended early: its Python thread stopped".into()
+        )),
     }
 }
 
