@@ -328,7 +328,7 @@ impl Slow {
             "slow request: {} running for {:.1}s (worker {}{child})",
             self.what,
             self.start.elapsed().as_secs_f64(),
-            std::process::id()
+            super::pid()
         );
         match self.running.detail.lock().ok().and_then(|d| d.clone()) {
             Some(detail) => log_with_detail(line, detail),

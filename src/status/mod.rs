@@ -264,9 +264,10 @@ pub(crate) fn pid() -> u32 {
 
 /// A worker process (or a threaded server) starts serving: it claims its slot.
 pub(crate) fn worker_started() {
-    PID.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
+    PID.store(pid, std::sync::atomic::Ordering::Relaxed);
     if let Some(mapped) = BOARD.get() {
-        if let Some(slot) = mapped.board.claim_slot(std::process::id()) {
+        if let Some(slot) = mapped.board.claim_slot(pid) {
             let _ = SLOT.set(slot);
         }
     }
