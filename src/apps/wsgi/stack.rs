@@ -6,7 +6,7 @@
 //! the GIL. When the request is found slow, the status layer calls [`PythonStack::take`] on a
 //! thread of its own: it takes the GIL (Python hands it over within its switch interval, even
 //! from a busy loop), reads the slot, and formats that thread's frame from
-//! `sys._current_frames()` with `traceback.format_stack`, innermost frames kept.
+//! `sys._current_frames()` with `traceback`, one entry per frame, innermost frames kept.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -86,12 +86,19 @@ fn format(py: Python<'_>, ident: u64) -> PyResult<Option<String>> {
         depth += 1;
         f = f.getattr("f_back")?;
     }
-    let entries = py
-        .import("traceback")?
-        .call_method1("format_stack", (&frame, MAX_STACK_FRAMES))?
-        .cast_into::<PyList>()?
-        .iter()
-        .map(|e| e.extract::<String>())
+    // One entry per frame: format_stack() would fold a recursion's repeated frames into one
+    // "[Previous line repeated N more times]" entry, and the count of frames left out, which
+    // is the depth less the entries kept, would be off by those.
+    let traceback = py.import("traceback")?;
+    let entries = traceback
+        .call_method1("extract_stack", (&frame, MAX_STACK_FRAMES))?
+        .try_iter()?
+        .map(|summary| {
+            traceback
+                .call_method1("format_list", (PyList::new(py, [summary?])?,))?
+                .get_item(0)?
+                .extract::<String>()
+        })
         .collect::<PyResult<Vec<_>>>()?;
     Ok(Some(render(ident, depth, &entries)))
 }

@@ -516,3 +516,59 @@ async fn inline_a_generator_yields_before_each_step_and_a_list_does_not() {
     assert_eq!(poll_once(&mut body), Ok(Some(Bytes::from("b"))));
     assert_eq!(poll_once(&mut body), Ok(None));
 }
+
+/// The slow log's Python stack of a Python thread held `depth` calls deep: the frames it
+/// shows and the outer frames it says it left out.
+fn stack_at_depth(depth: usize) -> (usize, usize, String) {
+    let _started = app("hello", 1);
+    Python::attach(|py| {
+        let code = std::ffi::CString::new(format!(
+            "import threading, _thread\n\
+             ready = threading.Event()\n\
+             release = threading.Event()\n\
+             seen = {{}}\n\
+             def rec(n):\n    \
+                 if n == 0:\n        \
+                     seen['ident'] = _thread.get_ident()\n        \
+                     ready.set()\n        \
+                     release.wait()\n        \
+                     return\n    \
+                 rec(n - 1)\n\
+             t = threading.Thread(target=rec, args=({depth},))\n\
+             t.start()\n\
+             ready.wait()\n"
+        ))
+        .unwrap();
+        let globals = pyo3::types::PyDict::new(py);
+        py.run(&code, Some(&globals), None).unwrap();
+        let get = |name: &str| globals.get_item(name).unwrap().unwrap();
+        let ident: u64 = get("seen").get_item("ident").unwrap().extract().unwrap();
+        let on = stack::RunningOn::default();
+        on.start(py, ident);
+        let text = crate::status::layer::SlowDetail::take(&stack::PythonStack(on));
+        get("release").call_method0("set").unwrap();
+        get("t").call_method0("join").unwrap();
+        let shown = text.matches("  File ").count();
+        let left_out = text
+            .split("... ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .map_or(0, |n| n.parse().unwrap());
+        assert!(text.contains("in rec"), "{text}");
+        (shown, left_out, text)
+    })
+}
+
+#[tokio::test]
+async fn the_slow_logs_python_stack_shows_max_stack_frames_and_counts_the_rest() {
+    // The frames a thread has beyond rec's own (threading's bootstrap, Event.wait).
+    let (base, left_out, text) = stack_at_depth(0);
+    assert_eq!(left_out, 0, "{text}");
+    let at_limit = stack::MAX_STACK_FRAMES - base;
+    let (shown, left_out, text) = stack_at_depth(at_limit);
+    assert_eq!((shown, left_out), (stack::MAX_STACK_FRAMES, 0), "{text}");
+    let (shown, left_out, text) = stack_at_depth(at_limit + 1);
+    assert_eq!((shown, left_out), (stack::MAX_STACK_FRAMES, 1), "{text}");
+    // The innermost frames are the ones kept: the last is where the thread waits.
+    assert!(text.trim_end().ends_with("waiter.acquire()"), "{text}");
+}
