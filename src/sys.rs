@@ -456,6 +456,35 @@ pub(crate) mod python {
         }
     }
 
+    /// A `bytes` object holding `parts` one after the other, each byte copied once. pyo3's
+    /// `PyBytes::new_with` zeroes the object before the copy, a second pass over the data:
+    /// `wsgi.input` reads that span chunks spent a twentieth of an upload's CPU zeroing.
+    pub(crate) fn bytes_from_parts<'py>(
+        py: pyo3::Python<'py>,
+        parts: &[bytes::Bytes],
+    ) -> pyo3::PyResult<pyo3::Bound<'py, pyo3::types::PyBytes>> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let size = ffi::Py_ssize_t::try_from(len)
+            .map_err(|_| pyo3::exceptions::PyOverflowError::new_err("read too large"))?;
+        // SAFETY: `py` proves the GIL is held. PyBytes_FromStringAndSize(NULL, size) returns
+        // a new object of `size` bytes not yet written (or null with an exception set, which
+        // from_owned_ptr_or_err returns as the error). Its buffer, from PyBytes_AsString, is
+        // `size` bytes long and written here exactly once, with no overlap (the parts are
+        // not Python memory), before the object is handed to anyone; the cast is the type
+        // the constructor made.
+        unsafe {
+            let obj = ffi::PyBytes_FromStringAndSize(null_mut(), size);
+            let obj = pyo3::Bound::from_owned_ptr_or_err(py, obj)?;
+            let dst = ffi::PyBytes_AsString(obj.as_ptr()).cast::<u8>();
+            let mut at = 0;
+            for part in parts {
+                std::ptr::copy_nonoverlapping(part.as_ptr(), dst.add(at), part.len());
+                at += part.len();
+            }
+            Ok(obj.cast_into_unchecked())
+        }
+    }
+
     /// A virtualenv's interpreter path as a C string, refusing interior NULs.
     pub(crate) fn c_path(path: &std::path::Path) -> Result<CString, String> {
         use std::os::unix::ffi::OsStrExt;

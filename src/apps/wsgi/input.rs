@@ -137,19 +137,7 @@ impl Input {
         // Split off under the lock (no copy), copy without it: allocating the object may
         // run Python code (a collection), which might touch this stream.
         let parts = lock(&self.state).buf.split_to(n);
-        if let [one] = parts.as_slice() {
-            // The usual read (within one chunk): copied as is, not into a zeroed object.
-            return Ok(PyBytes::new(py, one));
-        }
-        let len = parts.iter().map(Bytes::len).sum();
-        PyBytes::new_with(py, len, |dst| {
-            let mut at = 0;
-            for part in &parts {
-                dst[at..at + part.len()].copy_from_slice(part);
-                at += part.len();
-            }
-            Ok(())
-        })
+        crate::sys::python::bytes_from_parts(py, &parts)
     }
 
     /// Bytes buffered, and whether the end was seen.
