@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::util::apache_proxy::ApacheProxy;
 use crate::util::cases::Stack;
 use crate::util::client::{http_get, http_request, pattern_bytes, sha256_hex};
-use crate::util::command::{Server, TestCommand};
+use crate::util::command::{peak_rss_of, rss_of, Server, TestCommand};
 use crate::util::webserver::Nginx;
 
 /// The admin user the site is created with.
@@ -850,66 +850,90 @@ fn hup_picks_up_changed_python_code() {
 
 /// A 1 GiB upload read by the app and a 1 GiB streamed download each keep appserver's
 /// resident memory within 32 MiB of what it was idle, with Python loaded (through nginx,
-/// curl on the other side).
+/// curl on the other side): the threaded server, and a prefork worker (whose Python thread
+/// reads the upload, while its own thread runs the download's app).
 #[test]
 fn gigabyte_transfers_keep_memory_bounded() {
     const GIB: u64 = 1 << 30;
-    let upload = testapp("input_app", &["method=threaded"], &[]).start();
-    let download = testapp("big", &["method=threaded"], &[]).start();
-    for (server, what) in [(&upload, "upload"), (&download, "download")] {
-        let front: crate::util::webserver::WebServer =
-            Nginx::fastcgi(server.listen(), crate::util::webserver::FcgiPass::Close).into();
-        // Warm up: Python's first request allocates what it keeps.
-        assert_eq!(
-            http_get(front.port(), "/?1").status,
-            200,
-            "{}",
-            server.log()
-        );
-        let idle = server.rss();
-        let url = format!("http://127.0.0.1:{}/", front.port());
-        let out = if what == "upload" {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "head -c {GIB} /dev/zero | curl -sS --max-time 300 -T - -X POST \
-                     -H 'Content-Type: application/octet-stream' '{url}?sha'"
-                ))
-                .output()
-                .unwrap()
-        } else {
-            Command::new("curl")
-                .args([
-                    "-sS",
-                    "--max-time",
-                    "300",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{size_download}",
-                ])
-                .arg(format!("{url}?1024"))
-                .output()
-                .unwrap()
-        };
-        let text = String::from_utf8_lossy(&out.stdout);
-        if what == "upload" {
-            assert!(
-                text.contains(&format!("\"len\": {GIB}")),
-                "{text}\n{}",
+    for method in ["threaded", "prefork"] {
+        let model = [format!("method={method}"), "maxchildren=1".into()];
+        let model: Vec<&str> = model.iter().map(String::as_str).collect();
+        let upload = testapp("input_app", &model, &[]).start();
+        let download = testapp("big", &model, &[]).start();
+        for (server, what, size) in [(&upload, "upload", GIB), (&download, "download", GIB)] {
+            let front: crate::util::webserver::WebServer =
+                Nginx::fastcgi(server.listen(), crate::util::webserver::FcgiPass::Close).into();
+            // Warm up: Python's first request allocates what it keeps.
+            assert_eq!(
+                http_get(front.port(), "/?1").status,
+                200,
+                "{}",
                 server.log()
             );
-        } else {
-            assert_eq!(text, GIB.to_string(), "{}", server.log());
+            // The process that serves: the threaded server, or the prefork master's worker.
+            let children =
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", server.pid()))
+                    .unwrap_or_default();
+            let children: Vec<u32> = children
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            let pid = match children.as_slice() {
+                [] => server.pid(),
+                [worker] => *worker,
+                more => panic!("{method}: one worker expected, found {more:?}"),
+            };
+            let idle = rss_of(pid);
+            let url = format!("http://127.0.0.1:{}/", front.port());
+            let out = if what == "upload" {
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(format!(
+                        "head -c {size} /dev/zero | curl -sS --max-time 300 -T - -X POST \
+                         -H 'Content-Type: application/octet-stream' '{url}?sha'"
+                    ))
+                    .output()
+                    .unwrap()
+            } else {
+                Command::new("curl")
+                    .args([
+                        "-sS",
+                        "--max-time",
+                        "300",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{size_download}",
+                    ])
+                    .arg(format!("{url}?{}", size >> 20))
+                    .output()
+                    .unwrap()
+            };
+            let text = String::from_utf8_lossy(&out.stdout);
+            if what == "upload" {
+                assert!(
+                    text.contains(&format!("\"len\": {size}")),
+                    "{method} {what}: {text}\n{}",
+                    server.log()
+                );
+            } else {
+                assert_eq!(text, size.to_string(), "{}", server.log());
+            }
+            let peak = peak_rss_of(pid);
+            eprintln!(
+                "{method} {what} of {} MiB: idle {} KiB, peak {} KiB, after {} KiB",
+                size >> 20,
+                idle / 1024,
+                peak / 1024,
+                rss_of(pid) / 1024
+            );
+            assert!(
+                peak < idle + (32 << 20),
+                "{method} {what}: peak RSS {} KiB, idle {} KiB",
+                peak / 1024,
+                idle / 1024
+            );
         }
-        let peak = server.peak_rss();
-        eprintln!("{what}: idle {} KiB, peak {} KiB", idle / 1024, peak / 1024);
-        assert!(
-            peak < idle + (32 << 20),
-            "{what}: peak RSS {} KiB, idle {} KiB",
-            peak / 1024,
-            idle / 1024
-        );
     }
 }
 

@@ -415,12 +415,12 @@ impl Server {
 
     /// Peak resident set size (`VmHWM`) in bytes, from `/proc/PID/status`.
     pub(crate) fn peak_rss(&self) -> u64 {
-        proc_status_kib(self.pid, "VmHWM:") * 1024
+        peak_rss_of(self.pid)
     }
 
     /// Current resident set size (`VmRSS`) in bytes.
     pub(crate) fn rss(&self) -> u64 {
-        proc_status_kib(self.pid, "VmRSS:") * 1024
+        rss_of(self.pid)
     }
 
     /// Stops the server: TERM (so a master can take its workers down), KILL after 2 s.
@@ -525,6 +525,16 @@ fn stable_rows(table: &str, pick: impl Fn(&[&str]) -> Option<String>) -> BTreeSe
 /// microseconds; only a table that changes on every read (heavy load) exhausts this, and
 /// callers that look at a busy table poll it anyway.
 const MAX_TABLE_READS: usize = 100;
+
+/// Current resident set size (`VmRSS`) of process `pid` in bytes.
+pub(crate) fn rss_of(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:") * 1024
+}
+
+/// Peak resident set size (`VmHWM`) of process `pid` in bytes.
+pub(crate) fn peak_rss_of(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM:") * 1024
+}
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
