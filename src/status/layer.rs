@@ -342,20 +342,13 @@ impl Slow {
 /// meanwhile, and the line is logged (once) whatever the detail does.
 fn log_with_detail(line: String, detail: Arc<dyn SlowDetail>) {
     let what = detail.what();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let queued = match detail_queue() {
-        None => Err("cannot start its thread".to_owned()),
-        Some(queue) => queue.try_send((detail, tx)).map_err(|e| match e {
-            TrySendError::Full(_) => {
-                format!("{MAX_DETAILS_WAITING} slow requests already wait for theirs")
-            }
-            TrySendError::Disconnected(_) => "its thread is gone".to_owned(),
-        }),
+    let rx = match queue_detail(detail) {
+        Ok(rx) => rx,
+        Err(why) => {
+            tracing::warn!("{line}\n  ({what} not taken: {why})");
+            return;
+        }
     };
-    if let Err(why) = queued {
-        tracing::warn!("{line}\n  ({what} not taken: {why})");
-        return;
-    }
     tokio::spawn(async move {
         match tokio::time::timeout(SLOW_DETAIL_WAIT, rx).await {
             Ok(Ok(text)) => tracing::warn!("{line}\n{text}"),
@@ -366,6 +359,26 @@ fn log_with_detail(line: String, detail: Arc<dyn SlowDetail>) {
             ),
         }
     });
+}
+
+/// Queues `detail` for the detail thread, whose answer `rx` gets; refused, saying why, when
+/// [`MAX_DETAILS_WAITING`] details already wait.
+fn queue_detail(
+    detail: Arc<dyn SlowDetail>,
+) -> Result<tokio::sync::oneshot::Receiver<String>, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    match detail_queue() {
+        None => Err("cannot start its thread".to_owned()),
+        Some(queue) => queue
+            .try_send((detail, tx))
+            .map(|()| rx)
+            .map_err(|e| match e {
+                TrySendError::Full(_) => {
+                    format!("{MAX_DETAILS_WAITING} slow requests already wait for theirs")
+                }
+                TrySendError::Disconnected(_) => "its thread is gone".to_owned(),
+            }),
+    }
 }
 
 /// A detail to take, and where its text goes.
@@ -484,8 +497,65 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{request_target, slow_log_watches, Observed};
+    use super::{
+        queue_detail, request_target, slow_log_watches, Observed, SlowDetail, MAX_DETAILS_WAITING,
+    };
     use crate::{Body, BoxError, Handler, Request, Response};
+
+    /// A detail whose taking says it started, then waits until `release` is sent (or
+    /// dropped): the detail thread stuck, as behind a request that holds the GIL in C code.
+    #[derive(Debug)]
+    struct Stuck {
+        started: std::sync::mpsc::SyncSender<()>,
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+    impl SlowDetail for Stuck {
+        fn what(&self) -> &'static str {
+            "stuck"
+        }
+        fn take(&self) -> String {
+            let _ = self.started.send(());
+            let _ = self.release.lock().unwrap().recv();
+            "stuck".into()
+        }
+    }
+
+    #[derive(Debug)]
+    struct Quick;
+    impl SlowDetail for Quick {
+        fn what(&self) -> &'static str {
+            "quick"
+        }
+        fn take(&self) -> String {
+            "quick".into()
+        }
+    }
+
+    #[test]
+    fn details_wait_up_to_their_bound_behind_a_stuck_one_and_the_next_is_refused() {
+        let (started_tx, started) = std::sync::mpsc::sync_channel(1);
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let stuck = Arc::new(Stuck {
+            started: started_tx,
+            release: std::sync::Mutex::new(release_rx),
+        });
+        let stuck_rx = queue_detail(stuck).unwrap();
+        // The detail thread holds the stuck one: the queue behind it is empty.
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let waiting: Vec<_> = (0..MAX_DETAILS_WAITING)
+            .map(|i| queue_detail(Arc::new(Quick)).unwrap_or_else(|e| panic!("detail {i}: {e}")))
+            .collect();
+        let refused = queue_detail(Arc::new(Quick)).unwrap_err();
+        assert_eq!(
+            refused,
+            format!("{MAX_DETAILS_WAITING} slow requests already wait for theirs")
+        );
+        drop(release);
+        assert_eq!(stuck_rx.blocking_recv().unwrap(), "stuck");
+        for rx in waiting {
+            assert_eq!(rx.blocking_recv().unwrap(), "quick");
+        }
+    }
 
     /// Records whether the slow log watched the request it handled.
     struct Watched(Arc<AtomicBool>);
