@@ -1,12 +1,13 @@
 //! The peer benchmark (`benches/peers.sh`) is not run in CI, but what it is made of is
 //! checked here: its usage text and option errors, the nginx config it generates (`nginx -t`),
-//! and the bench example's three pages through a real nginx.
+//! the bench example's three pages through a real nginx, and the floor (`floor.c`) built and
+//! answering through nginx.
 
 use std::path::Path;
 use std::process::Command;
 
 use crate::util::client::http_request;
-use crate::util::command::TestCommand;
+use crate::util::command::{Listen, TestCommand};
 use crate::util::webserver::{nginx_bin, FcgiPass, Nginx};
 
 const SCRIPT: &str = "benches/peers.sh";
@@ -18,6 +19,8 @@ const BACKENDS: &[&str] = &[
     "uwsgi-scgi",
     "php-fpm",
     "go-fcgi",
+    "fcgi-floor",
+    "fcgi-floor-kc",
     "appserver-{threaded,prefork}-{fcgi,fcgi-kc,scgi}",
 ];
 
@@ -145,5 +148,52 @@ fn bench_example_serves_the_peer_contract() {
         let upload = http_request(nginx.port(), "POST", "/prefix/upload", &[], &body);
         assert_eq!(upload.status, 200, "{pass:?}");
         assert_eq!(upload.text(), format!("{}\n", body.len()), "{pass:?}");
+    }
+}
+
+/// The floor backend (`benches/peers/floor.c`) builds with gcc and answers `/` exactly as the
+/// contract says, through nginx with and without keep-conn, several requests per connection
+/// with it.
+#[test]
+fn fcgi_floor_builds_and_serves_hello() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = dir.path().join("fcgi-floor");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/floor.c");
+    let built = Command::new("gcc")
+        .args(["-O2", "-Wall", "-Werror", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("gcc (the machine's C compiler)");
+    assert!(built.success(), "gcc {}: {built}", src.display());
+    let sock = dir.path().join("floor.sock");
+    let mut child = Command::new(&bin)
+        .arg(&sock)
+        .spawn()
+        .expect("start fcgi-floor");
+    // Ready when its socket accepts a connection.
+    let ready = (0..200).any(|_| {
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        false
+    });
+    let result = std::panic::catch_unwind(|| {
+        assert!(ready, "fcgi-floor did not listen on {}", sock.display());
+        for pass in [FcgiPass::Close, FcgiPass::KeepConn] {
+            let nginx = Nginx::fastcgi(&Listen::Unix(sock.clone()), pass);
+            for _ in 0..3 {
+                let hello = http_request(nginx.port(), "GET", "/", &[], &[]);
+                assert_eq!(hello.status, 200, "{pass:?}");
+                assert_eq!(hello.body, b"Hello, world\n", "{pass:?}");
+                assert_eq!(hello.header("content-type"), Some("text/plain"), "{pass:?}");
+            }
+        }
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
     }
 }

@@ -55,7 +55,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 class Backend:
     """One row of the table: a server, how nginx reaches it, and how many processes it runs."""
 
-    def __init__(self, name, label, protocol, keep_conn, procs, argv=None, php=False):
+    def __init__(self, name, label, protocol, keep_conn, procs, argv=None, php=False, pages=PAGES):
         self.name = name
         self.label = label
         self.protocol = protocol  # "fcgi", "scgi" or None (nginx itself)
@@ -63,6 +63,7 @@ class Backend:
         self.procs = procs  # processes in the tree once ready (master + workers)
         self.argv = argv  # function(dir, socket) -> argv, None for nginx-direct
         self.php = php
+        self.pages = pages  # what it serves: the floor serves `/` only
 
 
 def appserver(method, protocol):
@@ -120,12 +121,19 @@ def go_peer(d, sock):
     return [os.path.join(d, "go-peer"), sock]
 
 
+def fcgi_floor(d, sock):
+    return [os.path.join(d, "fcgi-floor"), sock]
+
+
 BACKENDS = [
     Backend("nginx-direct", "nginx alone (the ceiling)", None, None, 3),
     Backend("uwsgi-fcgi", "uWSGI 2.0 python3, 2 processes", "fcgi", False, 3, uwsgi("fcgi")),
     Backend("uwsgi-scgi", "uWSGI 2.0 python3, 2 processes", "scgi", False, 3, uwsgi("scgi")),
     Backend("php-fpm", "php-fpm, static pool of 2", "fcgi", False, 3, php_fpm, php=True),
     Backend("go-fcgi", "Go net/http/fcgi", "fcgi", False, 1, go_peer),
+    # The floor of backend CPU per request (floor.c): `/` only.
+    Backend("fcgi-floor", "floor.c, one thread", "fcgi", False, 1, fcgi_floor, pages=("hello",)),
+    Backend("fcgi-floor-kc", "floor.c, one thread", "fcgi", True, 1, fcgi_floor, pages=("hello",)),
     Backend(
         "appserver-threaded-fcgi",
         "appserver threaded",
@@ -366,11 +374,13 @@ def request(port, method, path, body=None):
         conn.close()
 
 
-def check_contract(port, prefix, upload_body):
-    """None, or what the backend under `prefix` got wrong."""
+def check_contract(port, prefix, upload_body, pages=PAGES):
+    """None, or what the backend under `prefix` got wrong (on the pages it serves)."""
     status, ctype, body = request(port, "GET", prefix)
     if status != 200 or body != HELLO or not ctype.startswith("text/plain"):
         return "/ answered %d %r %r, not 200 text/plain %r" % (status, ctype, body[:80], HELLO)
+    if pages == ("hello",):
+        return None
     status, _, body = request(port, "GET", prefix + "big")
     if status != 200 or len(body) != BIG_LEN:
         return "/big answered %d with %d bytes, not 200 with %d" % (status, len(body), BIG_LEN)
@@ -586,11 +596,11 @@ def measure(backend, proc, nginx, args, port, d, upload_body):
     root = proc.pid if proc else nginx.pid
     prefix = "/%s/" % backend.name
     record = {"backend": backend.name, "idle_rss": idle_rss(root), "pages": {}}
-    wrong = check_contract(port, prefix, upload_body)
+    wrong = check_contract(port, prefix, upload_body, backend.pages)
     if wrong:
         record["error"] = wrong
         return record
-    for page in PAGES:
+    for page in backend.pages:
         pids = tree(root)
         nginx_pids = tree(nginx.pid)
         cpu0, ncpu0 = cpu_ticks(pids), cpu_ticks(nginx_pids)
@@ -655,6 +665,9 @@ def run(args):
         results["versions"] = versions()
         if any(b.name == "go-fcgi" for b in selected):
             build_go(d)
+        if any(b.argv is fcgi_floor for b in selected):
+            subprocess.run(["gcc", "-O2", "-o", os.path.join(d, "fcgi-floor"), os.path.join(HERE, "floor.c")],
+                           check=True)
 
         port = free_port()
         with open(d + "/nginx.conf", "w") as f:
@@ -723,7 +736,8 @@ def median_rss(samples):
 def summarize(results, selected):
     summary = {}
     for b in selected:
-        runs = [r for r in results["runs"] if r["backend"] == b.name and "pages" in r and len(r["pages"]) == 3]
+        runs = [r for r in results["runs"]
+                if r["backend"] == b.name and "pages" in r and len(r["pages"]) == len(b.pages)]
         s = {
             "label": b.label,
             "protocol": b.protocol,
@@ -733,7 +747,7 @@ def summarize(results, selected):
             "idle_rss": median_rss([r["idle_rss"] for r in runs]),
         }
         for page in PAGES:
-            ws = [r["pages"][page] for r in runs]
+            ws = [r["pages"][page] for r in runs if page in r["pages"]]
             s[page] = {
                 "rps": median_of([w["rps"] for w in ws]),
                 "mib_per_s": median_of([w["mib_per_s"] for w in ws]),
