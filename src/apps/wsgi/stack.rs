@@ -27,8 +27,8 @@ pub(crate) const MAX_STACK_FRAMES: usize = 20;
 pub(crate) const MAX_STACK_BYTES: usize = 8 * 1024;
 
 /// How deep a stack is counted before the count gives up (it only says how many outer frames
-/// were left out): Python's own recursion limit is 1000.
-const MAX_COUNTED_DEPTH: usize = 10_000;
+/// were left out, "at least" beyond it): Python's own recursion limit is 1000.
+pub(crate) const MAX_COUNTED_DEPTH: usize = 10_000;
 
 /// The Python thread running one request: its `threading.get_ident()`, 0 while none does
 /// (the request waits for a thread, or its Python part is done).
@@ -86,6 +86,7 @@ fn format(py: Python<'_>, ident: u64) -> PyResult<Option<String>> {
         depth += 1;
         f = f.getattr("f_back")?;
     }
+    let counted_all = f.is_none();
     // One entry per frame: format_stack() would fold a recursion's repeated frames into one
     // "[Previous line repeated N more times]" entry, and the count of frames left out, which
     // is the depth less the entries kept, would be off by those.
@@ -100,12 +101,13 @@ fn format(py: Python<'_>, ident: u64) -> PyResult<Option<String>> {
                 .extract::<String>()
         })
         .collect::<PyResult<Vec<_>>>()?;
-    Ok(Some(render(ident, depth, &entries)))
+    Ok(Some(render(ident, depth, counted_all, &entries)))
 }
 
 /// The text of the stack: a header, then the entries (outermost first) that fit in
-/// [`MAX_STACK_BYTES`], innermost kept.
-fn render(ident: u64, depth: usize, entries: &[String]) -> String {
+/// [`MAX_STACK_BYTES`], innermost kept. `depth` is the stack's depth, or where counting it
+/// stopped when `counted_all` is false.
+fn render(ident: u64, depth: usize, counted_all: bool, entries: &[String]) -> String {
     let mut kept: Vec<String> = Vec::new();
     let mut bytes = 0;
     for entry in entries.iter().rev() {
@@ -127,7 +129,10 @@ fn render(ident: u64, depth: usize, entries: &[String]) -> String {
     let left_out = depth.saturating_sub(kept.len());
     let mut text = format!("  Python stack of thread {ident} (most recent call last):\n");
     if left_out > 0 {
-        text.push_str(&format!("  ... {left_out} outer frames left out\n"));
+        let at_least = if counted_all { "" } else { "at least " };
+        text.push_str(&format!(
+            "  ... {at_least}{left_out} outer frames left out\n"
+        ));
     }
     for entry in kept.iter().rev() {
         text.push_str(entry);
@@ -147,7 +152,7 @@ mod tests {
     #[test]
     fn render_indents_and_counts_left_out_frames() {
         let entries: Vec<_> = (0..3).map(entry).collect();
-        let text = render(7, 25, &entries);
+        let text = render(7, 25, true, &entries);
         assert_eq!(
             text,
             "  Python stack of thread 7 (most recent call last):\n  \
@@ -156,7 +161,10 @@ mod tests {
              File \"/app/m.py\", line 1, in f1\n      call_1()\n    \
              File \"/app/m.py\", line 2, in f2\n      call_2()"
         );
-        assert!(!render(7, 3, &entries).contains("left out"));
+        assert!(!render(7, 3, true, &entries).contains("left out"));
+        assert!(
+            render(7, 25, false, &entries).contains("  ... at least 22 outer frames left out\n")
+        );
     }
 
     #[test]
@@ -170,12 +178,12 @@ mod tests {
         let fit = MAX_STACK_BYTES / ENTRY;
         // At the limit: every frame kept.
         let exact: Vec<_> = (0..fit).map(big).collect();
-        let text = render(1, fit, &exact);
+        let text = render(1, fit, true, &exact);
         assert!(!text.contains("left out"), "{text}");
         assert_eq!(text.matches("  File ").count(), fit);
         // Over it: the outermost frame is left out, the innermost kept.
         let over: Vec<_> = (0..=fit).map(big).collect();
-        let text = render(1, fit + 1, &over);
+        let text = render(1, fit + 1, true, &over);
         assert!(text.contains("... 1 outer frames left out"), "{text}");
         assert!(!text.contains("in f00\n"));
         assert!(text.contains(&format!("in f{fit:02}\n")));
@@ -185,7 +193,7 @@ mod tests {
             "  File \"/app/m.py\", line 1, in f\n    {}\n",
             "é".repeat(MAX_STACK_BYTES)
         )];
-        let text = render(1, 1, &huge);
+        let text = render(1, 1, true, &huge);
         assert!(
             text.contains("in f\n") && text.ends_with("..."),
             "{}",

@@ -522,8 +522,11 @@ async fn inline_a_generator_yields_before_each_step_and_a_list_does_not() {
 fn stack_at_depth(depth: usize) -> (usize, usize, String) {
     let _started = app("hello", 1);
     Python::attach(|py| {
+        // The recursion limit above the depth: Python's default is 1000 (pure-Python calls
+        // use no C stack, so the thread's stack is not the bound).
         let code = std::ffi::CString::new(format!(
-            "import threading, _thread\n\
+            "import sys, threading, _thread\n\
+             sys.setrecursionlimit(max(sys.getrecursionlimit(), {depth} + 1000))\n\
              ready = threading.Event()\n\
              release = threading.Event()\n\
              seen = {{}}\n\
@@ -552,6 +555,7 @@ fn stack_at_depth(depth: usize) -> (usize, usize, String) {
         let left_out = text
             .split("... ")
             .nth(1)
+            .map(|rest| rest.trim_start_matches("at least "))
             .and_then(|rest| rest.split(' ').next())
             .map_or(0, |n| n.parse().unwrap());
         assert!(text.contains("in rec"), "{text}");
@@ -571,4 +575,18 @@ async fn the_slow_logs_python_stack_shows_max_stack_frames_and_counts_the_rest()
     assert_eq!((shown, left_out), (stack::MAX_STACK_FRAMES, 1), "{text}");
     // The innermost frames are the ones kept: the last is where the thread waits.
     assert!(text.trim_end().ends_with("waiter.acquire()"), "{text}");
+    // Counting stops at MAX_COUNTED_DEPTH: exact up to there, "at least" beyond.
+    let head = |text: &str| text.lines().take(2).collect::<Vec<_>>().join("\n");
+    let deepest = stack::MAX_COUNTED_DEPTH - base;
+    let (_, left_out, text) = stack_at_depth(deepest);
+    let counted = stack::MAX_COUNTED_DEPTH - stack::MAX_STACK_FRAMES;
+    assert_eq!(left_out, counted, "{}", head(&text));
+    assert!(!text.contains("at least"), "{}", head(&text));
+    let (_, left_out, text) = stack_at_depth(deepest + 1);
+    assert_eq!(left_out, counted, "{}", head(&text));
+    assert!(
+        text.contains(&format!("... at least {counted} outer frames left out")),
+        "{}",
+        head(&text)
+    );
 }
