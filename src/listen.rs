@@ -375,15 +375,8 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(written) = this.try_plain(|sock| sock.send(buf)) {
-            return Poll::Ready(written);
-        }
-        match &mut this.conn {
-            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            _ => Poll::Ready(Err(lost())),
-        }
+        // One slice is a vectored write of one: the same send, one path to keep.
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
