@@ -863,7 +863,7 @@ fn gigabyte_transfers_keep_memory_bounded() {
         let method = model[0];
         let upload = testapp("input_app", model, &[]).start();
         let download = testapp("big", model, &[]).start();
-        for (server, what, size) in [(&upload, "upload", GIB), (&download, "download", GIB)] {
+        for (server, what) in [(&upload, "upload"), (&download, "download")] {
             let front: crate::util::webserver::WebServer =
                 Nginx::fastcgi(server.listen(), crate::util::webserver::FcgiPass::Close).into();
             // Warm up: Python's first request allocates what it keeps.
@@ -892,7 +892,7 @@ fn gigabyte_transfers_keep_memory_bounded() {
                 Command::new("sh")
                     .arg("-c")
                     .arg(format!(
-                        "head -c {size} /dev/zero | curl -sS --max-time 300 -T - -X POST \
+                        "head -c {GIB} /dev/zero | curl -sS --max-time 300 -T - -X POST \
                          -H 'Content-Type: application/octet-stream' '{url}?sha'"
                     ))
                     .output()
@@ -908,24 +908,23 @@ fn gigabyte_transfers_keep_memory_bounded() {
                         "-w",
                         "%{size_download}",
                     ])
-                    .arg(format!("{url}?{}", size >> 20))
+                    .arg(format!("{url}?{}", GIB >> 20))
                     .output()
                     .unwrap()
             };
             let text = String::from_utf8_lossy(&out.stdout);
             if what == "upload" {
                 assert!(
-                    text.contains(&format!("\"len\": {size}")),
+                    text.contains(&format!("\"len\": {GIB}")),
                     "{method} {what}: {text}\n{}",
                     server.log()
                 );
             } else {
-                assert_eq!(text, size.to_string(), "{}", server.log());
+                assert_eq!(text, GIB.to_string(), "{}", server.log());
             }
             let peak = peak_rss_of(pid);
             eprintln!(
-                "{method} {what} of {} MiB: idle {} KiB, peak {} KiB, after {} KiB",
-                size >> 20,
+                "{method} {what}: idle {} KiB, peak {} KiB, after {} KiB",
                 idle / 1024,
                 peak / 1024,
                 rss_of(pid) / 1024
@@ -1003,17 +1002,14 @@ fn wsgi_errors_lines_reach_the_log_naming_the_request() {
         let body = crate::util::client::fcgi_get(&mut stream, &params, false).text();
         assert!(body.ends_with("logged"), "{method}: {body}");
         for text in ["wsgi.errors: first line", "wsgi.errors: unfinished"] {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let log = server.log();
-                let line = log.lines().find(|l| l.contains(text));
-                if let Some(line) = line {
-                    assert!(line.contains("GET /why?x=1"), "{method}: {line}");
-                    break;
-                }
-                assert!(Instant::now() < deadline, "{method}: no {text:?} in\n{log}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            assert!(
+                server.wait_log(text, 1),
+                "{method}: no {text:?} in\n{}",
+                server.log()
+            );
+            let log = server.log();
+            let line = log.lines().find(|l| l.contains(text)).unwrap();
+            assert!(line.contains("GET /why?x=1"), "{method}: {line}");
         }
     }
 }

@@ -504,7 +504,6 @@ mod tests {
 
     /// A detail whose taking says it started, then waits until `release` is sent (or
     /// dropped): the detail thread stuck, as behind a request that holds the GIL in C code.
-    #[derive(Debug)]
     struct Stuck {
         started: std::sync::mpsc::SyncSender<()>,
         release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
@@ -520,7 +519,6 @@ mod tests {
         }
     }
 
-    #[derive(Debug)]
     struct Quick;
     impl SlowDetail for Quick {
         fn what(&self) -> &'static str {
