@@ -883,14 +883,18 @@ mod tests {
         assert!(e.to_string().contains("cannot resolve host"), "{e}");
     }
 
+    /// A listener on `s.sock` in `dir` (inside the runtime), and the socket's path.
+    fn unix_listener(dir: &tempfile::TempDir) -> (Listener, std::path::PathBuf) {
+        let path = dir.path().join("s.sock");
+        let std_l = bind(&config(&[&format!("socket={}", path.display())])).unwrap();
+        (Listener::from_std(std_l).unwrap(), path)
+    }
+
     #[tokio::test]
     async fn a_request_there_at_accept_and_answered_at_once_never_registers_the_socket() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.sock");
-        let l =
-            Listener::from_std(bind(&config(&[&format!("socket={}", path.display())])).unwrap())
-                .unwrap();
+        let (l, path) = unix_listener(&dir);
         let mut client = StdUnixStream::connect(&path).unwrap();
         std::io::Write::write_all(&mut client, b"request").unwrap();
         let (mut stream, _) = l.accept().await.unwrap();
@@ -945,10 +949,7 @@ mod tests {
     async fn stream_reads_and_writes_over_unix() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.sock");
-        let l =
-            Listener::from_std(bind(&config(&[&format!("socket={}", path.display())])).unwrap())
-                .unwrap();
+        let (l, path) = unix_listener(&dir);
         assert_eq!(l.description(), format!("unix:{}", path.display()));
         let mut client = UnixStream::connect(&path).await.unwrap();
         let (mut stream, peer) = l.accept().await.unwrap();
