@@ -130,22 +130,35 @@ pub enum BodyError {
     },
 }
 
-/// How many body chunks may wait in the channel between driver and handler. Each chunk is at
-/// most 64 KiB (one record or packet, or small ones joined: the driver's
-/// `MAX_JOINED_BODY_CHUNK`), so a request pins at most ~256 KiB of unread body.
-pub(crate) const BODY_CHANNEL_CHUNKS: usize = 4;
+/// How many body batches may wait in the channel between driver and handler. A batch is the
+/// web server's records or packets as they arrived, together at most 64 KiB unless one alone
+/// is larger (the driver's `MAX_BODY_BATCH`), so a request pins at most 4 batches of unread
+/// body, and the read buffers they are slices of: about 512 KiB.
+pub(crate) const BODY_CHANNEL_BATCHES: usize = 4;
+
+/// Body chunks the driver hands over at once, uncopied slices of what it read.
+pub(crate) type BodyBatch = Vec<Bytes>;
 
 /// The sending half the driver holds for one request body.
-pub(crate) type BodySender = mpsc::Sender<Result<Bytes, BodyError>>;
+pub(crate) type BodySender = mpsc::Sender<Result<BodyBatch, BodyError>>;
 
 /// A request body fed by a driver, with its announced length as size hint.
 pub(crate) fn channel(content_length: Option<u64>) -> (BodySender, Body) {
-    let (tx, rx) = mpsc::channel(BODY_CHANNEL_CHUNKS);
-    (tx, Body::new(ChannelBody { rx, content_length }))
+    let (tx, rx) = mpsc::channel(BODY_CHANNEL_BATCHES);
+    (
+        tx,
+        Body::new(ChannelBody {
+            rx,
+            batch: Vec::new().into_iter(),
+            content_length,
+        }),
+    )
 }
 
 struct ChannelBody {
-    rx: mpsc::Receiver<Result<Bytes, BodyError>>,
+    rx: mpsc::Receiver<Result<BodyBatch, BodyError>>,
+    /// What is left of the batch received last: each chunk is a frame of its own.
+    batch: std::vec::IntoIter<Bytes>,
     content_length: Option<u64>,
 }
 
@@ -157,15 +170,22 @@ impl http_body::Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|item| item.map(|r| r.map(Frame::data)))
+        loop {
+            if let Some(data) = self.batch.next() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            match std::task::ready!(self.rx.poll_recv(cx)) {
+                Some(Ok(batch)) => self.batch = batch.into_iter(),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => return Poll::Ready(None),
+            }
+        }
     }
 
     /// True once the driver delivered everything and closed the channel: a handler can tell
     /// a request that has no body (or all of it already waiting) without waiting for it.
     fn is_end_stream(&self) -> bool {
-        self.rx.is_closed() && self.rx.is_empty()
+        self.batch.len() == 0 && self.rx.is_closed() && self.rx.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -184,7 +204,9 @@ mod tests {
     async fn channel_body_streams_and_reports_errors() {
         let (tx, body) = channel(Some(3));
         assert_eq!(http_body::Body::size_hint(&body).exact(), Some(3));
-        tx.send(Ok(Bytes::from_static(b"ab"))).await.unwrap();
+        tx.send(Ok(vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]))
+            .await
+            .unwrap();
         assert!(
             !http_body::Body::is_end_stream(&body),
             "the sender is still open"

@@ -14,27 +14,29 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use appserver_proto::Params;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::StatusCode;
 use http_body::Body as _;
 use tokio_util::sync::PollSender;
 
 use super::{Admission, Call, Shared};
-use crate::body::{self, BodyError};
+use crate::body::{self, BodyBatch, BodyError};
 use crate::request;
 use crate::response::plain;
 use crate::{Body, BoxError, Handler, Response};
 
-/// The largest request-body chunk made by joining the web server's smaller ones: the size
-/// of the largest single record or packet, so the body channel's bound
-/// ([`BODY_CHANNEL_CHUNKS`](body::BODY_CHANNEL_CHUNKS) chunks) stays what it was.
-pub(crate) const MAX_JOINED_BODY_CHUNK: usize = 64 * 1024;
+/// The most request-body bytes handed to the handler as one batch (unless one record or
+/// packet alone is larger): the web server's records are often smaller than what one read
+/// brings (nginx: 32 KiB), and each item the body channel carries may wake the handler's
+/// thread once. A batch holds the records uncopied, so this bounds what the channel's
+/// [`BODY_CHANNEL_BATCHES`](body::BODY_CHANNEL_BATCHES) items pin.
+pub(crate) const MAX_BODY_BATCH: usize = 64 * 1024;
 
 /// One request in flight.
 pub(crate) struct Exchange {
     /// Where request-body chunks go; `None` once the body is complete or the handler dropped
     /// it (the driver then reads and discards the rest, keeping the connection in sync).
-    body_tx: Option<PollSender<Result<Bytes, BodyError>>>,
+    body_tx: Option<PollSender<Result<BodyBatch, BodyError>>>,
     /// Chunks waiting for room in the body channel.
     pending: VecDeque<Result<Bytes, BodyError>>,
     body_done: bool,
@@ -177,7 +179,7 @@ impl Exchange {
                 let is_err = item.is_err();
                 match tx.poll_reserve(cx) {
                     Poll::Ready(Ok(())) => {
-                        if let Some(item) = next_body_chunk(&mut self.pending) {
+                        if let Some(item) = next_body_batch(&mut self.pending) {
                             // The slot was just reserved, so sending cannot fail for lack of
                             // room; a closed receiver only means the handler stopped reading.
                             let _ = tx.send_item(item);
@@ -239,38 +241,25 @@ impl Exchange {
     }
 }
 
-/// The next chunk for the body channel: the first pending one, joined with the data
-/// chunks behind it while together they stay within [`MAX_JOINED_BODY_CHUNK`]. A web
-/// server's records are often smaller than what one read brings (nginx: 32 KiB), and each
-/// chunk the channel carries may wake the handler's thread once.
-fn next_body_chunk(
+/// The next item for the body channel: the first pending chunk, with the data chunks behind
+/// it while together they stay within [`MAX_BODY_BATCH`]; an error goes alone.
+fn next_body_batch(
     pending: &mut VecDeque<Result<Bytes, BodyError>>,
-) -> Option<Result<Bytes, BodyError>> {
-    let first = pending.pop_front()?;
-    let Ok(first) = first else {
-        return Some(first);
+) -> Option<Result<BodyBatch, BodyError>> {
+    let first = match pending.pop_front()? {
+        Ok(first) => first,
+        Err(e) => return Some(Err(e)),
     };
-    // How many data chunks behind it fit, and their joined length.
     let mut len = first.len();
-    let mut behind = 0;
-    for next in pending.iter() {
-        match next {
-            Ok(b) if len + b.len() <= MAX_JOINED_BODY_CHUNK => {
-                len += b.len();
-                behind += 1;
-            }
-            _ => break,
+    let mut batch = vec![first];
+    while let Some(Ok(next)) = pending.front() {
+        if len + next.len() > MAX_BODY_BATCH {
+            break;
         }
+        len += next.len();
+        batch.extend(pending.pop_front().and_then(Result::ok));
     }
-    if behind == 0 {
-        return Some(Ok(first));
-    }
-    let mut joined = BytesMut::with_capacity(len);
-    joined.extend_from_slice(&first);
-    for next in pending.drain(..behind).flatten() {
-        joined.extend_from_slice(&next);
-    }
-    Some(Ok(joined.freeze()))
+    Some(Ok(batch))
 }
 
 /// Polls an optional exchange (pending forever when there is none), for `select!` branches.
@@ -300,38 +289,38 @@ mod tests {
     }
 
     fn sizes(pending: &mut VecDeque<Result<Bytes, BodyError>>) -> Vec<usize> {
-        std::iter::from_fn(|| next_body_chunk(pending))
-            .map(|c| c.map_or(usize::MAX, |b| b.len()))
+        std::iter::from_fn(|| next_body_batch(pending))
+            .map(|c| c.map_or(usize::MAX, |b| b.iter().map(Bytes::len).sum()))
             .collect()
     }
 
     #[test]
-    fn body_chunks_are_joined_up_to_the_bound_and_not_beyond() {
-        const HALF: usize = MAX_JOINED_BODY_CHUNK / 2;
-        // nginx's 32 KiB records: two make one chunk.
+    fn body_chunks_are_batched_up_to_the_bound_and_not_beyond() {
+        const HALF: usize = MAX_BODY_BATCH / 2;
+        // nginx's 32 KiB records: two make one batch.
         assert_eq!(
             sizes(&mut chunks(&[HALF, HALF, HALF])),
-            [MAX_JOINED_BODY_CHUNK, HALF]
+            [MAX_BODY_BATCH, HALF]
         );
         // One byte over the bound stays apart.
         assert_eq!(sizes(&mut chunks(&[HALF, HALF + 1])), [HALF, HALF + 1]);
         assert_eq!(
-            sizes(&mut chunks(&[MAX_JOINED_BODY_CHUNK, 1])),
-            [MAX_JOINED_BODY_CHUNK, 1]
+            sizes(&mut chunks(&[MAX_BODY_BATCH, 1])),
+            [MAX_BODY_BATCH, 1]
         );
-        // Small records (Apache's 8 KiB) fill a chunk.
+        // Small records (Apache's 8 KiB) fill a batch.
         assert_eq!(sizes(&mut chunks(&[8192; 9])), [65536, 8192]);
     }
 
     #[test]
-    fn joined_chunks_keep_the_bytes_in_order_and_an_error_is_never_joined() {
+    fn batches_keep_the_chunks_in_order_and_an_error_goes_alone() {
         let mut pending = chunks(&[3, 2]);
         pending.push_back(Err(BodyError::Truncated { received: 5 }));
         pending.push_back(Ok(Bytes::from_static(b"zz")));
-        let first = next_body_chunk(&mut pending).unwrap().unwrap();
-        assert_eq!(&first[..], &[0, 0, 0, 1, 1]);
-        assert!(next_body_chunk(&mut pending).unwrap().is_err());
-        assert_eq!(next_body_chunk(&mut pending).unwrap().unwrap(), "zz");
-        assert!(next_body_chunk(&mut pending).is_none());
+        let first = next_body_batch(&mut pending).unwrap().unwrap();
+        assert_eq!(first, [&[0u8, 0, 0][..], &[1, 1][..]]);
+        assert!(next_body_batch(&mut pending).unwrap().is_err());
+        assert_eq!(next_body_batch(&mut pending).unwrap().unwrap(), ["zz"]);
+        assert!(next_body_batch(&mut pending).is_none());
     }
 }

@@ -191,7 +191,7 @@ async fn post(w: &Wsgi, how: &str, chunks: &[&[u8]]) -> String {
     let chunks: Vec<Bytes> = chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect();
     let feeder = tokio::spawn(async move {
         for c in chunks {
-            if tx.send(Ok(c)).await.is_err() {
+            if tx.send(Ok(vec![c])).await.is_err() {
                 break;
             }
         }
@@ -233,7 +233,7 @@ async fn a_truncated_body_raises_in_the_app_and_answers_500() {
         ],
         body,
     );
-    tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+    tx.send(Ok(vec![Bytes::from_static(b"abc")])).await.unwrap();
     tx.send(Err(crate::body::BodyError::Truncated { received: 3 }))
         .await
         .unwrap();
