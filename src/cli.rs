@@ -403,7 +403,9 @@ fn prefork_worker<H: Handler>(
             return 1;
         }
     };
-    let result = runtime.block_on(async {
+    // Lent to the thread an app runs a request on, when the app asks (process::lend).
+    let runtime = Arc::new(runtime);
+    let result = crate::process::lend::serve(&runtime, async {
         status::worker_started();
         status::spawn_tasks();
         let listener = listen::Listener::from_std(listener)?;
@@ -445,7 +447,9 @@ fn prefork_worker<H: Handler>(
         watcher.abort();
         exit
     });
-    runtime.shutdown_timeout(Duration::from_millis(100));
+    if let Ok(runtime) = Arc::try_unwrap(runtime) {
+        runtime.shutdown_timeout(Duration::from_millis(100));
+    }
     status::worker_exiting();
     match result {
         Ok(_) => 0,

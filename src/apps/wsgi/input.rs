@@ -21,15 +21,16 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
 use super::lock;
+use crate::process::lend;
 use crate::Body;
 
 /// `wsgi.input`: `read(size=-1)`, `readline(size=-1)`, `readlines(hint=-1)`, iteration.
 #[pyclass(frozen, module = "appserver")]
 pub(crate) struct Input {
     state: Mutex<InputState>,
-    /// Where the body's channel lives: the Python thread waits on it with `block_on`
-    /// (`None` for a request without a body).
-    runtime: Option<tokio::runtime::Handle>,
+    /// How the Python thread waits for the body's channel: it drives the runtime itself
+    /// when a prefork worker lent it ([`lend`]) (`None` for a request without a body).
+    waiter: Option<lend::Waiter>,
 }
 
 struct InputState {
@@ -42,7 +43,7 @@ struct InputState {
 }
 
 impl Input {
-    pub(crate) fn new(body: Body, runtime: tokio::runtime::Handle) -> Self {
+    pub(crate) fn new(body: Body, waiter: lend::Waiter) -> Self {
         Self {
             state: Mutex::new(InputState {
                 body: Some(body),
@@ -50,7 +51,7 @@ impl Input {
                 eof: false,
                 released: false,
             }),
-            runtime: Some(runtime),
+            waiter: Some(waiter),
         }
     }
 
@@ -64,7 +65,7 @@ impl Input {
                 eof: true,
                 released: true,
             }),
-            runtime: None,
+            waiter: None,
         }
     }
 
@@ -82,7 +83,7 @@ impl Input {
     /// the buffer holds fewer than `want` bytes; false at the end. The GIL is released while
     /// waiting, and the state lock is not held (another thread may touch the stream).
     fn fill(&self, py: Python<'_>, want: usize) -> PyResult<bool> {
-        let Some(runtime) = self.runtime.clone() else {
+        let Some(waiter) = self.waiter.clone() else {
             // A request without a body: nothing to wait for.
             return Ok(false);
         };
@@ -100,7 +101,7 @@ impl Input {
                 }
             }
         };
-        let mut frame = py.detach(|| runtime.block_on(body.frame()));
+        let mut frame = py.detach(|| waiter.block_on(body.frame()));
         let mut st = lock(&self.state);
         let result = loop {
             match frame {

@@ -49,6 +49,7 @@ use self::response::{AppCall, Head, Out, Sink, StartResponse};
 use self::stack::{PythonStack, RunningOn};
 use crate::config::{Config, Method};
 use crate::process::hooks::ProcessHooks;
+use crate::process::lend;
 use crate::response::ReasonPhrase;
 use crate::{Body, BoxError, Handler, Request, Response};
 
@@ -225,12 +226,20 @@ impl Handler for Wsgi {
         let watched = crate::status::layer::slow_log_watches();
         if self.inner.inline
             && !watched
+            && lend::at_home()
             && http_body::Body::is_end_stream(&body)
             && !self.inner.write_seen.load(Ordering::Relaxed)
         {
             return self.call_inline(vars, &parts, head_request);
         }
         let permit = Arc::clone(&pool.permits).acquire_owned().await?;
+        // Where the app would run on this thread, its thread drives the connection instead
+        // while it runs: no body chunk or response chunk then changes threads.
+        let loan = if self.inner.inline && !watched {
+            lend::borrow()
+        } else {
+            None
+        };
         let (tx, mut rx) = mpsc::channel(RESPONSE_CHANNEL_CHUNKS);
         // Where the request runs, for its Python stack in the slow log: only with slowlog=.
         let running_on = watched.then(|| {
@@ -241,11 +250,12 @@ impl Handler for Wsgi {
         let job = Job {
             vars,
             body,
-            runtime: tokio::runtime::Handle::current(),
+            waiter: lend::waiter(),
             out: tx,
             errors: input::Errors::new(&parts),
             head_request,
             running_on,
+            _loan: loan,
             _permit: permit,
         };
         pool.submit(job, &self.inner)?;
@@ -442,7 +452,8 @@ fn after_head(msg: Option<Out>) -> Option<Result<Frame<Bytes>, BoxError>> {
 struct Job {
     vars: Vars,
     body: Body,
-    runtime: tokio::runtime::Handle,
+    /// How the Python thread waits for the connection's task.
+    waiter: lend::Waiter,
     out: mpsc::Sender<Out>,
     /// Its `wsgi.errors`, naming the request.
     errors: input::Errors,
@@ -450,6 +461,9 @@ struct Job {
     /// Where the thread that runs the request says so, for the slow log (`None` without
     /// `slowlog=`).
     running_on: Option<RunningOn>,
+    /// The worker's runtime, lent to the Python thread for the time of the job: given back
+    /// when the job is dropped, after its last wait.
+    _loan: Option<lend::Loan>,
     /// A place among the requests the pool runs at once, given back when the job is done.
     _permit: OwnedSemaphorePermit,
 }
@@ -565,11 +579,11 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, flags: Flags, ident: u64, job
 
 fn run_request(py: Python<'_>, app: &Bound<'_, PyAny>, flags: Flags, job: Job) {
     let setup = || -> PyResult<_> {
-        let input = Bound::new(py, input::Input::new(job.body, job.runtime))?;
+        let input = Bound::new(py, input::Input::new(job.body, job.waiter.clone()))?;
         let errors = Bound::new(py, job.errors)?;
         let start = Bound::new(
             py,
-            response::StartResponse::new(Sink::Channel(job.out.clone())),
+            response::StartResponse::new(Sink::Channel(job.out.clone(), job.waiter.clone())),
         )?;
         let wrapper = py.get_type::<response::FileWrapper>();
         let environ = environ::dict(
@@ -590,8 +604,8 @@ fn run_request(py: Python<'_>, app: &Bound<'_, PyAny>, flags: Flags, job: Job) {
         Err(e) => {
             let tb = interp::traceback(py, &e);
             let out = job.out.clone();
-            py.detach(move || {
-                let _ = out.blocking_send(Out::Fail(tb));
+            py.detach(|| {
+                let _ = job.waiter.block_on(out.send(Out::Fail(tb)));
             });
         }
     }

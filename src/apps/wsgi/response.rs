@@ -68,7 +68,7 @@ pub(crate) const MAX_HELD_WRITE: usize = 4 * 1024 * 1024;
 /// Where the response goes.
 pub(crate) enum Sink {
     /// To the connection's task over a bounded channel: the app runs on a Python thread.
-    Channel(mpsc::Sender<Out>),
+    Channel(mpsc::Sender<Out>, crate::process::lend::Waiter),
     /// Held for the connection's task to take: the app runs on that task's thread.
     Held(Mutex<Held>),
 }
@@ -145,10 +145,7 @@ impl StartResponse {
     /// client is gone.
     fn post(&self, py: Python<'_>, msg: Out) -> bool {
         let ok = match &self.sink {
-            Sink::Channel(out) => {
-                let out = out.clone();
-                py.detach(move || out.blocking_send(msg).is_ok())
-            }
+            Sink::Channel(out, waiter) => py.detach(|| waiter.block_on(out.send(msg)).is_ok()),
             Sink::Held(held) => {
                 let mut held = lock(held);
                 if let Out::Data(data) = &msg {
