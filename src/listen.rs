@@ -956,6 +956,43 @@ mod tests {
         assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
     }
 
+    /// Whether the socket is out of Linux's delayed-ACK "pingpong" mode.
+    fn quickack(stream: &Stream) -> bool {
+        let sock = match &stream.conn {
+            Conn::TcpPlain(s) => socket2::SockRef::from(s),
+            Conn::Tcp(s) => socket2::SockRef::from(s),
+            _ => panic!("expected TCP"),
+        };
+        sock.quickack().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_bulk_read_takes_a_keep_alive_connection_out_of_delayed_acks() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let std_l = bind(&config(&["host=127.0.0.1", "port=0"])).unwrap();
+        let addr = std_l.local_addr().unwrap();
+        let l = Listener::from_std(std_l).unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (mut stream, _) = l.accept().await.unwrap();
+        // A request answered at once: Linux now takes the connection for an interactive one.
+        let mut buf = vec![0u8; 64 * 1024];
+        client.write_all(b"request").await.unwrap();
+        stream.read_exact(&mut buf[..7]).await.unwrap();
+        stream.write_all(b"answer").await.unwrap();
+        client.read_exact(&mut buf[..6]).await.unwrap();
+        assert!(!quickack(&stream), "a reply right after a request enters pingpong mode");
+        // A body's worth of bytes, read at once: quick ACKs again.
+        let body = vec![b'x'; QUICKACK_AFTER_READ];
+        client.write_all(&body).await.unwrap();
+        let mut got = 0;
+        while got < body.len() {
+            let n = stream.read(&mut buf[got..body.len()]).await.unwrap();
+            assert!(n > 0);
+            got += n;
+        }
+        assert!(quickack(&stream), "re-armed after a read of QUICKACK_AFTER_READ bytes");
+    }
+
     #[tokio::test]
     async fn accept_tcp_sets_nodelay_and_reports_peer() {
         let std_l = bind(&config(&["host=127.0.0.1", "port=0"])).unwrap();
