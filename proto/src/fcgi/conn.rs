@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::mem;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::limits::FCGI_HEADER_LEN;
 use crate::{Decimal, Limits, Params, ProtocolError};
@@ -34,7 +34,9 @@ use super::encode::{
     encode_end_request, encode_get_values_result, encode_stderr, encode_stdout, encode_stream_end,
     encode_unknown_type,
 };
-use super::record::{BeginRequest, Pairs, ProtocolStatus, RecordType, Role, FCGI_NULL_REQUEST_ID};
+use super::record::{
+    BeginRequest, Header, Pairs, ProtocolStatus, RecordType, Role, FCGI_NULL_REQUEST_ID,
+};
 
 /// Values the connection advertises in `FCGI_GET_VALUES_RESULT`.
 #[derive(Clone, Copy, Debug)]
@@ -139,7 +141,10 @@ impl Event {
 ///   active are no-ops. Queued events of a request are dropped when it ends.
 /// - **Unread STDIN** is bounded by what the driver reads: [`Event::Stdin`] data are zero-copy
 ///   slices of the input buffer, so the driver stops reading while its handler's body channel
-///   is full ([`queued_stdin`](Self::queued_stdin) tells how much is waiting here).
+///   is full ([`queued_stdin`](Self::queued_stdin) tells how much is waiting here). The
+///   request's STDIN content is delivered as it arrives, a record's first bytes before its
+///   last: a record cut by the end of a read is not held back (and moved to a new buffer
+///   with the next read) until it is whole.
 #[derive(Debug)]
 pub struct Connection {
     config: ConnConfig,
@@ -148,7 +153,17 @@ pub struct Connection {
     events: VecDeque<Event>,
     /// Bytes of [`Event::Stdin`] data in `events`.
     queued_stdin: usize,
+    /// The `FCGI_STDIN` record whose start was delivered and whose rest has yet to arrive.
+    stdin_rest: Option<StdinRest>,
     out: BytesMut,
+}
+
+/// What is left of a partly delivered `FCGI_STDIN` record: its content, then its padding.
+#[derive(Debug, Clone, Copy)]
+struct StdinRest {
+    header: Header,
+    content: usize,
+    padding: usize,
 }
 
 /// The connection's one request slot (style rule 6).
@@ -217,6 +232,7 @@ impl Connection {
             state: State::ExpectBeginRequest,
             events: VecDeque::new(),
             queued_stdin: 0,
+            stdin_rest: None,
             out: BytesMut::new(),
         }
     }
@@ -231,6 +247,16 @@ impl Connection {
                 src.clear();
                 return Ok(());
             }
+            if let Some(rest) = self.stdin_rest {
+                if !self.continue_stdin(rest, src)? {
+                    return Ok(());
+                }
+                continue;
+            }
+            if let Some(rest) = self.start_partial_stdin(src) {
+                self.stdin_rest = Some(rest);
+                continue;
+            }
             let record = match self.decoder.decode(src) {
                 Ok(Some(record)) => record,
                 Ok(None) => return Ok(()),
@@ -240,6 +266,60 @@ impl Connection {
                 return Err(self.fail(e));
             }
         }
+    }
+
+    /// The start of an incomplete `FCGI_STDIN` record of the request reading its body, when
+    /// `src` begins with one: its header is consumed and what is left of it returned, for
+    /// [`continue_stdin`](Self::continue_stdin) to deliver. Anything else (a whole record,
+    /// another type, another id, a header that does not parse) goes to the record decoder.
+    fn start_partial_stdin(&self, src: &mut BytesMut) -> Option<StdinRest> {
+        let State::ReadingStdin(reading) = &self.state else {
+            return None;
+        };
+        let header = Header::parse(src.first_chunk::<FCGI_HEADER_LEN>()?).ok()?;
+        let partial = header.record_type == RecordType::Stdin
+            && header.request_id == reading.req.id
+            && header.content_length > 0
+            && src.len() > FCGI_HEADER_LEN
+            && src.len() < header.record_len();
+        if !partial {
+            return None;
+        }
+        src.advance(FCGI_HEADER_LEN);
+        Some(StdinRest {
+            header,
+            content: header.content_length as usize,
+            padding: header.padding_length as usize,
+        })
+    }
+
+    /// Delivers what `src` holds of the partly delivered STDIN record as [`Event::Stdin`]
+    /// and skips its padding; false when `src` ran out before the record's end.
+    fn continue_stdin(&mut self, mut rest: StdinRest, src: &mut BytesMut) -> Result<bool, ProtocolError> {
+        if rest.content > 0 {
+            let n = rest.content.min(src.len());
+            if n == 0 {
+                return Ok(false);
+            }
+            rest.content -= n;
+            self.stdin_rest = Some(rest);
+            let content = src.split_to(n).freeze();
+            if let Err(e) = self.handle_record(Record {
+                header: rest.header,
+                content,
+            }) {
+                return Err(self.fail(e));
+            }
+        }
+        let n = rest.padding.min(src.len());
+        src.advance(n);
+        rest.padding -= n;
+        if rest.content > 0 || rest.padding > 0 {
+            self.stdin_rest = Some(rest);
+            return Ok(false);
+        }
+        self.stdin_rest = None;
+        Ok(true)
     }
 
     /// Next event.
@@ -339,6 +419,14 @@ impl Connection {
     /// header", "record content" or "padding"); an empty buffer is `Ok(())`, whether or not a
     /// request was in flight (the driver knows whether it was).
     pub fn handle_eof(&mut self, src: &BytesMut) -> Result<(), ProtocolError> {
+        if let Some(rest) = self.stdin_rest {
+            let part = if rest.content > 0 {
+                "record content"
+            } else {
+                "padding"
+            };
+            return Err(self.fail(ProtocolError::UnexpectedEof(part)));
+        }
         if src.is_empty() {
             return Ok(());
         }
