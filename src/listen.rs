@@ -980,7 +980,10 @@ mod tests {
         stream.read_exact(&mut buf[..7]).await.unwrap();
         stream.write_all(b"answer").await.unwrap();
         client.read_exact(&mut buf[..6]).await.unwrap();
-        assert!(!quickack(&stream), "a reply right after a request enters pingpong mode");
+        assert!(
+            !quickack(&stream),
+            "a reply right after a request enters pingpong mode"
+        );
         // A body's worth of bytes, read at once: quick ACKs again.
         let body = vec![b'x'; QUICKACK_AFTER_READ];
         client.write_all(&body).await.unwrap();
@@ -990,7 +993,10 @@ mod tests {
             assert!(n > 0);
             got += n;
         }
-        assert!(quickack(&stream), "re-armed after a read of QUICKACK_AFTER_READ bytes");
+        assert!(
+            quickack(&stream),
+            "re-armed after a read of QUICKACK_AFTER_READ bytes"
+        );
     }
 
     #[tokio::test]

@@ -254,7 +254,11 @@ mod tests {
             in_tx.send(5).await.unwrap();
             out_rx.recv().await.unwrap()
         });
-        assert_eq!(out, (5, worker), "the runtime is back on the worker's thread");
+        assert_eq!(
+            out,
+            (5, worker),
+            "the runtime is back on the worker's thread"
+        );
     }
 
     #[test]
@@ -267,7 +271,10 @@ mod tests {
         });
         assert_eq!(out, 7);
         assert!(borrow().is_none(), "no loans once serve returned");
-        assert!(Arc::try_unwrap(rt).is_ok(), "serve keeps no hold on the runtime");
+        assert!(
+            Arc::try_unwrap(rt).is_ok(),
+            "serve keeps no hold on the runtime"
+        );
     }
 
     #[test]

@@ -295,7 +295,11 @@ impl Connection {
 
     /// Delivers what `src` holds of the partly delivered STDIN record as [`Event::Stdin`]
     /// and skips its padding; false when `src` ran out before the record's end.
-    fn continue_stdin(&mut self, mut rest: StdinRest, src: &mut BytesMut) -> Result<bool, ProtocolError> {
+    fn continue_stdin(
+        &mut self,
+        mut rest: StdinRest,
+        src: &mut BytesMut,
+    ) -> Result<bool, ProtocolError> {
         if rest.content > 0 {
             let n = rest.content.min(src.len());
             if n == 0 {

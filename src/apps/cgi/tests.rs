@@ -761,7 +761,9 @@ async fn failed_request_body_kills_the_script() {
     );
     let pid_file = dir.path().join("pid");
     let feed = async {
-        tx.send(Ok(vec![Bytes::from_static(b"12345")])).await.unwrap();
+        tx.send(Ok(vec![Bytes::from_static(b"12345")]))
+            .await
+            .unwrap();
         while !pid_file.exists() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -63,8 +63,13 @@ fn events(c: &mut Connection) -> Vec<Event> {
 fn joined_stdin(events: Vec<Event>) -> Vec<Event> {
     let mut out: Vec<Event> = Vec::new();
     for ev in events {
-        if let (Some(Event::Stdin { id: prev, data: held }), Event::Stdin { id, data }) =
-            (out.last_mut(), &ev)
+        if let (
+            Some(Event::Stdin {
+                id: prev,
+                data: held,
+            }),
+            Event::Stdin { id, data },
+        ) = (out.last_mut(), &ev)
         {
             if prev == id {
                 let mut both = held.to_vec();
@@ -537,7 +542,10 @@ fn stdin_content_is_delivered_as_it_arrives_and_its_padding_skipped() {
     for part in [&record[..10], &record[10..15], &record[15..16], &tail[..]] {
         src.extend_from_slice(part);
         c.handle_input(&mut src).unwrap();
-        assert!(src.is_empty(), "nothing of a STDIN record waits for its end");
+        assert!(
+            src.is_empty(),
+            "nothing of a STDIN record waits for its end"
+        );
         got.extend(events(&mut c).into_iter().map(|ev| match ev {
             Event::Stdin { id: 1, data } => String::from_utf8(data.to_vec()).unwrap(),
             other => panic!("{other:?}"),
