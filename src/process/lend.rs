@@ -14,6 +14,9 @@
 //! why the app asks for a loan only where it would run on the worker's thread too (prefork,
 //! no `request_timeout=`, no `slowlog=`).
 
+// Only app=wsgi borrows today: without it the lending side is all that is compiled in use.
+#![cfg_attr(not(feature = "wsgi"), allow(dead_code))]
+
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};

@@ -6,7 +6,7 @@
 //! - [`hooks`]: the moments an app must act in (preload, fork, serve start).
 //! - [`control`]: the one signal vocabulary ([`Control`](control::Control)) of every model.
 //! - [`image`]: what a reload re-executes ([`Image`](image::Image)).
-//! - [`lend`]: a prefork worker's runtime, lent to the thread an app runs a request on.
+//! - `lend`: a prefork worker's runtime, lent to the thread an app runs a request on.
 //! - [`threaded`]: one process, a multi-threaded tokio runtime (`method=threaded`).
 //! - [`prefork`]: a master forking single-threaded workers (`method=prefork`, the default).
 
