@@ -44,8 +44,6 @@ struct State {
     runtime: Option<Arc<Runtime>>,
     /// Loans given out and not yet given back.
     out: usize,
-    /// Loans given back and not yet seen by the worker's thread.
-    returned: usize,
     /// The worker's thread is out of the runtime: a borrower may drive it.
     away: bool,
 }
@@ -70,7 +68,6 @@ pub(crate) fn serve<F: Future>(runtime: &Arc<Runtime>, serve: F) -> F::Output {
         state: Mutex::new(State {
             runtime: Some(Arc::clone(runtime)),
             out: 0,
-            returned: 0,
             away: false,
         }),
         changed: Condvar::new(),
@@ -97,14 +94,14 @@ fn serve_lending<F: Future>(lender: &Lender, runtime: &Runtime, serve: F) -> F::
         if let Some(out) = done {
             return out;
         }
-        // Out of the runtime: the borrower's `block_on` drives it until the loan comes back.
+        // Out of the runtime: the borrower's `block_on` drives it until the loan comes back
+        // (a loan given back before this thread stepped out leaves nothing to wait for).
         let mut st = lender.lock();
         st.away = true;
         lender.changed.notify_all();
-        while st.returned == 0 {
+        while st.out > 0 {
             st = lender.wait(st);
         }
-        st.returned -= 1;
         st.away = false;
     }
 }
@@ -138,9 +135,7 @@ pub(crate) struct Loan {
 
 impl Drop for Loan {
     fn drop(&mut self) {
-        let mut st = self.lender.lock();
-        st.out -= 1;
-        st.returned += 1;
+        self.lender.lock().out -= 1;
         self.lender.changed.notify_all();
     }
 }

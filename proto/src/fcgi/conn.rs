@@ -306,7 +306,6 @@ impl Connection {
                 return Ok(false);
             }
             rest.content -= n;
-            self.stdin_rest = Some(rest);
             let content = src.split_to(n).freeze();
             if let Err(e) = self.handle_record(Record {
                 header: rest.header,

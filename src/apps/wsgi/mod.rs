@@ -603,9 +603,8 @@ fn run_request(py: Python<'_>, app: &Bound<'_, PyAny>, flags: Flags, job: Job) {
         }
         Err(e) => {
             let tb = interp::traceback(py, &e);
-            let out = job.out.clone();
             py.detach(|| {
-                let _ = job.waiter.block_on(out.send(Out::Fail(tb)));
+                let _ = job.waiter.block_on(job.out.send(Out::Fail(tb)));
             });
         }
     }
