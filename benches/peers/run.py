@@ -55,7 +55,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 class Backend:
     """One row of the table: a server, how nginx reaches it, and how many processes it runs."""
 
-    def __init__(self, name, label, protocol, keep_conn, procs, argv=None, php=False, pages=PAGES):
+    def __init__(self, name, label, protocol, keep_conn, procs, argv=None, php=False):
         self.name = name
         self.label = label
         self.protocol = protocol  # "fcgi", "scgi" or None (nginx itself)
@@ -63,7 +63,6 @@ class Backend:
         self.procs = procs  # processes in the tree once ready (master + workers)
         self.argv = argv  # function(dir, socket) -> argv, None for nginx-direct
         self.php = php
-        self.pages = pages  # what it serves: the floor serves `/` only
 
 
 def appserver(method, protocol):
@@ -121,8 +120,10 @@ def go_peer(d, sock):
     return [os.path.join(d, "go-peer"), sock]
 
 
-def fcgi_floor(d, sock):
-    return [os.path.join(d, "fcgi-floor"), sock]
+def floor(protocol):
+    def argv(d, sock):
+        return [os.path.join(d, "floor")] + (["--scgi"] if protocol == "scgi" else []) + [sock]
+    return argv
 
 
 BACKENDS = [
@@ -131,9 +132,10 @@ BACKENDS = [
     Backend("uwsgi-scgi", "uWSGI 2.0 python3, 2 processes", "scgi", False, 3, uwsgi("scgi")),
     Backend("php-fpm", "php-fpm, static pool of 2", "fcgi", False, 3, php_fpm, php=True),
     Backend("go-fcgi", "Go net/http/fcgi", "fcgi", False, 1, go_peer),
-    # The floor of backend CPU per request (floor.c): `/` only.
-    Backend("fcgi-floor", "floor.c, one thread", "fcgi", False, 1, fcgi_floor, pages=("hello",)),
-    Backend("fcgi-floor-kc", "floor.c, one thread", "fcgi", True, 1, fcgi_floor, pages=("hello",)),
+    # The floor (floor.c): the least a responder can spend on each page.
+    Backend("fcgi-floor", "floor.c, one thread", "fcgi", False, 1, floor("fcgi")),
+    Backend("fcgi-floor-kc", "floor.c, one thread", "fcgi", True, 1, floor("fcgi")),
+    Backend("scgi-floor", "floor.c, one thread", "scgi", False, 1, floor("scgi")),
     Backend(
         "appserver-threaded-fcgi",
         "appserver threaded",
@@ -374,13 +376,11 @@ def request(port, method, path, body=None):
         conn.close()
 
 
-def check_contract(port, prefix, upload_body, pages=PAGES):
-    """None, or what the backend under `prefix` got wrong (on the pages it serves)."""
+def check_contract(port, prefix, upload_body):
+    """None, or what the backend under `prefix` got wrong."""
     status, ctype, body = request(port, "GET", prefix)
     if status != 200 or body != HELLO or not ctype.startswith("text/plain"):
         return "/ answered %d %r %r, not 200 text/plain %r" % (status, ctype, body[:80], HELLO)
-    if pages == ("hello",):
-        return None
     status, _, body = request(port, "GET", prefix + "big")
     if status != 200 or len(body) != BIG_LEN:
         return "/big answered %d with %d bytes, not 200 with %d" % (status, len(body), BIG_LEN)
@@ -596,11 +596,11 @@ def measure(backend, proc, nginx, args, port, d, upload_body):
     root = proc.pid if proc else nginx.pid
     prefix = "/%s/" % backend.name
     record = {"backend": backend.name, "idle_rss": idle_rss(root), "pages": {}}
-    wrong = check_contract(port, prefix, upload_body, backend.pages)
+    wrong = check_contract(port, prefix, upload_body)
     if wrong:
         record["error"] = wrong
         return record
-    for page in backend.pages:
+    for page in PAGES:
         pids = tree(root)
         nginx_pids = tree(nginx.pid)
         cpu0, ncpu0 = cpu_ticks(pids), cpu_ticks(nginx_pids)
@@ -665,8 +665,8 @@ def run(args):
         results["versions"] = versions()
         if any(b.name == "go-fcgi" for b in selected):
             build_go(d)
-        if any(b.argv is fcgi_floor for b in selected):
-            subprocess.run(["gcc", "-O2", "-o", os.path.join(d, "fcgi-floor"), os.path.join(HERE, "floor.c")],
+        if any("floor" in b.name for b in selected):
+            subprocess.run(["gcc", "-O2", "-o", os.path.join(d, "floor"), os.path.join(HERE, "floor.c")],
                            check=True)
 
         port = free_port()
@@ -737,7 +737,7 @@ def summarize(results, selected):
     summary = {}
     for b in selected:
         runs = [r for r in results["runs"]
-                if r["backend"] == b.name and "pages" in r and len(r["pages"]) == len(b.pages)]
+                if r["backend"] == b.name and "pages" in r and len(r["pages"]) == len(PAGES)]
         s = {
             "label": b.label,
             "protocol": b.protocol,
