@@ -87,13 +87,13 @@ impl Input {
             // A request without a body: nothing to wait for.
             return Ok(false);
         };
-        let mut body = {
+        let (mut body, buffered) = {
             let mut st = lock(&self.state);
             if st.eof {
                 return Ok(false);
             }
             match st.body.take() {
-                Some(b) => b,
+                Some(b) => (b, st.buf.len()),
                 None => {
                     return Err(PyOSError::new_err(
                         "wsgi.input is being read by another thread",
@@ -101,13 +101,15 @@ impl Input {
                 }
             }
         };
-        let mut frame = py.detach(|| waiter.block_on(body.frame()));
+        let need = want.saturating_sub(buffered);
+        let frames = py.detach(|| waiter.block_on(next_frames(&mut body, need)));
         let mut st = lock(&self.state);
-        let result = loop {
+        let mut result = Ok(true);
+        for frame in frames {
             match frame {
                 None => {
                     st.eof = true;
-                    break Ok(false);
+                    result = Ok(false);
                 }
                 Some(Ok(f)) => {
                     if let Ok(data) = f.into_data() {
@@ -116,17 +118,10 @@ impl Input {
                 }
                 Some(Err(e)) => {
                     st.eof = true;
-                    break Err(PyOSError::new_err(format!("appserver: {e}")));
+                    result = Err(PyOSError::new_err(format!("appserver: {e}")));
                 }
             }
-            if st.buf.len() >= want {
-                break Ok(true);
-            }
-            match ready_frame(&mut body) {
-                Some(next) => frame = next,
-                None => break Ok(true),
-            }
-        };
+        }
         if !st.released {
             st.body = Some(body);
         }
@@ -228,11 +223,40 @@ impl Chunks {
     }
 }
 
+type Frame = Option<Result<http_body::Frame<Bytes>, crate::BoxError>>;
+
+/// The body's next frame, waited for, and the frames already waiting behind it while
+/// together they hold fewer than `need` bytes; the last one is the end or an error if one
+/// came. The waiting ones are taken inside the wait, not after it: on a runtime a prefork
+/// worker lent ([`lend`]) that is where the room they free in the channel wakes the driver
+/// without a system call (from outside the runtime each wake-up writes to the runtime's
+/// eventfd: 148 writes per 10 MiB upload, 17 since).
+async fn next_frames(body: &mut Body, need: usize) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let mut got = 0;
+    let mut next = body.frame().await;
+    loop {
+        let more = match &next {
+            Some(Ok(f)) => {
+                got += f.data_ref().map_or(0, Bytes::len);
+                got < need
+            }
+            _ => false,
+        };
+        frames.push(next);
+        if !more {
+            return frames;
+        }
+        match ready_frame(body) {
+            Some(frame) => next = frame,
+            None => return frames,
+        }
+    }
+}
+
 /// The body's next frame if it is already waiting in the channel, without waiting for one
 /// (`Some(None)` at the end).
-fn ready_frame(
-    body: &mut Body,
-) -> Option<Option<Result<http_body::Frame<Bytes>, crate::BoxError>>> {
+fn ready_frame(body: &mut Body) -> Option<Frame> {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     match http_body::Body::poll_frame(std::pin::Pin::new(body), &mut cx) {
         std::task::Poll::Ready(frame) => Some(frame),
