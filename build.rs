@@ -1,11 +1,13 @@
-//! Release builds lay out the code appserver's processes run in one place, a prefork worker's
-//! first (docs/performance.md, "Memory": the hot code layout).
+//! Release builds on x86_64 Linux (rustc's default linker there, rust-lld since 1.90) are
+//! linked so that appserver's processes keep less of the binary resident (docs/performance.md,
+//! "Memory"); elsewhere the binary is linked as usual. Linux maps a file-backed page fault 64
+//! KiB at a time (fault-around), so whatever a process touches drags its neighbours in.
 //!
-//! Linux maps a file-backed page fault 64 KiB at a time, so a worker running functions
-//! spread over the whole `.text` has most of it resident. `hot-code.txt` lists the functions
-//! processes ran under callgrind (`scripts/hot-code` writes it); they are linked first, in one
-//! output section `.text.hot`, then those only masters and a threaded server ran, and the
-//! rest of `.text` stays untouched. Two mechanisms:
+//! **The hot code layout.** A worker running functions spread over the whole `.text` has most
+//! of it resident. `hot-code.txt` lists the functions processes ran under callgrind
+//! (`scripts/hot-code` writes it); they are linked first, in one output section `.text.hot`,
+//! then those only masters and a threaded server ran, and the rest of `.text` stays
+//! untouched. Two mechanisms:
 //!
 //! - the list itself as lld's `--symbol-ordering-file`: exact symbol names, so exactly the
 //!   functions a worker runs, but the names carry a hash that changes with the toolchain, the
@@ -14,10 +16,17 @@
 //!   the names drift, and also takes in the other instantiations of a generic function (a
 //!   larger section), which the ordering file then sorts after the listed ones.
 //!
-//! Only for release builds on x86_64 Linux with rustc's default linker (rust-lld since 1.90):
-//! elsewhere the binary is linked as usual. `APPSERVER_HOT_CODE=0` turns it off, to measure
-//! the difference, and for valgrind, which names no function outside `.text` (perf does).
-//! `scripts/hot-code --check` (run by CI) checks the effect on a worker.
+//! `APPSERVER_HOT_CODE=0` turns it off, to measure the difference, and for valgrind, which
+//! names no function outside `.text` (perf does). `scripts/hot-code --check` (run by CI)
+//! checks the effect on a worker.
+//!
+//! **Packed relative relocations** (`-z pack-relative-relocs`, glibc's `DT_RELR`): the
+//! position-independent binary's relocations take 5 KiB instead of 108 KiB of `.rela.dyn`,
+//! which the dynamic loader reads in every master and which sits next to
+//! `.rodata`, so fault-around kept it resident in every worker too. The binary then needs
+//! glibc 2.36 or later to start (the symbol version `GLIBC_ABI_DT_RELR`), so it is packed only
+//! where the building machine's glibc is that recent; `APPSERVER_RELR=0` turns it off for a
+//! binary meant for an older one.
 
 use std::env;
 use std::fs;
@@ -28,9 +37,19 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=hot-code.txt");
     println!("cargo:rerun-if-env-changed=APPSERVER_HOT_CODE");
-    if !lays_out_hot_code() {
+    println!("cargo:rerun-if-env-changed=APPSERVER_RELR");
+    if !release_with_rust_lld() {
         return;
     }
+    if env::var("APPSERVER_HOT_CODE").as_deref() != Ok("0") {
+        lay_out_hot_code();
+    }
+    if env::var("APPSERVER_RELR").as_deref() != Ok("0") && glibc_has_relr() {
+        println!("cargo:rustc-link-arg=-Wl,-z,pack-relative-relocs");
+    }
+}
+
+fn lay_out_hot_code() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let list = manifest.join("hot-code.txt");
     let Ok(names) = fs::read_to_string(&list) else {
@@ -47,11 +66,11 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,--no-warn-symbol-ordering");
 }
 
-/// Whether this build links with rust-lld for x86_64 Linux, in release, not turned off.
-fn lays_out_hot_code() -> bool {
+/// Whether this is a release build for x86_64 Linux linked by rust-lld, with no linker or
+/// link arguments of the builder's own.
+fn release_with_rust_lld() -> bool {
     let var = |name: &str| env::var(name).unwrap_or_default();
-    if var("APPSERVER_HOT_CODE") == "0"
-        || var("PROFILE") != "release"
+    if var("PROFILE") != "release"
         || var("TARGET") != "x86_64-unknown-linux-gnu"
         || !var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty()
         || var("CARGO_ENCODED_RUSTFLAGS").contains("link")
@@ -70,6 +89,25 @@ fn lays_out_hot_code() -> bool {
         .and_then(|v| v.split('.').nth(1))
         .and_then(|m| m.parse::<u32>().ok());
     matches!(minor, Some(m) if m >= 90)
+}
+
+/// Whether this machine's glibc loads `DT_RELR` relocations (2.36 or later): `getconf
+/// GNU_LIBC_VERSION` says "glibc 2.36".
+fn glibc_has_relr() -> bool {
+    let Ok(out) = Command::new("getconf").arg("GNU_LIBC_VERSION").output() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut version = text
+        .trim()
+        .strip_prefix("glibc ")
+        .unwrap_or_default()
+        .split('.')
+        .map(|n| n.parse::<u32>().ok());
+    matches!(
+        (version.next().flatten(), version.next().flatten()),
+        (Some(major), Some(minor)) if (major, minor) >= (2, 36)
+    )
 }
 
 /// `.text.hot`, before `.text`, holding every function whose name matches a listed one with
