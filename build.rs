@@ -22,11 +22,11 @@
 //!
 //! **Packed relative relocations** (`-z pack-relative-relocs`, glibc's `DT_RELR`): the
 //! position-independent binary's relocations take 5 KiB instead of 108 KiB of `.rela.dyn`,
-//! which the dynamic loader reads in every master and which sits next to
-//! `.rodata`, so fault-around kept it resident in every worker too. The binary then needs
-//! glibc 2.36 or later to start (the symbol version `GLIBC_ABI_DT_RELR`), so it is packed only
-//! where the building machine's glibc is that recent; `APPSERVER_RELR=0` turns it off for a
-//! binary meant for an older one.
+//! which the dynamic loader reads in every master and which sits next to `.rodata`, so
+//! fault-around kept it resident in every worker too. The binary then needs glibc 2.36 or
+//! later to start (the symbol version `GLIBC_ABI_DT_RELR`), so it is packed only where the
+//! building machine's glibc is that recent; `APPSERVER_RELR=0` turns it off for a binary
+//! meant for an older one.
 
 use std::env;
 use std::fs;
