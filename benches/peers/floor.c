@@ -97,22 +97,19 @@ static int flush(int fd, struct conn *k) {
 
 /* Starts the answer to the request in `k`; 1 if the connection is done with (closed). */
 static int answer(int fd, struct conn *k, unsigned id) {
-    if (scgi) {
-        if (k->page == BIG) { k->out = big; k->out_len = big_len; }
-        else {
-            k->out = k->small;
-            k->out_len = k->page == HELLO ? (memcpy(k->small, HELLO_HEAD, sizeof HELLO_HEAD - 1), sizeof HELLO_HEAD - 1)
-                : (size_t)sprintf((char *)k->small, "Status: 200 OK\r\nContent-Type: text/plain\r\n\r\n%zu\n", k->body);
-        }
-    } else if (k->page == BIG) {
-        if (id != 1) { fprintf(stderr, "floor: request id %u, not 1\n", id); finish(fd); return 1; }
+    if (k->page == BIG) {
+        if (!scgi && id != 1) { fprintf(stderr, "floor: request id %u, not 1\n", id); finish(fd); return 1; }
         k->out = big; k->out_len = big_len;
-    } else if (k->page == HELLO) {
-        k->out = k->small; k->out_len = fcgi_answer(k->small, id, HELLO_HEAD, 0);
     } else {
-        char head[128];
-        snprintf(head, sizeof head, "Status: 200 OK\r\nContent-Type: text/plain\r\n\r\n%zu\n", k->body);
-        k->out = k->small; k->out_len = fcgi_answer(k->small, id, head, 0);
+        char length[128];
+        const char *head = HELLO_HEAD;
+        if (k->page == UPLOAD) {
+            snprintf(length, sizeof length, "Status: 200 OK\r\nContent-Type: text/plain\r\n\r\n%zu\n", k->body);
+            head = length;
+        }
+        k->out = k->small;
+        k->out_len = scgi ? (size_t)snprintf((char *)k->small, sizeof k->small, "%s", head)
+                          : fcgi_answer(k->small, id, head, 0);
     }
     int r = flush(fd, k);
     if (r < 0 || (r == 1 && (scgi || !k->keep))) { finish(fd); return 1; }
