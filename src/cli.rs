@@ -413,6 +413,7 @@ fn prefork_worker<H: Handler>(
         let mut options = serve_options(config, "prefork");
         // Only the master speaks to systemd.
         options.notify = Arc::new(|_: &str| {});
+        options.budget = budget;
         let retire = options.retire.clone();
         let load = Arc::clone(&shared.load);
         let status = Arc::new(status);
@@ -519,5 +520,6 @@ fn serve_options(config: &Config, method: &'static str) -> ServeOptions {
         notify: notifier(config),
         retire: CancellationToken::new(),
         method,
+        budget: 0,
     }
 }
