@@ -148,6 +148,7 @@ pub(crate) fn fork() -> io::Result<Forked> {
             )));
         }
     }
+    bind_thread_exit();
     // SAFETY: the process has a single thread (checked above through /proc; where /proc is
     // missing, callers' documented precondition is that no thread has been started), so the
     // child is a complete copy in which no lock is held by a vanished thread and any code,
@@ -158,6 +159,23 @@ pub(crate) fn fork() -> io::Result<Forked> {
         }
         nix::unistd::ForkResult::Child => Ok(Forked::Child),
     }
+}
+
+/// Has glibc bind, once in this process, what each child would otherwise bind for itself.
+///
+/// Registering a thread-local destructor (`__cxa_thread_atexit_impl`, on a thread's first use
+/// of a thread-local that needs dropping) calls `_dl_find_dso_for_object` through libc's own
+/// PLT, which glibc binds lazily whatever the binary's BIND_NOW: the first call in a process
+/// looks the symbol up through every loaded library's hash tables. A prefork worker's runtime
+/// registers its first destructors when it starts, so every worker made that lookup, and
+/// fault-around left the dynamic loader's code and the libraries' symbol tables resident in
+/// it: about 280 KiB of an idle worker's RSS (docs/performance.md, "Memory"). Registered here
+/// first, on the thread that forks, the binding is copied into every child.
+fn bind_thread_exit() {
+    thread_local! {
+        static BOUND: String = const { String::new() };
+    }
+    BOUND.with(|_| {});
 }
 
 /// Threads in this process, from `/proc/self/task`; `None` when /proc is not available.
