@@ -1,7 +1,8 @@
 //! Process models and the daemon's lifecycle, end to end (design.md §3 and §4).
 //!
 //! - `method=prefork` keeps its pool: `minspare`..`maxspare` idle workers, never more than
-//!   `maxchildren`, a killed worker replaced (and logged), `maxrequests` recycling.
+//!   `maxchildren`, a killed worker replaced (and logged), `maxrequests` recycling; a worker
+//!   working through a full backlog still answers the connection it keeps open.
 //! - The signals under load through real nginx: HUP (reload), TERM (graceful stop), USR1
 //!   (reopen `errlog=`); TTIN/TTOU adjustments kept across HUP.
 //! - Workers that cannot start (a file descriptor limit, set with `prlimit`): a starting
@@ -23,7 +24,9 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::Ordering;
@@ -31,11 +34,16 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use appserver_proto::fcgi::{encode_request, encode_stdin, Role};
+use appserver_proto::Params;
+use bytes::BytesMut;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::util::cases;
-use crate::util::client::{http_get, try_http_request};
+use crate::util::client::{
+    cgi_params, fcgi_get, http_get, read_response, try_http_request, Stream,
+};
 use crate::util::command::{
     appserver_bin, axum_example_bin, unix_accepted, wait_timeout, Listen, Server, TestCommand,
 };
@@ -388,6 +396,118 @@ fn prefork_workers_stop_when_the_master_is_killed() {
         }
     }
     assert!(gone, "workers {workers:?} outlived their master");
+}
+
+/// Connections queued behind a stopped worker in
+/// `prefork_answers_a_kept_connection_while_its_backlog_is_full`: several times the runtime's
+/// budget (128), within the default `backlog=` (1024).
+const QUEUED: usize = 800;
+
+/// A prefork worker serves each new connection in place, so with connections always waiting
+/// in the backlog its accept loop never waits for one; it still gives up its turn once per
+/// runtime budget, so a connection it keeps open (a FastCGI keep-conn client between two
+/// requests) is read and answered while the backlog is worked through, not after it. The
+/// access log says in which order the worker answered.
+#[test]
+fn prefork_answers_a_kept_connection_while_its_backlog_is_full() {
+    let somaxconn: usize = fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    // A connect to a full backlog would block while the worker is stopped.
+    let queued_count = QUEUED.min(somaxconn.saturating_sub(16));
+    assert!(
+        queued_count >= 400,
+        "net.core.somaxconn={somaxconn} is too small for this test"
+    );
+    let cmd = TestCommand::appserver();
+    let access_log = cmd.path("access.log");
+    let server = prefork(
+        cmd,
+        &[
+            "maxchildren=1",
+            "minspare=1",
+            "maxspare=1",
+            &format!("accesslog={}", access_log.display()),
+        ],
+    );
+    let path = socket_of(&server);
+    let (params, kept_params) = (
+        cgi_params("GET", "/", &[]),
+        cgi_params("GET", "/?kept", &[]),
+    );
+    let mut kept = Stream::connect(server.listen());
+    let first = fcgi_get(&mut kept, &kept_params, true);
+    assert_eq!(first.status, 200, "{}", server.log());
+    let worker = *children(server.pid()).first().expect("a worker");
+
+    // Stopped, the worker leaves every new connection, request written, in the backlog, and
+    // the kept connection's next request unread: when it continues, the backlog comes first.
+    let wire = |params: &Params, keep_conn| {
+        let mut wire = BytesMut::new();
+        encode_request(1, Role::Responder, keep_conn, params, &mut wire);
+        encode_stdin(1, &[], &mut wire);
+        wire
+    };
+    kill(Pid::from_raw(worker as i32), Signal::SIGSTOP).expect("SIGSTOP");
+    let mut queued: Vec<UnixStream> = (0..queued_count)
+        .map(|_| {
+            let mut s = UnixStream::connect(&path).expect("connect");
+            s.set_read_timeout(Some(SETTLE_TIMEOUT)).expect("timeout");
+            s.write_all(&wire(&params, false)).expect("write");
+            s
+        })
+        .collect();
+    kept.write_all(&wire(&kept_params, true))
+        .expect("write the kept connection's request");
+    kill(Pid::from_raw(worker as i32), Signal::SIGCONT).expect("SIGCONT");
+    let resp = read_response(&mut kept, true, &mut |_| {});
+    assert_eq!(resp.status, 200, "{}", server.log());
+    let answered = queued
+        .iter_mut()
+        .map(|s| {
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).is_ok() && !out.is_empty()
+        })
+        .filter(|&ok| ok)
+        .count();
+    assert_eq!(
+        answered,
+        queued_count,
+        "queued connections answered\n{}",
+        server.log()
+    );
+
+    // Every request is logged (the log is written at least once a second), in the order
+    // answered: the kept connection's second request came before most of the backlog.
+    let lines = || fs::read_to_string(&access_log).unwrap_or_default();
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || lines().lines().count()
+            >= queued_count + 2),
+        "{} access log lines, {} requests answered\n{}",
+        lines().lines().count(),
+        queued_count + 2,
+        server.log()
+    );
+    let log = lines();
+    let kept_at: Vec<usize> = log
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("/?kept"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        kept_at.len(),
+        2,
+        "the kept connection's requests in the log:\n{log}"
+    );
+    let before = kept_at[1] - kept_at[0] - 1;
+    eprintln!("the kept connection's second request was answered after {before} of {queued_count} queued connections");
+    assert!(
+        before < queued_count / 2,
+        "the kept connection was answered after {before} of the {queued_count} connections \
+         queued behind it: its worker did not turn to it while the backlog was full"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

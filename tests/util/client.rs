@@ -455,7 +455,7 @@ pub(crate) fn fcgi_get(stream: &mut Stream, params: &Params, keep_conn: bool) ->
 }
 
 /// Reads records until END_REQUEST for id 1.
-fn read_response(
+pub(crate) fn read_response(
     stream: &mut Stream,
     keep_body: bool,
     sink: &mut dyn FnMut(&[u8]),
