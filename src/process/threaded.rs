@@ -1,11 +1,13 @@
 //! `method=threaded`: one process, a multi-threaded tokio runtime.
 //!
-//! The accept loop gives each connection to the connection engine on its own task. It accepts
-//! only while the process has room for another request (`maxchildren` threaded, one per
-//! prefork worker), so connections wait in the listen backlog, where another worker can take
-//! them, instead of queueing behind a busy process. At most `maxconns` connections are open:
-//! when all are, a new one evicts the one that has waited longest for a request. Signals map to [`Control`]: a graceful stop stops
-//! accepting, lets busy connections finish within `graceful_timeout=`, then returns.
+//! The accept loop gives each connection to the connection engine on its own task (a prefork
+//! worker first serves it in place, and spawns it only if it has to wait). It accepts only
+//! while the process has room for another request (`maxchildren` threaded, one per prefork
+//! worker), so connections wait in the listen backlog, where another worker can take them,
+//! instead of queueing behind a busy process. At most `maxconns` connections are open: when
+//! all are, a new one evicts the one that has waited longest for a request. Signals map to
+//! [`Control`]: a graceful stop stops accepting, lets busy connections finish within
+//! `graceful_timeout=`, then returns.
 //!
 //! The process reloads itself in place ([`Reload`]) on SIGHUP, when the `touch_reload=` file
 //! changes, and after every `maxrequests=` requests: it stops accepting but keeps the listener open (new connections wait in its
