@@ -8,10 +8,13 @@
 //! against the codec-only figure of `proto/benches/codec.rs` in the same run: the difference
 //! is what the socket, the runtime and the handler call cost. `_observed` runs the handler as
 //! `runfcgi` does, inside `status::Observed` with a scoreboard and an access log: the
-//! difference to the bare one is what observability costs per request.
+//! difference to the bare one is what observability costs per request. `prefork_` rows run
+//! the appserver binary itself (`method=prefork`, one worker, the `info` app): the process
+//! model and its accept loop on top, as a site runs it.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use appserver::driver::{self, Shared};
@@ -173,7 +176,60 @@ fn bench(c: &mut Criterion) {
         "fcgi_connection_per_request_hello_unix_observed",
         &observed,
     );
+    // The whole server: a prefork worker's accept loop, the process model, the info app.
+    let prefork = dir.path().join("prefork.sock");
+    let _server = PreforkServer::start(&prefork);
+    keepalive_requests(&mut group, "prefork_keepalive_info_unix", &prefork);
+    one_request_per_connection(
+        &mut group,
+        "prefork_connection_per_request_info_unix",
+        &prefork,
+    );
     group.finish();
+}
+
+/// `appserver runfcgi method=prefork` with one worker on a unix socket, stopped on drop.
+struct PreforkServer(Child);
+
+impl PreforkServer {
+    /// Starts the server and returns once it says it is ready.
+    fn start(socket: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_appserver"))
+            .args([
+                "runfcgi",
+                "method=prefork",
+                "maxchildren=1",
+                "minspare=1",
+                "maxspare=1",
+                "daemonize=false",
+            ])
+            .arg(format!("socket={}", socket.display()))
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start appserver");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let server = PreforkServer(child);
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("ready:") => break,
+                Some(Ok(_)) => {}
+                _ => panic!("appserver exited before it was ready"),
+            }
+        }
+        // Its later lines are drained, so that a full pipe never stops it.
+        std::thread::spawn(move || lines.for_each(drop));
+        server
+    }
+}
+
+impl Drop for PreforkServer {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
 }
 
 /// True when a whole record header is buffered, so decoding again may yield a record.
