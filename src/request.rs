@@ -147,20 +147,27 @@ pub fn build(
     *req.uri_mut() = uri;
     *req.version_mut() = version;
     let headers = req.headers_mut();
+    // Sized once for every HTTP_ variable (a browser sends ten or more) instead of growing;
+    // past the map's own bound (32 768) it is left to grow, as before.
+    let count = params
+        .iter()
+        .filter(|(n, _)| n.starts_with(b"HTTP_"))
+        .count();
+    let _ = headers.try_reserve(count + 2);
+    // Header names are mapped in a buffer kept across the loop: no allocation per header.
+    let mut lower = Vec::with_capacity(64);
     for (name, value) in params.iter() {
         let Some(header) = name.strip_prefix(b"HTTP_") else {
             continue;
         };
-        let lower: Vec<u8> = header
-            .iter()
-            .map(|&b| {
-                if b == b'_' {
-                    b'-'
-                } else {
-                    b.to_ascii_lowercase()
-                }
-            })
-            .collect();
+        lower.clear();
+        lower.extend(header.iter().map(|&b| {
+            if b == b'_' {
+                b'-'
+            } else {
+                b.to_ascii_lowercase()
+            }
+        }));
         // nginx also sends the body headers as HTTP_CONTENT_*; the CGI variables are the
         // authoritative ones (they describe the body actually forwarded). Compared after the
         // mapping, so no other spelling (`HTTP_Content_Length`, `HTTP_CONTENT-LENGTH`) can
