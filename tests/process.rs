@@ -449,12 +449,13 @@ fn prefork_answers_a_kept_connection_while_its_backlog_is_full() {
         encode_stdin(1, &[], &mut wire);
         wire
     };
+    let request = wire(&params, false);
     kill(Pid::from_raw(worker as i32), Signal::SIGSTOP).expect("SIGSTOP");
     let mut queued: Vec<UnixStream> = (0..queued_count)
         .map(|_| {
             let mut s = UnixStream::connect(&path).expect("connect");
             s.set_read_timeout(Some(SETTLE_TIMEOUT)).expect("timeout");
-            s.write_all(&wire(&params, false)).expect("write");
+            s.write_all(&request).expect("write");
             s
         })
         .collect();

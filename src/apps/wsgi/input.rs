@@ -229,8 +229,8 @@ type Frame = Option<Result<http_body::Frame<Bytes>, crate::BoxError>>;
 /// together they hold fewer than `need` bytes; the last one is the end or an error if one
 /// came. The waiting ones are taken inside the wait, not after it: on a runtime a prefork
 /// worker lent ([`lend`]) that is where the room they free in the channel wakes the
-/// connection's task without a system call (from outside the runtime each wake-up writes to the runtime's
-/// eventfd: 148 writes per 10 MiB upload, 17 since).
+/// connection's task without a system call (from outside the runtime each wake-up writes to
+/// the runtime's eventfd: 148 writes per 10 MiB upload, 17 since).
 async fn next_frames(body: &mut Body, need: usize) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut got = 0;
