@@ -392,6 +392,7 @@ fn prefork_worker<H: Handler>(
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(config.maxchildren.max(1))
+        .on_thread_park(crate::sys::give_way)
         .build()
     {
         Ok(rt) => rt,
