@@ -5,7 +5,7 @@
 //! answering: each new connection pushes the oldest silent one out.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -23,6 +23,10 @@ pub(crate) struct Slots {
     table: Mutex<HashMap<u64, Arc<SlotState>>>,
     next_id: AtomicU64,
     base: Instant,
+    /// Accept loops waiting in [`take_or_evict`](Self::take_or_evict), and how a connection
+    /// that becomes evictable wakes them.
+    waiters: AtomicUsize,
+    evictable: Notify,
 }
 
 /// What the engine tells the slot table about one connection, and how it is told to go.
@@ -51,6 +55,8 @@ impl Slots {
             table: Mutex::new(HashMap::with_capacity(max.min(4096))),
             next_id: AtomicU64::new(0),
             base: Instant::now(),
+            waiters: AtomicUsize::new(0),
+            evictable: Notify::new(),
         })
     }
 
@@ -69,6 +75,34 @@ impl Slots {
             }
         };
         self.register(permit)
+    }
+
+    /// Waits until a slot is free (`Some`) or a connection is evictable, and tells it to go
+    /// (`None`: the caller's connection takes the evicted one's slot with
+    /// [`take`](Self::take)).
+    ///
+    /// Waiting for a free slot alone is not enough: when every slot is taken by connections
+    /// accepted a moment ago whose tasks have not run yet (a flood of connections on a busy
+    /// machine), none is evictable, and a silent one only frees its slot at `header_timeout`.
+    /// Each of them becomes evictable once its first read finds nothing, which is what ends
+    /// this wait.
+    pub(crate) async fn take_or_evict(self: &Arc<Self>) -> Option<Slot> {
+        loop {
+            let notified = self.evictable.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let _waiting = Waiting::new(&self.waiters);
+            if let Some(slot) = self.try_take() {
+                return Some(slot);
+            }
+            if self.evict_oldest() {
+                return None;
+            }
+            tokio::select! {
+                slot = self.take() => return Some(slot),
+                () = &mut notified => {}
+            }
+        }
     }
 
     fn register(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Slot {
@@ -127,6 +161,25 @@ impl Slots {
     }
 }
 
+/// Counts one waiter in [`Slots::take_or_evict`] while it lives. The fences pair with the one
+/// in [`Slot::set_evictable`]: either the waiter's scan sees the connection evictable, or
+/// the connection sees the waiter and wakes it.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(waiters: &'a AtomicUsize) -> Self {
+        waiters.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        Self(waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Slot {
     /// The connection waits for a request (`true`, since `now`) or is busy with one.
     pub(crate) fn set_evictable(&self, evictable: bool, now: Instant) {
@@ -136,6 +189,12 @@ impl Slot {
             BUSY
         };
         self.state.evictable_since.store(v, Ordering::Relaxed);
+        if evictable {
+            fence(Ordering::SeqCst);
+            if self.slots.waiters.load(Ordering::Relaxed) > 0 {
+                self.slots.evictable.notify_waiters();
+            }
+        }
     }
 
     /// Resolves when the slot table wants this connection closed.
@@ -185,5 +244,42 @@ mod tests {
         // c is next; then only the busy a is left.
         assert!(slots.evict_oldest());
         assert!(!slots.evict_oldest());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_a_slot_ends_when_a_connection_becomes_evictable() {
+        let slots = Slots::new(2);
+        let a = slots.try_take().unwrap();
+        let b = slots.try_take().unwrap();
+        // Both just accepted: neither has said it waits, so there is nothing to evict yet.
+        let wait = slots.take_or_evict();
+        tokio::pin!(wait);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), &mut wait)
+                .await
+                .is_err(),
+            "no slot free and none evictable"
+        );
+        // b's first read finds nothing: it is a silent connection, and is evicted at once
+        // (without this, the wait lasted until a connection closed: header_timeout).
+        b.set_evictable(true, Instant::now());
+        let got = tokio::time::timeout(Duration::from_millis(1), &mut wait)
+            .await
+            .expect("the wait ended when b became evictable");
+        assert!(got.is_none(), "b evicted, not a free slot");
+        tokio::time::timeout(Duration::from_millis(1), b.evicted())
+            .await
+            .expect("b told to go");
+        // A slot freed while waiting ends the wait too.
+        let wait = slots.take_or_evict();
+        tokio::pin!(wait);
+        assert!(tokio::time::timeout(Duration::from_secs(1), &mut wait)
+            .await
+            .is_err());
+        drop(a);
+        let got = tokio::time::timeout(Duration::from_millis(1), &mut wait)
+            .await
+            .expect("a's slot");
+        assert!(got.is_some());
     }
 }

@@ -255,8 +255,8 @@ where
 
 /// A `maxconns` slot for a connection just accepted: a free one, or the slot of the
 /// connection that has waited longest for a request, evicted for it; with every connection
-/// busy, the wait for one to end. `None` when a stop comes first (the connection is then
-/// dropped).
+/// busy, the wait for one to end or to start waiting. `None` when a stop comes first (the
+/// connection is then dropped).
 async fn take_slot(
     slots: &Arc<Slots>,
     max_conns: usize,
@@ -273,13 +273,15 @@ async fn take_slot(
         "maxconns={max_conns} connections are busy with requests: the new one waits for a slot"
     );
     let slot = match drain_until {
-        Some(until) => tokio::time::timeout_at(until, slots.take()).await.ok(),
+        Some(until) => tokio::time::timeout_at(until, slots.take_or_evict())
+            .await
+            .ok()?,
         None => tokio::select! {
-            slot = slots.take() => Some(slot),
-            () = stop.cancelled() => None,
+            slot = slots.take_or_evict() => slot,
+            () = stop.cancelled() => return None,
         },
     };
-    slot.map(SlotFor::Free)
+    Some(slot.map_or(SlotFor::Evicted, SlotFor::Free))
 }
 
 /// Unblocks the control signals and SIGCHLD in this thread, once their handlers exist.
