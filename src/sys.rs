@@ -338,10 +338,10 @@ pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
 /// an idle vCPU and an interrupt to wake it) and, without keep-conn, an `epoll_ctl` pair for
 /// each connection accepted before its request arrived. Measured behind nginx, two workers,
 /// `wrk -c50` (docs/performance.md, "Giving way before sleeping"): voluntary context switches
-/// 202 -> 9 per 1,000 requests without keep-conn, worker CPU 12-13 -> 9 µs per request and
-/// 8-11 % more requests/s; with keep-conn 10 -> 7 µs and 3-8 %. With nothing else runnable it
-/// returns at once: one system call per sleep. Not for the threaded model's runtime: there
-/// it cost 2-7 % of the requests/s, with or without keep-conn.
+/// 202 -> 9 per 1,000 requests without keep-conn, worker CPU 12 -> 9 µs per request and
+/// 7-13 % more requests/s; with keep-conn 9-10 -> 7 µs, requests/s the same. With nothing
+/// else runnable it returns at once: one system call per sleep. Not for the threaded model's
+/// runtime: there it cost 2-9 % of the requests/s, with or without keep-conn.
 pub(crate) fn give_way() {
     // SAFETY: sched_yield(2) takes nothing and touches no memory; it cannot fail on Linux.
     unsafe {

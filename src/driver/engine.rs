@@ -342,6 +342,13 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
 
         loop {
             let now = Instant::now();
+            // The select below is biased, its stop branch last: on a connection whose next
+            // request is always there by the time it looks (a prefork worker that yields
+            // before it sleeps, under nginx's keep-conn load), that branch would never be
+            // taken and a retiring worker would never close it.
+            if !closing && self.shared.shutdown.is_cancelled() {
+                closing = true;
+            }
             if self.queued.is_none() {
                 while let Some(ev) = self.wire.poll_event() {
                     if let Err(close) = self.on_event(ev, now) {
