@@ -7,7 +7,7 @@
 //! and a `poll` loop serves both, so it can fork again at any time.
 //!
 //! Each worker builds its own current-thread runtime and accepts on the shared listener;
-//! the runtime gives the CPU away once before it sleeps ([`crate::sys::give_way`]), so a
+//! the runtime gives the CPU away once before it sleeps (`sys::give_way`), so a
 //! busy web server's next connection usually finds the worker still awake.
 //! It reports over the status pipe (8-byte messages, atomic below `PIPE_BUF`):
 //!
