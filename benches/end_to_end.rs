@@ -188,11 +188,14 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// How long the prefork server may take to say it is ready.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `appserver runfcgi method=prefork` with one worker on a unix socket, stopped on drop.
 struct PreforkServer(Child);
 
 impl PreforkServer {
-    /// Starts the server and returns once it says it is ready.
+    /// Starts the server and returns once it says it is ready, within [`READY_WITHIN`].
     fn start(socket: &std::path::Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_appserver"))
             .args([
@@ -209,17 +212,21 @@ impl PreforkServer {
             .spawn()
             .expect("start appserver");
         let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
         let server = PreforkServer(child);
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains("ready:") => break,
-                Some(Ok(_)) => {}
-                _ => panic!("appserver exited before it was ready"),
+        // Its lines are read (and later ones drained, so that a full pipe never stops it) on
+        // a thread of their own, so a server that never says it is ready fails the bench
+        // instead of hanging it.
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("ready:") {
+                    let _ = ready_tx.send(());
+                }
             }
+        });
+        if ready.recv_timeout(READY_WITHIN).is_err() {
+            panic!("appserver did not say it was ready within {READY_WITHIN:?} (or exited)");
         }
-        // Its later lines are drained, so that a full pipe never stops it.
-        std::thread::spawn(move || lines.for_each(drop));
         server
     }
 }

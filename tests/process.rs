@@ -503,7 +503,11 @@ fn prefork_answers_a_kept_connection_while_its_backlog_is_full() {
         "the kept connection's requests in the log:\n{log}"
     );
     let before = kept_at[1] - kept_at[0] - 1;
-    eprintln!("the kept connection's second request was answered after {before} of {queued_count} queued connections");
+    eprintln!(
+        "the kept connection's second request was answered after {before} of {} queued \
+         connections",
+        queued_count
+    );
     assert!(
         before < queued_count / 2,
         "the kept connection was answered after {before} of the {queued_count} connections \
