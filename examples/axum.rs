@@ -34,6 +34,8 @@
 //!   `body-sha256 HEX`, then `env NAME=value` for every CGI variable in arrival order. The
 //!   protocol-equivalence tests compare it across FastCGI, SCGI and AJP13.
 //! - `/slow?ms=N`: waits `N` milliseconds, then answers `done`.
+//! - `/busy?ms=N`: holds its thread `N` milliseconds without yielding to the runtime (as a
+//!   blocking call or a long computation in a handler does), then answers `done`.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -74,6 +76,7 @@ fn router() -> Router {
         .route("/inspect", any(inspect))
         .route("/inspect/{*rest}", any(inspect))
         .route("/slow", get(slow))
+        .route("/busy", get(busy))
 }
 
 /// Hashes the body frame by frame, so a 1 GiB upload costs one frame of memory.
@@ -192,6 +195,14 @@ async fn slow(Query(q): Query<HashMap<String, String>>) -> Response {
         return (StatusCode::BAD_REQUEST, "slow needs ms=N\n").into_response();
     };
     tokio::time::sleep(Duration::from_millis(ms)).await;
+    "done\n".into_response()
+}
+
+async fn busy(Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(Ok(ms)) = q.get("ms").map(|ms| ms.parse::<u64>()) else {
+        return (StatusCode::BAD_REQUEST, "busy needs ms=N\n").into_response();
+    };
+    std::thread::sleep(Duration::from_millis(ms));
     "done\n".into_response()
 }
 

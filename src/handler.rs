@@ -20,6 +20,14 @@ pub type Response = http::Response<Body>;
 
 /// An application served by appserver.
 ///
+/// `call`'s future must not hold its thread: a blocking call (a database driver without
+/// async, a file read, `std::thread::sleep`) or a long computation goes in [`blocking`] or
+/// `tokio::task::spawn_blocking`. A future that holds its runtime thread holds every
+/// connection that thread was serving, and, when that thread was the one polling for I/O, can
+/// keep the process from noticing new connections until it returns (each runtime thread has
+/// an accept loop of its own, so a handler that holds its thread from the accept loop's poll
+/// stops that loop only).
+///
 /// ```
 /// use appserver::{Body, BoxError, Handler, Request, Response};
 ///

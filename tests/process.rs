@@ -2390,3 +2390,71 @@ fn threaded_hup_and_maxrequests_re_execute_without_losing_requests() {
     assert!(alive(pid), "the same process serves on");
     assert_eq!(http_get(nginx.port(), "/").text(), "Hello from axum\n");
 }
+
+// ---------------------------------------------------------------------------------------
+// 13. A threaded process's accept loops.
+
+/// How long `/busy` holds its runtime thread in the test below: long enough that an answer
+/// queued behind it could not pass for a prompt one.
+const BUSY_MS: u64 = 4_000;
+
+/// A threaded process serves a new connection in place on the accept loop's task, so a
+/// handler that holds its thread (a blocking call, a long computation) holds that loop. Each
+/// runtime thread has a loop of its own: with two threads, a request sent while one handler
+/// holds its thread is answered by the other thread's loop, not after the busy one.
+///
+/// The busy request is written while the process is stopped, so it is whole in the socket
+/// when a loop accepts it, and served in place. (One that arrives later waits on a task of its
+/// own, woken by the runtime's I/O driver on the thread that then runs it, and the other
+/// thread may sleep without polling for I/O until the handler returns: why a handler must not
+/// hold its thread, `Handler`'s documentation.)
+#[test]
+fn threaded_answers_while_a_handler_holds_its_thread() {
+    let mut cmd = TestCommand::axum();
+    let socket = cmd.path("s.sock");
+    cmd.env("TOKIO_WORKER_THREADS", "2")
+        .args([
+            "runfcgi",
+            "daemonize=false",
+            "method=threaded",
+            "debug=true",
+        ])
+        .arg(format!("socket={}", socket.display()));
+    let server = cmd.start();
+    let pid = Pid::from_raw(server.pid() as i32);
+
+    let mut busy = Stream::connect(server.listen());
+    busy.set_timeouts(SETTLE_TIMEOUT + Duration::from_millis(BUSY_MS));
+    let mut wire = BytesMut::new();
+    let params = cgi_params("GET", &format!("/busy?ms={BUSY_MS}"), &[]);
+    encode_request(1, Role::Responder, false, &params, &mut wire);
+    encode_stdin(1, &[], &mut wire);
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    busy.write_all(&wire).expect("write the busy request");
+    kill(pid, Signal::SIGCONT).expect("SIGCONT");
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || unix_accepted(&socket) == 1),
+        "the busy request was not accepted\n{}",
+        server.log()
+    );
+
+    let sent = Instant::now();
+    let mut hello = Stream::connect(server.listen());
+    hello.set_timeouts(SETTLE_TIMEOUT + Duration::from_millis(BUSY_MS));
+    let resp = fcgi_get(&mut hello, &cgi_params("GET", "/", &[]), false);
+    let took = sent.elapsed();
+    assert_eq!(resp.status, 200, "{}", server.log());
+    assert_eq!(resp.text(), "Hello from axum\n");
+    assert!(
+        took < Duration::from_millis(BUSY_MS / 4),
+        "hello answered after {took:?}, behind the handler holding its thread\n{}",
+        server.log()
+    );
+    let resp = read_response(&mut busy, true, &mut |_| {});
+    assert_eq!(
+        (resp.status, resp.text().as_str()),
+        (200, "done\n"),
+        "{}",
+        server.log()
+    );
+}

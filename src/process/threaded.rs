@@ -1,12 +1,13 @@
 //! `method=threaded`: one process, a multi-threaded tokio runtime.
 //!
-//! The accept loop gives each connection to the connection engine on its own task (a prefork
-//! worker first serves it in place, and spawns it only if it has to wait). It accepts only
-//! while the process has room for another request (`maxchildren` threaded, one per prefork
-//! worker), so connections wait in the listen backlog, where another worker can take them,
-//! instead of queueing behind a busy process. At most `maxconns` connections are open: when
-//! all are, a new one evicts the one that has waited longest for a request. Signals map to
-//! [`Control`]: a graceful stop stops accepting, lets busy connections finish within
+//! Each runtime thread runs an accept loop (a prefork worker's runtime has one thread). A loop
+//! serves a new connection in place, on its own task, and gives it a task of its own only if
+//! it has to wait, so a handler that holds its thread stops that loop only. The loops accept
+//! only while the process has room for another request (`maxchildren` threaded, one per
+//! prefork worker), so connections wait in the listen backlog, where another worker can take
+//! them, instead of queueing behind a busy process. At most `maxconns` connections are open:
+//! when all are, a new one evicts the one that has waited longest for a request. Signals map
+//! to [`Control`]: a graceful stop stops accepting, lets busy connections finish within
 //! `graceful_timeout=`, then returns.
 //!
 //! The process reloads itself in place ([`Reload`]) on SIGHUP, when the `touch_reload=` file
@@ -227,12 +228,12 @@ enum SlotFor {
     Evicted,
 }
 
-/// Polls a prefork worker's new connection once on the accept loop's task, and gives it a
-/// task of its own only if it has to wait. Moving it after a poll loses no wake-up: what it
-/// waits on (socket readiness, a notification, a timer) keeps its state, and the task's first
-/// poll registers its own waker; a wake-up before that reaches the accept loop, which
-/// re-checks what it waits for. A panic that escapes the driver ends that connection, as it
-/// would end its task, not the accept loop.
+/// Polls a new connection once on the accept loop's task, and gives it a task of its own only
+/// if it has to wait. Moving it after a poll loses no wake-up: what it waits on (socket
+/// readiness, a notification, a timer) keeps its state, and the task's first poll registers
+/// its own waker; a wake-up before that reaches the accept loop, which re-checks what it waits
+/// for. A panic that escapes the driver ends that connection, as it would end its task, not
+/// the accept loop.
 async fn serve_in_place<F>(mut conn: Pin<Box<F>>, tracker: &TaskTracker)
 where
     F: Future<Output = ()> + Send + 'static,
@@ -348,13 +349,15 @@ pub async fn serve<H: Handler>(
     // Set before a stop that closes the listener for good (a signal), so the backlog is
     // drained; a retiring prefork worker leaves it to the workers that keep accepting.
     let drain = Arc::new(AtomicBool::new(false));
-    let accept_loop = {
+    let accept_loop = || {
         let drain = Arc::clone(&drain);
         let unread = Arc::clone(&unread);
         let tracker = tracker.clone();
         let shared = Arc::clone(&shared);
         let stop = stop_accepting.clone();
         let options = options.clone();
+        let listener = Arc::clone(&listener);
+        let slots = Arc::clone(&slots);
         // Prefork workers share the listener (see driver::ARRIVAL_GRACE).
         let siblings = options.method == "prefork";
         async move {
@@ -439,33 +442,35 @@ pub async fn serve<H: Handler>(
                     drop(slot);
                     crate::status::recorder().connection_closed();
                 };
-                // A prefork worker serves the new connection in place until it waits: its
-                // request is usually in the socket already and its answer fits the socket's
-                // buffer, so a connection per request ends here without a task of its own
-                // (it used to get one, then a yield so it could read its request before the
-                // next accept: 5 system calls per request where there are now 4), and a
-                // worker whose request slot it takes stops accepting (room() above). One
-                // that waits (more body, a slow app, the next keep-conn request) goes on on
-                // its own task. While the backlog never empties the loop still gives up its
-                // turn once per runtime budget (128 connections), so the worker's other
-                // tasks (kept-alive connections, signals, status reports) run.
-                //
-                // A threaded process spawns at once and accepts on, so that its other runtime
-                // thread can take the connection; yielding here woke that thread for every
-                // connection (a futex and an eventfd write each, 3.9 epoll_waits per request
-                // instead of 1), for 20 % fewer requests/s without keep-conn.
-                if siblings {
-                    serve_in_place(Box::pin(conn), &tracker).await;
-                    tokio::task::consume_budget().await;
-                } else {
-                    tracker.spawn(conn);
-                }
+                // The new connection is served in place until it waits: its request is
+                // usually in the socket already and its answer fits the socket's buffer, so
+                // a connection per request ends here without a task of its own (it used to
+                // get one: in a prefork worker, then a yield so it could read its request
+                // before the next accept, 5 system calls per request where there are now 4;
+                // in a threaded process, a futex wake-up of the runtime thread it was handed
+                // to, 0.5 per request), and a worker whose request slot it takes stops
+                // accepting (room() above). One that waits (more body, a slow app, the next
+                // keep-conn request) goes on on its own task. While the backlog never empties the loop still gives up its turn
+                // once per runtime budget (128 connections), so the runtime's other tasks
+                // (kept-alive connections, signals, status reports) run.
+                serve_in_place(Box::pin(conn), &tracker).await;
+                tokio::task::consume_budget().await;
             }
         }
     };
-    let accept_task = tokio::spawn(accept_loop);
+    // One accept loop per runtime thread (a prefork worker has one): a handler that holds
+    // its thread (a blocking call, a long computation) while the loop serves it in place
+    // stops that loop only, and the other threads' loops accept and answer on, as each of
+    // uWSGI's threads accepts for itself. (With one loop, it stopped accepting altogether.)
+    let loops = tokio::runtime::Handle::current().metrics().num_workers();
+    let accept_tasks: Vec<_> = (0..loops).map(|_| tokio::spawn(accept_loop())).collect();
+    let accept_tasks = async move {
+        for task in accept_tasks {
+            let _ = task.await;
+        }
+    };
 
-    // Finishes the requests in flight once the accept loop has ended: connections accepted a
+    // Finishes the requests in flight once the accept loops have ended: connections accepted a
     // moment ago read their request before idle ones are closed, then the busy ones get up
     // to graceful_timeout=.
     let finish = || async {
@@ -540,7 +545,7 @@ pub async fn serve<H: Handler>(
             // exec.
             drain.store(false, Ordering::Release);
             stop_accepting.cancel();
-            let _ = accept_task.await;
+            accept_tasks.await;
             // A stop asked for meanwhile wins: the process must not come back as a new
             // image (the signal would be lost with this one).
             let finishing = finish();
@@ -587,7 +592,7 @@ pub async fn serve<H: Handler>(
                 drop(kept_listener.take());
                 drain.store(matches!(wake, Wake::Signal(_)), Ordering::Release);
                 stop_accepting.cancel();
-                let _ = accept_task.await;
+                accept_tasks.await;
                 break finish().await;
             }
             Control::ImmediateStop => {
