@@ -2423,13 +2423,15 @@ fn threaded_answers_while_a_handler_holds_its_thread() {
     let server = cmd.start();
     let pid = Pid::from_raw(server.pid() as i32);
 
-    let mut busy = Stream::connect(server.listen());
-    busy.set_timeouts(SETTLE_TIMEOUT + Duration::from_millis(BUSY_MS));
     let mut wire = BytesMut::new();
     let params = cgi_params("GET", &format!("/busy?ms={BUSY_MS}"), &[]);
     encode_request(1, Role::Responder, false, &params, &mut wire);
     encode_stdin(1, &[], &mut wire);
+    // Connected while stopped too (the connection waits in the backlog): one accepted
+    // before its request is written would be polled, find nothing, and wait on a task.
     kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let mut busy = Stream::connect(server.listen());
+    busy.set_timeouts(SETTLE_TIMEOUT + Duration::from_millis(BUSY_MS));
     busy.write_all(&wire).expect("write the busy request");
     kill(pid, Signal::SIGCONT).expect("SIGCONT");
     assert!(

@@ -464,6 +464,9 @@ pub async fn serve<H: Handler>(
     // uWSGI's threads accepts for itself. (With one loop, it stopped accepting altogether.)
     let loops = tokio::runtime::Handle::current().metrics().num_workers();
     let accept_tasks: Vec<_> = (0..loops).map(|_| tokio::spawn(accept_loop())).collect();
+    // The loops (and a reload's kept handle) hold the listener now: a stop closes the socket
+    // as soon as they end, not when the last request is answered.
+    drop(listener);
     let accept_tasks = async move {
         for task in accept_tasks {
             let _ = task.await;
