@@ -345,8 +345,14 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
             // The select below is biased, its stop branch last: on a connection whose next
             // request is always there by the time it looks (a prefork worker that yields
             // before it sleeps, under nginx's keep-conn load), that branch would never be
-            // taken and a retiring worker would never close it.
-            if !closing && self.shared.shutdown.is_cancelled() {
+            // taken and a retiring worker would never close it. A worker that has admitted
+            // its request budget closes a connection between requests at once too, without
+            // waiting for its stop to be signalled (a fresh connection's first request is
+            // still served: it was accepted before the budget ran out).
+            if !closing
+                && (self.shared.shutdown.is_cancelled()
+                    || (self.phase != Phase::Fresh && self.shared.load.spent()))
+            {
                 closing = true;
             }
             if self.queued.is_none() {

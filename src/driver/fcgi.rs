@@ -230,6 +230,41 @@ mod tests {
         }
     }
 
+    /// A process that has admitted its request budget (a retiring prefork worker) closes a
+    /// kept-alive connection after its request instead of waiting for the next one, with no
+    /// stop signalled; with budget left, the connection stays open.
+    #[tokio::test]
+    async fn keep_conn_closes_once_the_budget_is_spent() {
+        let shared = shared(Echo, 4);
+        shared.load.set_budget(2);
+        let mut io = spawn(Arc::clone(&shared));
+        for (i, path) in ["/one", "/two"].into_iter().enumerate() {
+            io.write_all(&request_bytes(1, true, &[("REQUEST_URI", path)], b""))
+                .await
+                .unwrap();
+            let (out, status) = read_response(&mut io).await;
+            assert_eq!(status, ProtocolStatus::RequestComplete);
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.ends_with(&format!("{path} 0")), "{text}");
+            if i == 0 {
+                assert!(!shared.load.spent());
+                let mut byte = [0u8; 1];
+                let idle =
+                    tokio::time::timeout(std::time::Duration::from_millis(50), io.read(&mut byte))
+                        .await;
+                assert!(idle.is_err(), "open while budget is left: {idle:?}");
+            }
+        }
+        assert!(shared.load.spent());
+        assert!(!shared.shutdown.is_cancelled());
+        let mut rest = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), io.read_to_end(&mut rest))
+            .await
+            .expect("the connection closes once the budget is spent")
+            .unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+
     #[tokio::test]
     async fn content_length_mismatch_reaches_the_handler() {
         let mut io = spawn(shared(Echo, 4));

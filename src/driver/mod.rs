@@ -162,6 +162,9 @@ pub struct Load {
     /// Connections accepted less than [`ARRIVAL_GRACE`] ago whose request is not admitted yet.
     arriving: AtomicUsize,
     served: AtomicU64,
+    /// Requests the process may admit before it retires (a prefork worker's `maxrequests=`,
+    /// jittered); 0: no limit.
+    budget: AtomicU64,
     changed: Notify,
     /// Every waiter is woken when a request ends.
     freed: Notify,
@@ -176,6 +179,20 @@ impl Load {
     /// Requests admitted since start.
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// Sets the request budget (0: none); see [`spent`](Self::spent).
+    pub fn set_budget(&self, budget: u64) {
+        self.budget.store(budget, Ordering::Relaxed);
+    }
+
+    /// Whether the process has admitted its whole request budget: it then takes no new
+    /// connection, and a connection waiting between requests closes instead of taking the
+    /// next one (the engine checks at every turn, so a retiring worker's kept-alive
+    /// connections stop at once, not after the stop has made its way round every task).
+    pub fn spent(&self) -> bool {
+        let budget = self.budget.load(Ordering::Relaxed);
+        budget > 0 && self.served() >= budget
     }
 
     /// Waits until a request starts or ends.

@@ -336,6 +336,7 @@ pub async fn serve<H: Handler>(
     let mut signals = Signals::install()?;
     unblock_control_signals();
     let slots = Slots::new(options.max_conns);
+    shared.load.set_budget(options.budget);
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
     ready();
@@ -384,7 +385,7 @@ pub async fn serve<H: Handler>(
                             Err(_) => return,
                         }
                     }
-                    None if options.budget > 0 && shared.load.served() >= options.budget => {
+                    None if shared.load.spent() => {
                         // A prefork worker that served its maxrequests= budget takes no more
                         // connections; its watcher retires it.
                         stop.cancelled().await;
