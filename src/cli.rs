@@ -411,10 +411,11 @@ fn prefork_worker<H: Handler>(
         status::spawn_tasks();
         let listener = listen::Listener::from_std(listener)?;
         let shared = shared(config, handler, "prefork");
+        // Known to the accept loop and every connection (Load::spent), not just the watcher.
+        shared.load.set_budget(budget);
         let mut options = serve_options(config, "prefork");
         // Only the master speaks to systemd.
         options.notify = Arc::new(|_: &str| {});
-        options.budget = budget;
         let retire = options.retire.clone();
         let load = Arc::clone(&shared.load);
         let status = Arc::new(status);
@@ -424,7 +425,7 @@ fn prefork_worker<H: Handler>(
                 let mut busy = false;
                 loop {
                     load.changed().await;
-                    if budget > 0 && load.served() >= budget && !retire.is_cancelled() {
+                    if load.spent() && !retire.is_cancelled() {
                         status.report(prefork::Report::Retiring);
                         crate::status::worker_stopping();
                         retire.cancel();
@@ -521,6 +522,5 @@ fn serve_options(config: &Config, method: &'static str) -> ServeOptions {
         notify: notifier(config),
         retire: CancellationToken::new(),
         method,
-        budget: 0,
     }
 }

@@ -77,9 +77,6 @@ pub struct ServeOptions {
     pub retire: CancellationToken,
     /// `threaded` or `prefork`, for log lines.
     pub method: &'static str,
-    /// A prefork worker's request budget (`maxrequests=`, jittered; 0: none): once it has
-    /// served that many requests it accepts no more, and is retired (`retire`).
-    pub budget: u64,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -336,7 +333,6 @@ pub async fn serve<H: Handler>(
     let mut signals = Signals::install()?;
     unblock_control_signals();
     let slots = Slots::new(options.max_conns);
-    shared.load.set_budget(options.budget);
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
     ready();
@@ -386,8 +382,8 @@ pub async fn serve<H: Handler>(
                         }
                     }
                     None if shared.load.spent() => {
-                        // A prefork worker that served its maxrequests= budget takes no more
-                        // connections; its watcher retires it.
+                        // A prefork worker that served its maxrequests= budget (Load::spent)
+                        // takes no more connections; its watcher retires it.
                         stop.cancelled().await;
                         continue;
                     }
@@ -451,9 +447,10 @@ pub async fn serve<H: Handler>(
                 // in a threaded process, a futex wake-up of the runtime thread it was handed
                 // to, 0.5 per request), and a worker whose request slot it takes stops
                 // accepting (room() above). One that waits (more body, a slow app, the next
-                // keep-conn request) goes on on its own task. While the backlog never empties the loop still gives up its turn
-                // once per runtime budget (128 connections), so the runtime's other tasks
-                // (kept-alive connections, signals, status reports) run.
+                // keep-conn request) goes on on its own task. While the backlog never
+                // empties the loop still gives up its turn once per runtime budget (128
+                // connections), so the runtime's other tasks (kept-alive connections,
+                // signals, status reports) run.
                 serve_in_place(Box::pin(conn), &tracker).await;
                 tokio::task::consume_budget().await;
             }
