@@ -318,7 +318,15 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
         let mut send: Option<RateClock> = None;
         let t = self.shared.timeouts;
         let peer = self.peer;
+        let shared = self.shared;
         let mut evictable = false;
+        // One timer and one stop watch for the connection's life, re-aimed rather than made
+        // anew each turn: a new timer went into tokio's timer wheel and out again, and a new
+        // stop watch joined and left the token's waiter list, each under a lock, several
+        // times per request (docs/performance.md, "The hot path").
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
+        let mut aimed: Option<Instant> = None;
+        let mut stopped = std::pin::pin!(shared.shutdown.cancelled());
 
         // A web server sends its request with its connect. Until a read has found nothing,
         // a connection is not taken for a silent one (and not evicted as one): it may only
@@ -448,6 +456,12 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
             }
             let room = owed < MAX_QUEUED_OUTPUT;
             let deadline = self.deadline(send.as_ref(), read_closed);
+            if let Some((at, _)) = deadline {
+                if aimed != Some(at) {
+                    timer.as_mut().reset(at);
+                    aimed = Some(at);
+                }
+            }
 
             // Biased: the request's progress first, so a response head, its body and the
             // protocol's end marker that are ready together go out in one write.
@@ -507,7 +521,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                 permit = poll_queued(&mut self.queued), if self.queued.is_some() => {
                     self.admit_queued(permit.ok(), Instant::now());
                 }
-                () = sleep_until(deadline.map(|(at, _)| at)), if deadline.is_some() => {
+                () = &mut timer, if deadline.is_some() => {
                     if let Some((_, why)) = deadline {
                         match self.expire(why, send.as_ref(), wbuf.len(), Instant::now()) {
                             Some(close) => return close,
@@ -516,7 +530,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                     }
                 }
                 () = evicted(slot), if waiting => return Close::Evicted,
-                () = self.shared.shutdown.cancelled(), if !closing => closing = true,
+                () = &mut stopped, if !closing => closing = true,
             }
         }
     }
@@ -862,13 +876,6 @@ where
 async fn poll_queued(queued: &mut Option<Queued>) -> Result<OwnedSemaphorePermit, AcquireError> {
     match queued.as_mut() {
         Some(q) => q.permit.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
