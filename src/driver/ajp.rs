@@ -78,6 +78,10 @@ impl Wire for Ajp {
         })
     }
 
+    fn body_ends_next(&self) -> bool {
+        matches!(self.conn.peek_event(), Some(Event::BodyEnd))
+    }
+
     fn want_body(&mut self) {
         self.conn.request_body_chunk();
     }

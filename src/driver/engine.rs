@@ -67,6 +67,10 @@ pub(crate) trait Wire: Send + 'static {
     fn handle_eof(&mut self, src: &BytesMut) -> Result<(), ProtocolError>;
     /// The next thing that happened.
     fn poll_event(&mut self) -> Option<Incoming>;
+    /// True when the next event is the end of the body of the request just returned: the
+    /// web server sent the request and its empty body together (nginx's FastCGI GET: the
+    /// params and an empty `FCGI_STDIN`; SCGI's `CONTENT_LENGTH: 0`).
+    fn body_ends_next(&self) -> bool;
     /// The handler can take more body: a protocol that sends body only when asked (AJP's
     /// `GET_BODY_CHUNK`) asks now.
     fn want_body(&mut self) {}
@@ -661,7 +665,10 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
     fn on_event(&mut self, ev: Incoming, now: Instant) -> Result<(), Close> {
         match ev {
             Incoming::Request(params) => match self.shared.try_admit() {
-                Some(admission) => self.start(params, Some(admission), now),
+                Some(admission) => {
+                    let empty = self.wire.body_ends_next();
+                    self.start(params, Some(admission), empty, now);
+                }
                 None if self.shared.timeouts.queue.is_zero() => self.overloaded(now),
                 None => {
                     self.queued = Some(Queued {
@@ -700,9 +707,16 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
         Ok(())
     }
 
-    fn start(&mut self, params: Params, admission: Option<super::Admission>, now: Instant) {
+    /// Starts the handler on `params`; `empty` when the body is known to be empty already.
+    fn start(
+        &mut self,
+        params: Params,
+        admission: Option<super::Admission>,
+        empty: bool,
+        now: Instant,
+    ) {
         let ex = match admission {
-            Some(admission) => Exchange::start(self.shared, admission, params, self.peer),
+            Some(admission) => Exchange::start(self.shared, admission, params, empty, self.peer),
             None => return self.overloaded(now),
         };
         let what = ex.what();
@@ -742,7 +756,9 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
             return;
         };
         let admission = permit.map(|p| self.shared.admit(p));
-        self.start(q.params, admission, now);
+        // A queued request's events wait behind it, so its body's end is still next.
+        let empty = self.wire.body_ends_next();
+        self.start(q.params, admission, empty, now);
     }
 
     fn on_eof(&mut self, rbuf: &BytesMut) -> Result<(), Close> {

@@ -70,20 +70,31 @@ pub(crate) enum Progress {
 impl Exchange {
     /// Builds the request from `params` and starts the handler. A request that cannot be
     /// built (bad method, URI or `CONTENT_LENGTH`) is answered 400 with a log line.
+    ///
+    /// `empty`: the body's end marker is the driver's next event. A request that announced
+    /// no length or length 0 then gets an empty body and no channel: most requests (a GET
+    /// through nginx) skip the channel's allocations and its wake-ups. The marker still
+    /// arrives as [`end_body`](Self::end_body).
     pub(crate) fn start<H: Handler>(
         shared: &Arc<Shared<H>>,
         admission: Admission,
         params: Params,
+        empty: bool,
         peer: &(dyn Display + Sync),
     ) -> Self {
         let built = request::content_length(&params).and_then(|content_length| {
-            let (tx, body) = body::channel(content_length);
+            let (tx, body) = if empty && content_length.is_none_or(|n| n == 0) {
+                (None, Body::empty())
+            } else {
+                let (tx, body) = body::channel(content_length);
+                (Some(PollSender::new(tx)), body)
+            };
             let req = request::build(params, body, &shared.options, shared.gateway)?;
             Ok((req, tx, content_length))
         });
         match built {
-            Ok((req, tx, content_length)) => Self {
-                body_tx: Some(PollSender::new(tx)),
+            Ok((req, body_tx, content_length)) => Self {
+                body_tx,
                 pending: VecDeque::new(),
                 body_done: false,
                 received: 0,

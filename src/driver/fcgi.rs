@@ -77,6 +77,10 @@ impl Wire for Fcgi {
         }
     }
 
+    fn body_ends_next(&self) -> bool {
+        matches!(self.conn.peek_event(), Some(Event::StdinEnd { id }) if *id == self.id)
+    }
+
     fn poll_transmit(&mut self, dst: &mut BytesMut) {
         self.conn.poll_transmit(dst);
     }
@@ -175,6 +179,16 @@ mod tests {
             if req.uri().path() == "/error" {
                 return Err("handler failed".into());
             }
+            if req.uri().path() == "/hint" {
+                // What the body says of itself before it is read.
+                let body = req.body();
+                let hint = format!(
+                    "{} {:?}",
+                    http_body::Body::is_end_stream(body),
+                    http_body::Body::size_hint(body).exact()
+                );
+                return Ok(Response::new(Body::from(hint)));
+            }
             let uri = req.uri().to_string();
             match req.into_body().collect_bytes().await {
                 Ok(b) => Ok(Response::new(Body::from(format!("{uri} {}", b.len())))),
@@ -203,6 +217,43 @@ mod tests {
         let mut rest = Vec::new();
         io.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "nothing may follow END_REQUEST");
+    }
+
+    /// A request whose empty body came with its params (nginx's GET) gets a body that is
+    /// over before it is read; one whose body is still to come, or that announced a length,
+    /// gets the channel, and a body shorter than its length is still an error.
+    #[tokio::test]
+    async fn a_body_known_empty_is_over_at_once() {
+        let text = |out: Vec<u8>| String::from_utf8(out).unwrap();
+        let mut io = spawn(shared(Echo, 4));
+        io.write_all(&request_bytes(1, true, &[("REQUEST_URI", "/hint")], b""))
+            .await
+            .unwrap();
+        let (out, _) = read_response(&mut io).await;
+        assert!(text(out).ends_with("\r\n\r\ntrue Some(0)"));
+
+        // The params alone: the body's end is not known yet.
+        let mut head = request_bytes(1, true, &[("REQUEST_URI", "/hint")], b"");
+        let end = head.split_off(head.len() - 8);
+        io.write_all(&head).await.unwrap();
+        let (out, _) = read_response(&mut io).await;
+        assert!(text(out).ends_with("\r\n\r\nfalse None"));
+        io.write_all(&end).await.unwrap();
+
+        let with_body = [("REQUEST_URI", "/hint"), ("CONTENT_LENGTH", "3")];
+        io.write_all(&request_bytes(1, true, &with_body, b"xyz"))
+            .await
+            .unwrap();
+        let (out, _) = read_response(&mut io).await;
+        assert!(text(out).ends_with("\r\n\r\nfalse Some(3)"));
+
+        let short = [("REQUEST_URI", "/short"), ("CONTENT_LENGTH", "5")];
+        io.write_all(&request_bytes(1, true, &short, b""))
+            .await
+            .unwrap();
+        let (out, _) = read_response(&mut io).await;
+        let out = text(out);
+        assert!(out.contains("body error:"), "{out}");
     }
 
     #[tokio::test]

@@ -76,6 +76,10 @@ impl Wire for Scgi {
         })
     }
 
+    fn body_ends_next(&self) -> bool {
+        matches!(self.conn.peek_event(), Some(Event::BodyEnd))
+    }
+
     fn poll_transmit(&mut self, dst: &mut BytesMut) {
         if dst.is_empty() {
             std::mem::swap(dst, &mut self.out);

@@ -419,6 +419,11 @@ impl Connection {
         self.events.pop_front()
     }
 
+    /// The event [`poll_event`](Self::poll_event) returns next, left in place.
+    pub fn peek_event(&self) -> Option<&Event> {
+        self.events.front()
+    }
+
     /// Asks the web server for the next body packet (`GET_BODY_CHUNK` for at most what
     /// `Content-Length` has left, and at most a packet's worth). Returns false, queuing
     /// nothing, when no request is active, the body is complete, or a packet is already on

@@ -334,6 +334,11 @@ impl Connection {
         Some(event)
     }
 
+    /// The event [`poll_event`](Self::poll_event) returns next, left in place.
+    pub fn peek_event(&self) -> Option<&Event> {
+        self.events.front()
+    }
+
     /// Queues `data` as `FCGI_STDOUT` records for request `id`.
     ///
     /// A no-op for empty `data` (the terminator is sent by [`end_request`](Self::end_request))

@@ -156,6 +156,11 @@ impl Connection {
         self.events.pop_front()
     }
 
+    /// The event [`poll_event`](Self::poll_event) returns next, left in place.
+    pub fn peek_event(&self) -> Option<&Event> {
+        self.events.front()
+    }
+
     /// The peer closed its side; `src` is what was left unconsumed.
     ///
     /// - Before the head is complete: [`ProtocolError::UnexpectedEof`], unless not one byte
