@@ -101,7 +101,11 @@ pub struct RequestOptions {
 /// buffering, Apache with a chunked body) or `-1` (Caddy with a chunked body), which means
 /// "read the body to its end marker".
 pub fn content_length(params: &Params) -> Result<Option<u64>, BuildError> {
-    match params.get(b"CONTENT_LENGTH") {
+    parse_length(params.get(b"CONTENT_LENGTH"))
+}
+
+fn parse_length(value: Option<&[u8]>) -> Result<Option<u64>, BuildError> {
+    match value {
         None | Some(b"" | b"-1") => Ok(None),
         Some(v) if v.iter().all(u8::is_ascii_digit) && v.len() <= 19 => {
             // 19 digits always fit in a u64; all bytes are ASCII digits, so both steps succeed.
@@ -116,6 +120,55 @@ fn bad_len(v: &[u8]) -> BuildError {
     BuildError::BadContentLength(String::from_utf8_lossy(v).into_owned())
 }
 
+/// The variables the request model reads, found in one pass over the list; the last of a
+/// name wins, as with [`Params::get`]. Looking each up in turn scanned the list a dozen
+/// times per request (docs/performance.md, "The hot path").
+#[derive(Default)]
+struct Vars<'a> {
+    request_method: Option<&'a [u8]>,
+    content_length: Option<&'a [u8]>,
+    content_type: Option<&'a [u8]>,
+    script_name: Option<&'a [u8]>,
+    path_info: Option<&'a [u8]>,
+    document_uri: Option<&'a [u8]>,
+    script_url: Option<&'a [u8]>,
+    redirect_url: Option<&'a [u8]>,
+    redirect_uri: Option<&'a [u8]>,
+    request_uri: Option<&'a [u8]>,
+    query_string: Option<&'a [u8]>,
+    server_protocol: Option<&'a [u8]>,
+    /// How many `HTTP_` variables there are.
+    http: usize,
+}
+
+impl<'a> Vars<'a> {
+    fn of(params: &'a Params) -> Self {
+        let mut vars = Self::default();
+        for (name, value) in params.iter() {
+            let slot = match name {
+                b"REQUEST_METHOD" => &mut vars.request_method,
+                b"CONTENT_LENGTH" => &mut vars.content_length,
+                b"CONTENT_TYPE" => &mut vars.content_type,
+                b"SCRIPT_NAME" => &mut vars.script_name,
+                b"PATH_INFO" => &mut vars.path_info,
+                b"DOCUMENT_URI" => &mut vars.document_uri,
+                b"SCRIPT_URL" => &mut vars.script_url,
+                b"REDIRECT_URL" => &mut vars.redirect_url,
+                b"REDIRECT_URI" => &mut vars.redirect_uri,
+                b"REQUEST_URI" => &mut vars.request_uri,
+                b"QUERY_STRING" => &mut vars.query_string,
+                b"SERVER_PROTOCOL" => &mut vars.server_protocol,
+                _ => {
+                    vars.http += usize::from(name.starts_with(b"HTTP_"));
+                    continue;
+                }
+            };
+            *slot = Some(value);
+        }
+        vars
+    }
+}
+
 /// Builds the handler's request from the CGI variables and the streaming body.
 pub fn build(
     mut params: Params,
@@ -123,24 +176,31 @@ pub fn build(
     options: &RequestOptions,
     gateway: Gateway,
 ) -> Result<Request, BuildError> {
-    let method = match params.get(b"REQUEST_METHOD") {
+    let vars = Vars::of(&params);
+    let method = match vars.request_method {
         None | Some(b"") => Method::GET,
         Some(m) => Method::from_bytes(m)
             .map_err(|_| BuildError::BadMethod(String::from_utf8_lossy(m).into_owned()))?,
     };
-    let content_length = content_length(&params)?;
+    let content_length = parse_length(vars.content_length)?;
 
-    let (script_name, path_info) = resolve_script_name(&params, options.script_name.as_deref());
-    let uri = request_uri(&params, &script_name, &path_info)?;
-    params.set_all(&[(b"SCRIPT_NAME", &script_name), (b"PATH_INFO", &path_info)]);
-
-    let version = match params.get(b"SERVER_PROTOCOL") {
+    let (script_name, path_info) = resolve(&vars, options.script_name.as_deref());
+    let uri = request_uri(&vars, &script_name, &path_info)?;
+    let version = match vars.server_protocol {
         Some(b"HTTP/1.0") => Version::HTTP_10,
         Some(b"HTTP/0.9") => Version::HTTP_09,
         Some(b"HTTP/2" | b"HTTP/2.0") => Version::HTTP_2,
         Some(b"HTTP/3" | b"HTTP/3.0") => Version::HTTP_3,
         _ => Version::HTTP_11,
     };
+    let content_type = vars
+        .content_type
+        .filter(|v| !v.is_empty())
+        .and_then(|v| HeaderValue::from_bytes(v).ok());
+    let count = vars.http;
+    if vars.script_name != Some(&script_name[..]) || vars.path_info != Some(&path_info[..]) {
+        params.set_all(&[(b"SCRIPT_NAME", &script_name), (b"PATH_INFO", &path_info)]);
+    }
 
     let mut req = Request::new(body);
     *req.method_mut() = method;
@@ -149,10 +209,6 @@ pub fn build(
     let headers = req.headers_mut();
     // Sized once for every HTTP_ variable (a browser sends ten or more) instead of growing;
     // past the map's own bound (32 768) it is left to grow, as before.
-    let count = params
-        .iter()
-        .filter(|(n, _)| n.starts_with(b"HTTP_"))
-        .count();
     let _ = headers.try_reserve(count + 2);
     // Header names are mapped in a buffer kept across the loop: no allocation per header.
     let mut lower = Vec::with_capacity(64);
@@ -184,10 +240,8 @@ pub fn build(
             headers.insert(n, v);
         }
     }
-    if let Some(ct) = params.get(b"CONTENT_TYPE").filter(|v| !v.is_empty()) {
-        if let Ok(v) = HeaderValue::from_bytes(ct) {
-            headers.insert(CONTENT_TYPE, v);
-        }
+    if let Some(v) = content_type {
+        headers.insert(CONTENT_TYPE, v);
     }
     if let Some(len) = content_length {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
@@ -197,20 +251,26 @@ pub fn build(
     Ok(req)
 }
 
-/// Applies the script-name rule; returns `(SCRIPT_NAME, PATH_INFO)`.
+/// Applies the script-name rule; returns `(SCRIPT_NAME, PATH_INFO)`. The fuzz targets'
+/// oracle; [`build`] applies the rule to the variables it has already found.
+#[cfg(fuzzing)]
 pub(crate) fn resolve_script_name(params: &Params, forced: Option<&str>) -> (Vec<u8>, Vec<u8>) {
-    let sent_script = params.get(b"SCRIPT_NAME");
-    let mut path_info = match (params.get(b"PATH_INFO"), sent_script) {
+    resolve(&Vars::of(params), forced)
+}
+
+fn resolve(vars: &Vars<'_>, forced: Option<&str>) -> (Vec<u8>, Vec<u8>) {
+    let sent_script = vars.script_name;
+    let mut path_info = match (vars.path_info, sent_script) {
         (Some(p), _) => p.to_vec(),
         (None, Some(_)) => Vec::new(),
-        (None, None) => match params.get(b"DOCUMENT_URI") {
+        (None, None) => match vars.document_uri {
             Some(d) => d.to_vec(),
-            None => request_path(params),
+            None => path_of(vars.request_uri),
         },
     };
     if let Some(forced) = forced {
         let forced = forced.trim_end_matches('/').as_bytes();
-        if params.get(b"PATH_INFO").is_none() && sent_script.is_none() {
+        if vars.path_info.is_none() && sent_script.is_none() {
             if let Some(rest) = path_info.strip_prefix(forced) {
                 if rest.is_empty() || rest.starts_with(b"/") {
                     path_info = rest.to_vec();
@@ -219,10 +279,10 @@ pub(crate) fn resolve_script_name(params: &Params, forced: Option<&str>) -> (Vec
         }
         return (forced.to_vec(), path_info);
     }
-    let script_url = params
-        .get(b"SCRIPT_URL")
+    let script_url = vars
+        .script_url
         .filter(|v| !v.is_empty())
-        .or_else(|| params.get(b"REDIRECT_URL").filter(|v| !v.is_empty()));
+        .or_else(|| vars.redirect_url.filter(|v| !v.is_empty()));
     if let Some(url) = script_url {
         let url = collapse_slashes(url);
         let script = if !path_info.is_empty() && url.ends_with(&path_info) {
@@ -235,8 +295,8 @@ pub(crate) fn resolve_script_name(params: &Params, forced: Option<&str>) -> (Vec
     // lighttpd's url.rewrite onto the script (the seed's lighttpd setup: `^(/.*)$` =>
     // `/mysite.fcgi$1`) sends the rewritten URI as REDIRECT_URI and keeps the public one in
     // REQUEST_URI: the public script name is that path minus PATH_INFO, as with SCRIPT_URL.
-    if params.get(b"REDIRECT_URI").is_some_and(|v| !v.is_empty()) {
-        let public = collapse_slashes(&request_path(params));
+    if vars.redirect_uri.is_some_and(|v| !v.is_empty()) {
+        let public = collapse_slashes(&path_of(vars.request_uri));
         if let Some(script) = public.strip_suffix(path_info.as_slice()) {
             return (script.to_vec(), path_info);
         }
@@ -245,15 +305,20 @@ pub(crate) fn resolve_script_name(params: &Params, forced: Option<&str>) -> (Vec
 }
 
 /// The percent-decoded path of `REQUEST_URI` (`/` when it was not sent).
+#[cfg(fuzzing)]
 pub(crate) fn request_path(params: &Params) -> Vec<u8> {
-    let raw = params.get(b"REQUEST_URI").unwrap_or(b"/");
+    path_of(params.get(b"REQUEST_URI"))
+}
+
+fn path_of(request_uri: Option<&[u8]>) -> Vec<u8> {
+    let raw = request_uri.unwrap_or(b"/");
     percent_decode(raw.split(|&b| b == b'?').next().unwrap_or(raw))
 }
 
 /// The URI handlers route on: the public `REQUEST_URI` when sent, else rebuilt from the
 /// resolved script name, path and query string.
-fn request_uri(params: &Params, script: &[u8], path_info: &[u8]) -> Result<Uri, BuildError> {
-    let raw = match params.get(b"REQUEST_URI").filter(|v| !v.is_empty()) {
+fn request_uri(vars: &Vars<'_>, script: &[u8], path_info: &[u8]) -> Result<Uri, BuildError> {
+    let raw = match vars.request_uri.filter(|v| !v.is_empty()) {
         Some(r) => escape_uri(r),
         None => {
             let mut s = escape_uri(script);
@@ -261,7 +326,7 @@ fn request_uri(params: &Params, script: &[u8], path_info: &[u8]) -> Result<Uri, 
             if s.is_empty() {
                 s.push(b'/');
             }
-            if let Some(q) = params.get(b"QUERY_STRING").filter(|q| !q.is_empty()) {
+            if let Some(q) = vars.query_string.filter(|q| !q.is_empty()) {
                 s.push(b'?');
                 s.extend_from_slice(&escape_uri(q));
             }
@@ -383,6 +448,34 @@ mod tests {
         assert_eq!(req.headers()["content-length"], "5");
         assert_eq!(req.headers()["content-type"], "text/plain");
         assert_eq!(req.headers().get_all("content-length").iter().count(), 1);
+    }
+
+    /// A name sent twice (nginx repeats a `fastcgi_param` from an included file): the last
+    /// value counts, as `Env::get` answers, for every variable the model reads.
+    #[test]
+    fn a_variable_sent_twice_takes_its_last_value() {
+        let req = build_with(
+            &[
+                ("REQUEST_METHOD", "GET"),
+                ("REQUEST_URI", "/first"),
+                ("SCRIPT_NAME", "/first"),
+                ("CONTENT_TYPE", "text/plain"),
+                ("SERVER_PROTOCOL", "HTTP/1.0"),
+                ("REQUEST_METHOD", "PUT"),
+                ("REQUEST_URI", "/app/x"),
+                ("SCRIPT_NAME", "/app"),
+                ("PATH_INFO", "/x"),
+                ("CONTENT_TYPE", "text/html"),
+                ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ],
+            None,
+        );
+        assert_eq!(req.method(), Method::PUT);
+        assert_eq!(req.uri(), "/app/x");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()["content-type"], "text/html");
+        assert_eq!(env_of(&req, "SCRIPT_NAME"), b"/app");
+        assert_eq!(env_of(&req, "PATH_INFO"), b"/x");
     }
 
     #[test]

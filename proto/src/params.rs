@@ -62,10 +62,14 @@ impl Params {
 
     /// The value of the last pair named `name`.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        // Lengths first: most names differ in length, and a request's variables are looked
+        // up a dozen times each (request::build), so the scan must not slice every name.
         self.spans
             .iter()
             .rev()
-            .find(|s| self.slice(&s.name) == name)
+            .find(|s| {
+                (s.name.end - s.name.start) as usize == name.len() && self.slice(&s.name) == name
+            })
             .map(|s| self.slice(&s.value))
     }
 
