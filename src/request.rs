@@ -210,20 +210,31 @@ pub fn build(
     // Sized once for every HTTP_ variable (a browser sends ten or more) instead of growing;
     // past the map's own bound (32 768) it is left to grow, as before.
     let _ = headers.try_reserve(count + 2);
-    // Header names are mapped in a buffer kept across the loop: no allocation per header.
-    let mut lower = Vec::with_capacity(64);
+    // Header names are mapped on the stack (in a Vec kept across the loop past 64 bytes): no
+    // allocation per header, and none at all for the names browsers send.
+    let mut short = [0u8; 64];
+    let mut long = Vec::new();
     for (name, value) in params.iter() {
         let Some(header) = name.strip_prefix(b"HTTP_") else {
             continue;
         };
-        lower.clear();
-        lower.extend(header.iter().map(|&b| {
+        let mapped = header.iter().map(|&b| {
             if b == b'_' {
                 b'-'
             } else {
                 b.to_ascii_lowercase()
             }
-        }));
+        });
+        let lower: &[u8] = if header.len() <= short.len() {
+            for (to, b) in short.iter_mut().zip(mapped) {
+                *to = b;
+            }
+            &short[..header.len()]
+        } else {
+            long.clear();
+            long.extend(mapped);
+            &long
+        };
         // nginx also sends the body headers as HTTP_CONTENT_*; the CGI variables are the
         // authoritative ones (they describe the body actually forwarded). Compared after the
         // mapping, so no other spelling (`HTTP_Content_Length`, `HTTP_CONTENT-LENGTH`) can
@@ -234,7 +245,7 @@ pub fn build(
         // Names or values a web server would never produce are skipped, not fatal: the
         // raw variable stays visible in the Env.
         if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(&lower),
+            HeaderName::from_bytes(lower),
             HeaderValue::from_bytes(value),
         ) {
             headers.insert(n, v);
@@ -318,7 +329,8 @@ fn path_of(request_uri: Option<&[u8]>) -> Vec<u8> {
 /// The URI handlers route on: the public `REQUEST_URI` when sent, else rebuilt from the
 /// resolved script name, path and query string.
 fn request_uri(vars: &Vars<'_>, script: &[u8], path_info: &[u8]) -> Result<Uri, BuildError> {
-    let raw = match vars.request_uri.filter(|v| !v.is_empty()) {
+    // Made again for the error's text rather than copied for every request that has none.
+    let raw = || match vars.request_uri.filter(|v| !v.is_empty()) {
         Some(r) => escape_uri(r),
         None => {
             let mut s = escape_uri(script);
@@ -333,8 +345,8 @@ fn request_uri(vars: &Vars<'_>, script: &[u8], path_info: &[u8]) -> Result<Uri, 
             s
         }
     };
-    Uri::from_maybe_shared(bytes::Bytes::from(raw.clone()))
-        .map_err(|_| BuildError::BadUri(String::from_utf8_lossy(&raw).into_owned()))
+    Uri::from_maybe_shared(bytes::Bytes::from(raw()))
+        .map_err(|_| BuildError::BadUri(String::from_utf8_lossy(&raw()).into_owned()))
 }
 
 /// Percent-encodes every byte `http::Uri` would refuse (non-ASCII, controls, space and the

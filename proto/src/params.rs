@@ -17,6 +17,12 @@ use bytes::{Bytes, BytesMut};
 use crate::limits::{MAX_PARAM_NAME_LEN, MAX_PARAM_VALUE_LEN};
 use crate::{Limits, ProtocolError};
 
+/// Spare bytes a decoder leaves after the pairs it buffers, so that the variables the
+/// server derives (appserver's request model sets `SCRIPT_NAME` and `PATH_INFO`, nginx's
+/// FastCGI request lacks `PATH_INFO`) are appended by [`Params::set_all`] in place instead of
+/// copying the whole list.
+pub const SET_ROOM: usize = 64;
+
 /// Where one pair lives in the shared buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Span {
@@ -116,8 +122,19 @@ impl Params {
             return;
         }
         let extra: usize = pairs.iter().map(|(n, v)| n.len() + v.len()).sum();
-        let mut buf = BytesMut::with_capacity(self.buf.len() + extra);
-        buf.extend_from_slice(&self.buf);
+        // Appended in place when this list is the buffer's only owner and it has room (a
+        // decoder leaves [`SET_ROOM`] spare); copied otherwise.
+        let mut buf = match std::mem::take(&mut self.buf).try_into_mut() {
+            Ok(mut buf) => {
+                buf.reserve(extra);
+                buf
+            }
+            Err(shared) => {
+                let mut buf = BytesMut::with_capacity(shared.len() + extra);
+                buf.extend_from_slice(&shared);
+                buf
+            }
+        };
         for (name, value) in pairs {
             let value_start = buf.len();
             buf.extend_from_slice(value);
@@ -284,6 +301,25 @@ mod tests {
         assert_eq!(p.get(b"SCRIPT_NAME"), Some(&b"/app"[..]));
         assert_eq!(p.get(b"PATH_INFO"), Some(&b"/x"[..]));
         assert_eq!(p.len(), 6);
+    }
+
+    /// A decoded list keeps [`SET_ROOM`] spare: the server's derived variables go in place.
+    /// A list whose buffer is shared (a clone) is copied, and the clone is left as it was.
+    #[test]
+    fn set_all_appends_in_place_when_it_owns_the_room() {
+        let mut dec = crate::fcgi::decode::ParamsDecoder::new(Limits::default());
+        dec.push(b"\x0b\x04SCRIPT_NAME/app").unwrap();
+        let mut p = dec.finish().unwrap();
+        let before = p.buf.as_ptr();
+        p.set_all(&[(b"SCRIPT_NAME", b"/app"), (b"PATH_INFO", b"/x")]);
+        assert_eq!(p.buf.as_ptr(), before, "appended in place");
+        assert_eq!(p.get(b"PATH_INFO"), Some(&b"/x"[..]));
+
+        let kept = p.clone();
+        p.set(b"PATH_INFO", b"/y");
+        assert_ne!(p.buf.as_ptr(), before, "a shared buffer is copied");
+        assert_eq!(p.get(b"PATH_INFO"), Some(&b"/y"[..]));
+        assert_eq!(kept.get(b"PATH_INFO"), Some(&b"/x"[..]));
     }
 
     #[test]

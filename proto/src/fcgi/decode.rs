@@ -163,7 +163,7 @@ impl ParamsDecoder {
         if self.buf.capacity() == 0 {
             // The first record usually holds every pair (nginx, lighttpd, mod_fcgid): size
             // both buffers for it so the request allocates each exactly once.
-            self.buf.reserve(content.len());
+            self.buf.reserve(content.len() + crate::params::SET_ROOM);
             let estimate =
                 (content.len() / MIN_PAIR_LEN_ESTIMATE).clamp(1, self.limits.max_params_pairs());
             self.spans.reserve(estimate);
