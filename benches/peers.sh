@@ -15,7 +15,8 @@ php-fpm (static pool of 2), Go net/http/fcgi, and appserver's examples/bench.rs 
 prefork (2 workers), over FastCGI with and without fastcgi_keep_conn, and over SCGI. Each
 serves `/` (13 bytes), `/big` (10 MiB) and `/upload` (reads a 10 MiB body, answers its
 length), and so does the floor (benches/peers/floor.c, the least a FastCGI responder can do,
-with and without keep-conn, and an SCGI one: what any backend can reach here). Each page
+with and without keep-conn, and an SCGI one: what any backend can reach here; and as two
+processes with keep-conn: what a pool of two, like the prefork one, can reach). Each page
 gets `wrk -t2 -c50 -d SECONDS`, in interleaved rounds (every backend in round 1, then every
 backend in round 2, ...). Backend CPU per request and RSS come from /proc.
 
@@ -26,7 +27,7 @@ Options (environment variables in brackets):
   --markdown PATH      the table; default target/peers.md (also printed)
   --only LIST          comma-separated backends, e.g. uwsgi-fcgi,appserver-threaded-fcgi
                        (nginx-direct, uwsgi-fcgi, uwsgi-scgi, php-fpm, go-fcgi,
-                       fcgi-floor, fcgi-floor-kc, scgi-floor,
+                       fcgi-floor, fcgi-floor-kc, fcgi-floor-kc-2, scgi-floor,
                        appserver-{threaded,prefork}-{fcgi,fcgi-kc,scgi})
   -h, --help           this text
 
@@ -67,7 +68,8 @@ while (($#)); do
 done
 [[ $duration =~ ^[1-9][0-9]*$ ]] || bad "--duration (DURATION) must be a whole number of seconds >= 1, not '$duration'"
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || bad "--rounds (ROUNDS) must be a whole number >= 1, not '$rounds'"
-known=" nginx-direct uwsgi-fcgi uwsgi-scgi php-fpm go-fcgi fcgi-floor fcgi-floor-kc scgi-floor appserver-threaded-fcgi
+known=" nginx-direct uwsgi-fcgi uwsgi-scgi php-fpm go-fcgi fcgi-floor fcgi-floor-kc fcgi-floor-kc-2 scgi-floor
+appserver-threaded-fcgi
 appserver-threaded-fcgi-kc appserver-prefork-fcgi appserver-prefork-fcgi-kc
 appserver-threaded-scgi appserver-prefork-scgi "
 IFS=, read -ra wanted <<<"$only"

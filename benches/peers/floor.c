@@ -11,7 +11,10 @@
  * connections always do. Like appserver, it reads a new connection at once and registers it
  * with epoll only when a read would block. The page is told by "/big" or "/upload" anywhere in
  * the request's parameters: the benchmark's URIs are the only ones it gets.
- * Usage: floor [--scgi] SOCKET_PATH */
+ * With --procs N it forks N-1 more processes after listen, each with its own epoll on the
+ * shared listener, as appserver's prefork workers and uWSGI's processes are: what a pool of N
+ * processes can reach, which is less than one (each runs dry and sleeps more often).
+ * Usage: floor [--procs N] [--scgi] SOCKET_PATH */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stddef.h>
@@ -20,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -191,8 +195,13 @@ static void handle(int fd, unsigned events) {
 }
 
 int main(int argc, char **argv) {
+    int procs = 1;
+    if (argc >= 4 && !strcmp(argv[1], "--procs")) { procs = atoi(argv[2]); argv += 2; argc -= 2; }
     if (argc == 3 && !strcmp(argv[1], "--scgi")) { scgi = 1; argv++; argc--; }
-    if (argc != 2) { fprintf(stderr, "usage: floor [--scgi] SOCKET_PATH\n"); return 2; }
+    if (argc != 2 || procs < 1) {
+        fprintf(stderr, "usage: floor [--procs N] [--scgi] SOCKET_PATH\n");
+        return 2;
+    }
     signal(SIGPIPE, SIG_IGN);  /* nginx closes a connection mid-answer when wrk stops */
     big = malloc(BIG_LEN + BIG_LEN / STDOUT_CHUNK * 8 + 1024);
     if (scgi) {
@@ -208,6 +217,14 @@ int main(int argc, char **argv) {
     strcpy(a.sun_path, argv[1]);
     unlink(argv[1]);
     if (bind(l, (void *)&a, sizeof a) || listen(l, 1024)) { perror("floor: listen"); return 1; }
+    /* The other processes share the listener, as prefork workers do; each has its own epoll
+     * (level-triggered on the listener, no EPOLLEXCLUSIVE, like tokio's) and dies with the
+     * first, which the benchmark stops by its pid. */
+    for (int i = 1; i < procs; i++) {
+        pid_t pid = fork();
+        if (pid < 0) { perror("floor: fork"); return 1; }
+        if (pid == 0) { prctl(PR_SET_PDEATHSIG, SIGTERM); break; }
+    }
     ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = l};
     epoll_ctl(ep, EPOLL_CTL_ADD, l, &ev);

@@ -120,9 +120,12 @@ def go_peer(d, sock):
     return [os.path.join(d, "go-peer"), sock]
 
 
-def floor(protocol):
+def floor(protocol, procs=1):
     def argv(d, sock):
-        return [os.path.join(d, "floor")] + (["--scgi"] if protocol == "scgi" else []) + [sock]
+        args = [os.path.join(d, "floor")]
+        if procs > 1:
+            args += ["--procs", str(procs)]
+        return args + (["--scgi"] if protocol == "scgi" else []) + [sock]
     return argv
 
 
@@ -136,6 +139,8 @@ BACKENDS = [
     Backend("fcgi-floor", "floor.c, one thread", "fcgi", False, 1, floor("fcgi")),
     Backend("fcgi-floor-kc", "floor.c, one thread", "fcgi", True, 1, floor("fcgi")),
     Backend("scgi-floor", "floor.c, one thread", "scgi", False, 1, floor("scgi")),
+    # What a pool of two processes can reach (appserver's prefork pool, uWSGI's processes).
+    Backend("fcgi-floor-kc-2", "floor.c, 2 processes", "fcgi", True, 2, floor("fcgi", 2)),
     Backend(
         "appserver-threaded-fcgi",
         "appserver threaded",
