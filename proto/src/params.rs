@@ -322,6 +322,30 @@ mod tests {
         assert_eq!(kept.get(b"PATH_INFO"), Some(&b"/x"[..]));
     }
 
+    /// [`SET_ROOM`] at its boundary: derived pairs of exactly that many bytes go in place,
+    /// one byte more moves the list (still whole and right).
+    #[test]
+    fn set_room_holds_exactly_its_bytes() {
+        let decoded = || {
+            let mut dec = crate::fcgi::decode::ParamsDecoder::new(Limits::default());
+            dec.push(b"\x0b\x04SCRIPT_NAME/app").unwrap();
+            dec.finish().unwrap()
+        };
+        let name = b"PATH_INFO";
+        for (len, in_place) in [
+            (SET_ROOM - name.len(), true),
+            (SET_ROOM - name.len() + 1, false),
+        ] {
+            let mut p = decoded();
+            let before = p.buf.as_ptr();
+            let value = vec![b'/'; len];
+            p.set(name, &value);
+            assert_eq!(p.buf.as_ptr() == before, in_place, "{len}-byte value");
+            assert_eq!(p.get(b"SCRIPT_NAME"), Some(&b"/app"[..]));
+            assert_eq!(p.get(name), Some(&value[..]));
+        }
+    }
+
     #[test]
     fn equality_is_by_pairs_not_layout() {
         let mut a = sample();

@@ -230,14 +230,16 @@ mod tests {
             .await
             .unwrap();
         let (out, _) = read_response(&mut io).await;
-        assert!(text(out).ends_with("\r\n\r\ntrue Some(0)"));
+        let out = text(out);
+        assert!(out.ends_with("\r\n\r\ntrue Some(0)"), "{out}");
 
         // The params alone: the body's end is not known yet.
         let mut head = request_bytes(1, true, &[("REQUEST_URI", "/hint")], b"");
         let end = head.split_off(head.len() - 8);
         io.write_all(&head).await.unwrap();
         let (out, _) = read_response(&mut io).await;
-        assert!(text(out).ends_with("\r\n\r\nfalse None"));
+        let out = text(out);
+        assert!(out.ends_with("\r\n\r\nfalse None"), "{out}");
         io.write_all(&end).await.unwrap();
 
         let with_body = [("REQUEST_URI", "/hint"), ("CONTENT_LENGTH", "3")];
@@ -245,7 +247,8 @@ mod tests {
             .await
             .unwrap();
         let (out, _) = read_response(&mut io).await;
-        assert!(text(out).ends_with("\r\n\r\nfalse Some(3)"));
+        let out = text(out);
+        assert!(out.ends_with("\r\n\r\nfalse Some(3)"), "{out}");
 
         let short = [("REQUEST_URI", "/short"), ("CONTENT_LENGTH", "5")];
         io.write_all(&request_bytes(1, true, &short, b""))
