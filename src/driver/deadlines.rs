@@ -5,9 +5,12 @@
 //! mod_reqtimeout (`MinRate`). Time is read only by the engine; the clocks here take `now`
 //! as a parameter, so they are tested on a paused clock.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// The phases of a connection, each with a deadline of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +158,46 @@ impl RateClock {
     }
 }
 
+/// The connection's one timer, aimed at this turn's deadline only once the engine waits on
+/// it.
+///
+/// Aiming a tokio timer puts it into the runtime's timer wheel at once, and when the wheel
+/// was empty the last time the runtime slept (a prefork worker between connections), tokio
+/// wakes its own driver so that it reads the new earliest deadline: an eventfd write, a
+/// system call, per aim. A connection served without ever waiting (its request in the socket
+/// at accept, its answer taken by the socket's buffer) never needs a deadline, so the engine
+/// builds an `Aim` each turn and the timer moves only when it is polled, which the engine's
+/// biased `select!` does only once every branch before it is pending.
+pub(crate) struct Aim<'a> {
+    timer: Pin<&'a mut Sleep>,
+    aimed: &'a mut Option<Instant>,
+    at: Instant,
+}
+
+impl<'a> Aim<'a> {
+    /// `timer` at `at` when polled; `aimed` remembers where it points across turns.
+    pub(crate) fn new(
+        timer: Pin<&'a mut Sleep>,
+        aimed: &'a mut Option<Instant>,
+        at: Instant,
+    ) -> Self {
+        Self { timer, aimed, at }
+    }
+}
+
+impl Future for Aim<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if *this.aimed != Some(this.at) {
+            this.timer.as_mut().reset(this.at);
+            *this.aimed = Some(this.at);
+        }
+        this.timer.as_mut().poll(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +245,30 @@ mod tests {
         c.set_paused(t0 + 105 * S, false);
         assert_eq!(c.deadline(), Some(t0 + 120 * S));
         assert_eq!(c.elapsed(t0 + 120 * S), 20 * S);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_is_aimed_when_polled_not_when_its_deadline_is_named() {
+        let t0 = Instant::now();
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(t0 + 100 * S));
+        let mut aimed = None;
+        // A turn that never waited: named, never polled, the timer has not moved.
+        drop(Aim::new(timer.as_mut(), &mut aimed, t0 + 5 * S));
+        assert_eq!(timer.deadline(), t0 + 100 * S);
+        assert_eq!(aimed, None);
+        // Polled: aimed, pending until its deadline.
+        let mut aim = Aim::new(timer.as_mut(), &mut aimed, t0 + 5 * S);
+        assert!(futures_poll_once(&mut aim).is_pending());
+        assert_eq!(aimed, Some(t0 + 5 * S));
+        // Re-aimed earlier, it fires then and not at the first deadline.
+        Aim::new(timer.as_mut(), &mut aimed, t0 + 2 * S).await;
+        assert_eq!(Instant::now(), t0 + 2 * S);
+    }
+
+    /// Polls `f` once with a no-op waker.
+    fn futures_poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(f).poll(&mut cx)
     }
 
     #[tokio::test(start_paused = true)]

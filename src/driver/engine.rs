@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{AcquireError, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use super::deadlines::{Phase, RateClock};
+use super::deadlines::{Aim, Phase, RateClock};
 use super::exchange::{self, Exchange, Progress};
 use super::slots::Slot;
 use super::{Arrival, Shared, READ_BUF_SIZE};
@@ -327,7 +327,8 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
         // One timer and one stop watch for the connection's life, re-aimed rather than made
         // anew each turn: a new timer went into tokio's timer wheel and out again, and a new
         // stop watch joined and left the token's waiter list, each under a lock, several
-        // times per request (docs/performance.md, "The hot path").
+        // times per request (docs/performance.md, "The hot path"). The timer is aimed only
+        // when a turn waits on it ([`Aim`]).
         let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
         let mut aimed: Option<Instant> = None;
         let mut stopped = std::pin::pin!(shared.shutdown.cancelled());
@@ -460,12 +461,12 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
             }
             let room = owed < MAX_QUEUED_OUTPUT;
             let deadline = self.deadline(send.as_ref(), read_closed);
-            if let Some((at, _)) = deadline {
-                if aimed != Some(at) {
-                    timer.as_mut().reset(at);
-                    aimed = Some(at);
-                }
-            }
+            // Aimed only if polled: a turn that does not wait leaves the timer alone.
+            let alarm = Aim::new(
+                timer.as_mut(),
+                &mut aimed,
+                deadline.map_or(now, |(at, _)| at),
+            );
 
             // Biased: the request's progress first, so a response head, its body and the
             // protocol's end marker that are ready together go out in one write.
@@ -525,7 +526,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                 permit = poll_queued(&mut self.queued), if self.queued.is_some() => {
                     self.admit_queued(permit.ok(), Instant::now());
                 }
-                () = &mut timer, if deadline.is_some() => {
+                () = alarm, if deadline.is_some() => {
                     if let Some((_, why)) = deadline {
                         match self.expire(why, send.as_ref(), wbuf.len(), Instant::now()) {
                             Some(close) => return close,
