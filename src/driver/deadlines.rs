@@ -253,7 +253,9 @@ mod tests {
         let mut timer = std::pin::pin!(tokio::time::sleep_until(t0 + 100 * S));
         let mut aimed = None;
         // A turn that never waited: named, never polled, the timer has not moved.
-        drop(Aim::new(timer.as_mut(), &mut aimed, t0 + 5 * S));
+        {
+            let _unpolled = Aim::new(timer.as_mut(), &mut aimed, t0 + 5 * S);
+        }
         assert_eq!(timer.deadline(), t0 + 100 * S);
         assert_eq!(aimed, None);
         // Polled: aimed, pending until its deadline.
