@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use super::deadlines::{Aim, Phase, RateClock};
 use super::exchange::{self, Exchange, Progress};
 use super::slots::Slot;
-use super::{Arrival, Shared, READ_BUF_SIZE};
+use super::{Arrival, Shared, What, READ_BUF_SIZE};
 use crate::response::plain;
 use crate::{Body, BoxError, Handler, Response};
 
@@ -235,7 +235,7 @@ struct Active {
     exchange: Exchange,
     /// Method and URI, for log lines.
     /// Method and URI of a handler's request; `None` for a response the server made.
-    what: Option<Arc<str>>,
+    what: What,
     started: Instant,
     /// A handler runs (`request_timeout` applies), not a response the server made.
     calling: bool,
@@ -623,13 +623,13 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                 let timeout = t.request.unwrap_or_default();
                 let a = self.active.as_ref()?;
                 if a.head_sent {
-                    let request = a.what.as_deref().unwrap_or_default().to_owned();
+                    let request = a.what.to_string();
                     return Some(Close::RequestTimeout { request, timeout });
                 }
                 let a = self.active.take()?;
                 tracing::warn!(
                     peer = %self.peer,
-                    request = a.what.as_deref().unwrap_or_default(),
+                    request = %a.what,
                     "request_timeout={}s: cancelled after {:.1}s, answering 504",
                     timeout.as_secs(),
                     now.saturating_duration_since(a.started).as_secs_f64()
@@ -684,7 +684,11 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                 crate::status::recorder()
                     .answered_by_server(self.shared.gateway.protocol, status.as_u16());
                 let reason = status.canonical_reason().unwrap_or("Refused");
-                self.begin(Exchange::respond(plain(status, reason), None), None, now);
+                self.begin(
+                    Exchange::respond(plain(status, reason), None),
+                    What::default(),
+                    now,
+                );
             }
             Incoming::Body(data) => {
                 if let Some(a) = self.active.as_mut() {
@@ -698,7 +702,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
             }
             Incoming::Abort => {
                 if let Some(a) = self.active.take() {
-                    tracing::debug!(peer = %self.peer, "the web server aborted {}", a.what.as_deref().unwrap_or_default());
+                    tracing::debug!(peer = %self.peer, "the web server aborted {}", a.what);
                     a.exchange.cancel();
                     self.wire.end_response();
                     self.set_phase(Phase::Idle, now);
@@ -724,11 +728,11 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
         self.begin(ex, what, now);
     }
 
-    fn begin(&mut self, exchange: Exchange, what: Option<Arc<str>>, now: Instant) {
+    fn begin(&mut self, exchange: Exchange, what: What, now: Instant) {
         self.clean_end = false;
         let t = &self.shared.timeouts;
         self.active = Some(Active {
-            calling: what.is_some(),
+            calling: what.is_call(),
             exchange,
             what,
             started: now,
@@ -747,7 +751,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
         );
         self.clean_end = false;
         match self.wire.overloaded() {
-            Some(resp) => self.begin(Exchange::respond(resp, None), None, now),
+            Some(resp) => self.begin(Exchange::respond(resp, None), What::default(), now),
             None => self.set_phase(Phase::Idle, now),
         }
     }

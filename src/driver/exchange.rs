@@ -19,7 +19,7 @@ use http::StatusCode;
 use http_body::Body as _;
 use tokio_util::sync::PollSender;
 
-use super::{Admission, Call, Shared};
+use super::{Admission, Call, Shared, What};
 use crate::body::{self, BodyBatch, BodyError};
 use crate::request;
 use crate::response::plain;
@@ -150,10 +150,10 @@ impl Exchange {
     }
 
     /// The request's method and URI, for log lines; `None` for a response the server made.
-    pub(crate) fn what(&self) -> Option<Arc<str>> {
+    pub(crate) fn what(&self) -> What {
         match &self.phase {
-            Phase::Calling(call) => Some(Arc::clone(call.what())),
-            _ => None,
+            Phase::Calling(call) => call.what().clone(),
+            _ => What::default(),
         }
     }
 
@@ -321,6 +321,35 @@ mod tests {
         );
         // Small records (Apache's 8 KiB) fill a batch.
         assert_eq!(sizes(&mut chunks(&[8192; 9])), [65536, 8192]);
+    }
+
+    #[tokio::test]
+    async fn log_lines_name_a_call_by_method_and_uri_and_a_server_answer_by_nothing() {
+        struct Ok200;
+        impl Handler for Ok200 {
+            async fn call(&self, _req: crate::Request) -> Result<Response, crate::BoxError> {
+                Ok(Response::new(Body::empty()))
+            }
+        }
+        let shared = super::super::test_shared(Ok200, 1, "fcgi");
+        let mut p = appserver_proto::params::ParamsBuilder::new(appserver_proto::Limits::default());
+        p.push(b"REQUEST_METHOD", b"PATCH").unwrap();
+        p.push(b"REQUEST_URI", b"/a/b?c=d").unwrap();
+        let call = Exchange::start(
+            &shared,
+            shared.try_admit().unwrap(),
+            p.finish(),
+            true,
+            &"peer",
+        );
+        assert!(call.what().is_call());
+        assert_eq!(call.what().to_string(), "PATCH /a/b?c=d");
+        let answer = Exchange::respond(
+            crate::response::plain(http::StatusCode::BAD_REQUEST, "x"),
+            None,
+        );
+        assert!(!answer.what().is_call());
+        assert_eq!(answer.what().to_string(), "");
     }
 
     #[test]

@@ -263,25 +263,48 @@ impl Drop for Admission {
     }
 }
 
+/// A request's method and URI for log lines, or nothing for a response the server made.
+/// Kept as they are and written out only when a line is logged: formatting them for every
+/// request cost more than the rest of starting its call (docs/performance.md, "The hot
+/// path").
+#[derive(Clone, Debug, Default)]
+pub(crate) struct What(Option<(http::Method, http::Uri)>);
+
+impl What {
+    /// True for a request's handler call.
+    pub(crate) fn is_call(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl std::fmt::Display for What {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some((method, uri)) => write!(f, "{method} {uri}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A handler call, polled by its connection's task (no task of its own: no cross-thread
 /// wake-up per request); a panic is caught at each poll, contained and reported.
 pub(crate) struct Call {
     future: Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>,
-    /// Method and URI, shared with the engine's log lines (one allocation per request).
-    what: Arc<str>,
+    /// Method and URI, for the engine's log lines.
+    what: What,
 }
 
 impl Call {
     /// Starts the handler on `req`.
     pub(crate) fn start<H: Handler>(shared: &Arc<Shared<H>>, req: Request) -> Self {
-        let what: Arc<str> = format!("{} {}", req.method(), req.uri()).into();
+        let what = What(Some((req.method().clone(), req.uri().clone())));
         let shared = Arc::clone(shared);
         let future = Box::pin(async move { shared.handler.call(req).await });
         Self { future, what }
     }
 
     /// The request's method and URI.
-    pub(crate) fn what(&self) -> &Arc<str> {
+    pub(crate) fn what(&self) -> &What {
         &self.what
     }
 
