@@ -233,8 +233,8 @@ struct Queued {
 /// The request in flight and what the engine tracks of it.
 struct Active {
     exchange: Exchange,
-    /// Method and URI, for log lines.
-    /// Method and URI of a handler's request; `None` for a response the server made.
+    /// Method and URI of a handler's request, for log lines; empty for a response the
+    /// server made.
     what: What,
     started: Instant,
     /// A handler runs (`request_timeout` applies), not a response the server made.

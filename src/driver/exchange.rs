@@ -149,7 +149,7 @@ impl Exchange {
         }
     }
 
-    /// The request's method and URI, for log lines; `None` for a response the server made.
+    /// The request's method and URI, for log lines; empty for a response the server made.
     pub(crate) fn what(&self) -> What {
         match &self.phase {
             Phase::Calling(call) => call.what().clone(),
