@@ -464,7 +464,7 @@ impl AsyncWrite for Stream {
             },
         };
         // A write the send buffer could not take whole: a large response (see
-        // UNIX_SEND_BUFFER). A short one costs nothing more.
+        // UNIX_SEND_BUFFER). A response that fits costs nothing more.
         if !this.send_buffer_raised {
             let short = match &written {
                 Poll::Pending => true,
