@@ -666,10 +666,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
     fn on_event(&mut self, ev: Incoming, now: Instant) -> Result<(), Close> {
         match ev {
             Incoming::Request(params) => match self.shared.try_admit() {
-                Some(admission) => {
-                    let empty = self.wire.body_ends_next();
-                    self.start(params, Some(admission), empty, now);
-                }
+                Some(admission) => self.start(params, Some(admission), now),
                 None if self.shared.timeouts.queue.is_zero() => self.overloaded(now),
                 None => {
                     self.queued = Some(Queued {
@@ -712,16 +709,14 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
         Ok(())
     }
 
-    /// Starts the handler on `params`; `empty` when the body is known to be empty already.
-    fn start(
-        &mut self,
-        params: Params,
-        admission: Option<super::Admission>,
-        empty: bool,
-        now: Instant,
-    ) {
+    /// Starts the handler on `params`. The request's events wait behind it (a queued one's
+    /// too), so the wire's next event tells whether its body is over already.
+    fn start(&mut self, params: Params, admission: Option<super::Admission>, now: Instant) {
         let ex = match admission {
-            Some(admission) => Exchange::start(self.shared, admission, params, empty, self.peer),
+            Some(admission) => {
+                let empty = self.wire.body_ends_next();
+                Exchange::start(self.shared, admission, params, empty, self.peer)
+            }
             None => return self.overloaded(now),
         };
         let what = ex.what();
@@ -761,9 +756,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
             return;
         };
         let admission = permit.map(|p| self.shared.admit(p));
-        // A queued request's events wait behind it, so its body's end is still next.
-        let empty = self.wire.body_ends_next();
-        self.start(q.params, admission, empty, now);
+        self.start(q.params, admission, now);
     }
 
     fn on_eof(&mut self, rbuf: &BytesMut) -> Result<(), Close> {
