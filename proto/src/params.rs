@@ -68,8 +68,8 @@ impl Params {
 
     /// The value of the last pair named `name`.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        // Lengths first: most names differ in length, and a request's variables are looked
-        // up a dozen times each (request::build), so the scan must not slice every name.
+        // Lengths first: most names differ in length, so most pairs are passed over without
+        // comparing bytes.
         self.spans
             .iter()
             .rev()
