@@ -224,38 +224,29 @@ mod tests {
     /// gets the channel, and a body shorter than its length is still an error.
     #[tokio::test]
     async fn a_body_known_empty_is_over_at_once() {
-        let text = |out: Vec<u8>| String::from_utf8(out).unwrap();
+        /// Sends `bytes` and returns the response's text.
+        async fn answer(io: &mut DuplexStream, bytes: &[u8]) -> String {
+            io.write_all(bytes).await.unwrap();
+            String::from_utf8(read_response(io).await.0).unwrap()
+        }
         let mut io = spawn(shared(Echo, 4));
-        io.write_all(&request_bytes(1, true, &[("REQUEST_URI", "/hint")], b""))
-            .await
-            .unwrap();
-        let (out, _) = read_response(&mut io).await;
-        let out = text(out);
+        let hint = [("REQUEST_URI", "/hint")];
+        let out = answer(&mut io, &request_bytes(1, true, &hint, b"")).await;
         assert!(out.ends_with("\r\n\r\ntrue Some(0)"), "{out}");
 
         // The params alone: the body's end is not known yet.
-        let mut head = request_bytes(1, true, &[("REQUEST_URI", "/hint")], b"");
+        let mut head = request_bytes(1, true, &hint, b"");
         let end = head.split_off(head.len() - 8);
-        io.write_all(&head).await.unwrap();
-        let (out, _) = read_response(&mut io).await;
-        let out = text(out);
+        let out = answer(&mut io, &head).await;
         assert!(out.ends_with("\r\n\r\nfalse None"), "{out}");
         io.write_all(&end).await.unwrap();
 
         let with_body = [("REQUEST_URI", "/hint"), ("CONTENT_LENGTH", "3")];
-        io.write_all(&request_bytes(1, true, &with_body, b"xyz"))
-            .await
-            .unwrap();
-        let (out, _) = read_response(&mut io).await;
-        let out = text(out);
+        let out = answer(&mut io, &request_bytes(1, true, &with_body, b"xyz")).await;
         assert!(out.ends_with("\r\n\r\nfalse Some(3)"), "{out}");
 
         let short = [("REQUEST_URI", "/short"), ("CONTENT_LENGTH", "5")];
-        io.write_all(&request_bytes(1, true, &short, b""))
-            .await
-            .unwrap();
-        let (out, _) = read_response(&mut io).await;
-        let out = text(out);
+        let out = answer(&mut io, &request_bytes(1, true, &short, b"")).await;
         assert!(out.contains("body error:"), "{out}");
     }
 
