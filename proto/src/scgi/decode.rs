@@ -8,17 +8,19 @@
 //! becomes the [`Params`] buffer itself: pairs are spans into it, so a request costs one
 //! buffer and one span vector, never an allocation per pair.
 
-use std::ffi::CStr;
-
 use bytes::{Bytes, BytesMut};
 
 use crate::limits::SCGI_MAX_LENGTH_DIGITS;
 use crate::params::{check_pair, Span};
-use crate::reader::Reader;
 use crate::{Limits, Params, ProtocolError};
 
 /// The largest length [`SCGI_MAX_LENGTH_DIGITS`] digits can write: 9 999 999.
 const MAX_DIGITS_VALUE: usize = 9_999_999;
+
+/// The pairs a header block's span list is first sized for, so that it is allocated once:
+/// nginx's stock `scgi_params` sends 15 and a browser 10 to 15 headers more. A longer list
+/// grows as any `Vec` does.
+const EXPECTED_PAIRS: usize = 32;
 
 /// A parsed SCGI request head: everything before the body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,15 +136,20 @@ pub fn parse_length(buf: &[u8], max: usize) -> Result<Option<(usize, usize)>, Pr
 ///   unlike FastCGI no web server sends them;
 /// - each pair obeys [`check_pair`] (name and value length, pair count).
 pub fn parse_headers(block: Bytes, limits: &Limits) -> Result<RequestHead, ProtocolError> {
-    let mut r = Reader::new(&block);
-    let mut spans = Vec::new();
+    let mut nuls = Nuls::new(&block);
+    let mut pos = 0;
+    // Every pair takes at least 3 bytes (a name byte and two NULs).
+    let mut spans = Vec::with_capacity(EXPECTED_PAIRS.min(block.len() / 3));
     let mut content_length = None;
     let mut scgi_missing = true;
-    while !r.is_empty() {
-        let name_start = block.len() - r.remaining();
-        let name = take_until_nul(&mut r, "SCGI header name")?;
-        let value_start = block.len() - r.remaining();
-        let value = take_until_nul(&mut r, "SCGI header value")?;
+    while pos < block.len() {
+        let name_start = pos;
+        let name_end = nuls.next().ok_or(ProtocolError::MissingData("SCGI header name"))?;
+        let value_start = name_end + 1;
+        let value_end = nuls.next().ok_or(ProtocolError::MissingData("SCGI header value"))?;
+        pos = value_end + 1;
+        let name = &block[name_start..name_end];
+        let value = &block[value_start..value_end];
         if name.is_empty() {
             return Err(ProtocolError::EmptyName("SCGI header"));
         }
@@ -160,10 +167,7 @@ pub fn parse_headers(block: Bytes, limits: &Limits) -> Result<RequestHead, Proto
             }
             scgi_missing = false;
         }
-        spans.push(Span::new(
-            name_start..name_start + name.len(),
-            value_start..value_start + value.len(),
-        ));
+        spans.push(Span::new(name_start..name_end, value_start..value_end));
     }
     let Some(content_length) = content_length else {
         return Err(ProtocolError::MissingContentLength);
@@ -197,32 +201,115 @@ pub fn parse_content_length(value: &[u8]) -> Result<u64, ProtocolError> {
     Ok(n)
 }
 
-/// Takes the bytes before the next NUL and the NUL itself.
-fn take_until_nul<'a>(r: &mut Reader<'a>, what: &'static str) -> Result<&'a [u8], ProtocolError> {
-    // `CStr` finds its NUL with the standard library's word-at-a-time `memchr`; a byte-by-byte
-    // search was the largest part of an SCGI request's parsing.
-    let Ok(found) = CStr::from_bytes_until_nul(r.rest()) else {
-        return Err(ProtocolError::MissingData(what));
-    };
-    let n = found.count_bytes();
-    let s = r.take(n, what)?;
-    r.take(1, what)?;
-    Ok(s)
+/// The positions of a block's NUL bytes, in order, found eight bytes at a time: the block is
+/// scanned once, where finding each name's and value's NUL anew was the largest part of an
+/// SCGI request's parsing (docs/performance.md, "The hot path").
+struct Nuls<'a> {
+    buf: &'a [u8],
+    /// Where the word in `mask` starts.
+    base: usize,
+    /// The NULs of the current word not yet returned: the high bit of each such byte.
+    mask: u64,
 }
 
-/// Fails on the first name that occurs twice. Sorting the names costs one allocation per
-/// request and O(n log n) comparisons, which stays cheap at the pair cap. They are ordered by
-/// length first: most pairs of names differ in length, and two lengths compare at once where
-/// two names compared byte by byte (only equal names need to sit side by side).
+impl<'a> Nuls<'a> {
+    /// Low seven bits of every byte.
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+
+    fn new(buf: &'a [u8]) -> Self {
+        let mut nuls = Self { buf, base: 0, mask: 0 };
+        nuls.mask = nuls.word_mask();
+        nuls
+    }
+
+    /// The high bit of every NUL byte in the word at `base` (bytes past the end count as
+    /// non-NUL). Exact: `(w & LOW7) + LOW7` cannot carry from one byte into the next.
+    fn word_mask(&self) -> u64 {
+        let w = match self.buf.get(self.base..self.base + 8) {
+            Some(word) => u64::from_le_bytes(word.try_into().expect("eight bytes")),
+            None => {
+                let mut bytes = [0xFFu8; 8];
+                let tail = &self.buf[self.base..];
+                bytes[..tail.len()].copy_from_slice(tail);
+                u64::from_le_bytes(bytes)
+            }
+        };
+        !(((w & Self::LOW7) + Self::LOW7) | w | Self::LOW7)
+    }
+}
+
+impl Iterator for Nuls<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        while self.mask == 0 {
+            self.base += 8;
+            if self.base >= self.buf.len() {
+                return None;
+            }
+            self.mask = self.word_mask();
+        }
+        let at = self.base + self.mask.trailing_zeros() as usize / 8;
+        self.mask &= self.mask - 1;
+        Some(at)
+    }
+}
+
+/// Names whose filter bit was already set before [`reject_duplicates`] stops comparing each
+/// with the names before it and sorts them all instead. Web servers' names rarely share a bit
+/// (nginx's stock `scgi_params` and a browser's headers: none or one or two); a block made so
+/// that every name shares one costs O(n log n) this way, not O(n²).
+const MAX_FILTER_HITS: usize = 8;
+
+/// Fails on a name that occurs twice. Each name sets one bit of a 256-bit filter chosen by
+/// its length and three of its bytes; only a name whose bit is already set is compared with
+/// the names before it. Sorting every name's slice cost a request about 1 400 instructions
+/// (docs/performance.md, "The hot path"); the filter costs a few per name.
 fn reject_duplicates(params: &Params) -> Result<(), ProtocolError> {
+    let mut filter = [0u64; 4];
+    let mut hits = 0;
+    for (i, (name, _)) in params.iter().enumerate() {
+        let bit = filter_bit(name);
+        let (word, mask) = (&mut filter[bit / 64], 1u64 << (bit % 64));
+        if *word & mask != 0 {
+            hits += 1;
+            if hits > MAX_FILTER_HITS {
+                return reject_duplicates_sorted(params);
+            }
+            if params.iter().take(i).any(|(earlier, _)| earlier == name) {
+                return Err(duplicate(name));
+            }
+        }
+        *word |= mask;
+    }
+    Ok(())
+}
+
+/// The filter bit of a name, 0..256: its length and its first, middle and last bytes, mixed.
+fn filter_bit(name: &[u8]) -> usize {
+    let n = name.len();
+    let byte = |i: usize| u32::from(name.get(i).copied().unwrap_or(0));
+    // `n` is below MAX_PARAM_NAME_LEN, so the cast keeps it whole.
+    let mix = (n as u32).wrapping_mul(0x9E37_79B9)
+        ^ byte(0) << 16
+        ^ byte(n / 2) << 8
+        ^ byte(n.wrapping_sub(1));
+    (mix.wrapping_mul(0x85EB_CA6B) >> 24) as usize
+}
+
+/// [`reject_duplicates`] for a block whose names crowd the filter: sorted by length, then
+/// bytes, so equal names sit side by side.
+fn reject_duplicates_sorted(params: &Params) -> Result<(), ProtocolError> {
     let mut names: Vec<&[u8]> = params.iter().map(|(name, _)| name).collect();
     names.sort_unstable_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
     match names.windows(2).find(|w| w[0] == w[1]) {
-        Some(w) => Err(ProtocolError::DuplicateParam(
-            String::from_utf8_lossy(w[0]).into_owned(),
-        )),
+        Some(w) => Err(duplicate(w[0])),
         None => Ok(()),
     }
+}
+
+fn duplicate(name: &[u8]) -> ProtocolError {
+    ProtocolError::DuplicateParam(String::from_utf8_lossy(name).into_owned())
 }
 
 #[cfg(test)]
@@ -488,6 +575,26 @@ REQUEST_METHOD\x00POST\x00REQUEST_URI\x00/deepthought\x00,What is the answer to 
         );
     }
 
+    /// 300 names of one length and first byte crowd the filter past [`MAX_FILTER_HITS`], so
+    /// the sort decides: a repeat is still found, and distinct names still pass.
+    #[test]
+    fn names_that_crowd_the_filter_are_sorted_instead() {
+        let names: Vec<String> = (0..300).map(|i| format!("N{i:03}")).collect();
+        let mut pairs: Vec<(&[u8], &[u8])> = vec![(b"CONTENT_LENGTH", b"0")];
+        pairs.extend(names.iter().map(|n| (n.as_bytes(), &b"v"[..])));
+        let hits = {
+            let mut seen = std::collections::HashSet::new();
+            names.iter().filter(|n| !seen.insert(filter_bit(n.as_bytes()))).count()
+        };
+        assert!(hits > MAX_FILTER_HITS, "{hits} names share a bit");
+        assert!(decode_block(&block(&pairs)).is_ok());
+        pairs.push((b"N123", b"again"));
+        assert_eq!(
+            decode_block(&block(&pairs)),
+            Err(ProtocolError::DuplicateParam("N123".into()))
+        );
+    }
+
     #[test]
     fn block_must_end_in_nul_after_a_value() {
         // Odd number of strings: a name without a value.
@@ -599,6 +706,16 @@ REQUEST_METHOD\x00POST\x00REQUEST_URI\x00/deepthought\x00,What is the answer to 
                 repeated,
                 "{:?}", decoded
             );
+        }
+
+        /// Bytes of 0, 1 and 0x80 (the values a borrow or carry between bytes would confuse)
+        /// and any other: every NUL is found, in order, and nothing else.
+        #[test]
+        fn nuls_are_found_a_word_at_a_time_exactly(
+            buf in proptest::collection::vec(prop_oneof![Just(0u8), Just(1), Just(0x80), any::<u8>()], 0..70)
+        ) {
+            let want: Vec<usize> = (0..buf.len()).filter(|&i| buf[i] == 0).collect();
+            prop_assert_eq!(Nuls::new(&buf).collect::<Vec<_>>(), want);
         }
 
         #[test]
