@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use super::deadlines::{Aim, Phase, RateClock};
 use super::exchange::{self, Exchange, Progress};
+use super::readbuf::ReadBuf;
 use super::slots::Slot;
 use super::{Arrival, Shared, What, READ_BUF_SIZE};
 use crate::response::plain;
@@ -314,7 +315,8 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (mut rd, mut wr) = tokio::io::split(io);
-        let mut rbuf = BytesMut::with_capacity(READ_BUF_SIZE);
+        let mut parked = ReadBuf::take();
+        let rbuf: &mut BytesMut = &mut parked;
         let mut wbuf = BytesMut::new();
         let mut read_closed = false;
         let mut closing = false;
@@ -336,17 +338,17 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
         // A web server sends its request with its connect. Until a read has found nothing,
         // a connection is not taken for a silent one (and not evicted as one): it may only
         // be that this process had not read it yet.
-        match tokio::time::timeout(Duration::ZERO, rd.read_buf(&mut rbuf)).await {
+        match tokio::time::timeout(Duration::ZERO, rd.read_buf(rbuf)).await {
             Err(_) => {}
             Ok(Ok(0)) => {
                 read_closed = true;
-                if let Err(close) = self.on_eof(&rbuf) {
+                if let Err(close) = self.on_eof(rbuf) {
                     return close;
                 }
             }
             Ok(Ok(_)) => {
                 self.set_phase(Phase::Head, Instant::now());
-                if let Err(e) = self.wire.handle_input(&mut rbuf) {
+                if let Err(e) = self.wire.handle_input(rbuf) {
                     return e.into();
                 }
             }
@@ -435,7 +437,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                         // lingering read (and no wait for the web server's close).
                     } else {
                         let clock = RateClock::total(now, LINGER_TIMEOUT);
-                        linger(&mut rd, &mut wr, &mut rbuf, LINGER_MAX_BYTES, clock).await;
+                        linger(&mut rd, &mut wr, rbuf, LINGER_MAX_BYTES, clock).await;
                     }
                     return Close::Done;
                 }
@@ -482,7 +484,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                                 // Framing (record headers, padding) comes on top of the body.
                                 let max = owed_body.saturating_add(owed_body / 16);
                                 let clock = RateClock::new(Instant::now(), t.body, t.body_min_rate);
-                                linger(&mut rd, &mut wr, &mut rbuf, max, clock).await;
+                                linger(&mut rd, &mut wr, rbuf, max, clock).await;
                                 return Close::Done;
                             }
                         }
@@ -503,10 +505,10 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                     }
                     Err(e) => return Close::Io(e),
                 },
-                read = rd.read_buf(&mut rbuf), if can_read => match read {
+                read = rd.read_buf(rbuf), if can_read => match read {
                     Ok(0) => {
                         read_closed = true;
-                        if let Err(close) = self.on_eof(&rbuf) {
+                        if let Err(close) = self.on_eof(rbuf) {
                             return close;
                         }
                     }
@@ -517,7 +519,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                             None if self.phase != Phase::Head => self.set_phase(Phase::Head, now),
                             None => {}
                         }
-                        if let Err(e) = self.wire.handle_input(&mut rbuf) {
+                        if let Err(e) = self.wire.handle_input(rbuf) {
                             return e.into();
                         }
                     }

@@ -31,6 +31,7 @@ pub mod deadlines;
 pub(crate) mod engine;
 mod exchange;
 pub mod fcgi;
+mod readbuf;
 pub mod scgi;
 pub(crate) mod slots;
 

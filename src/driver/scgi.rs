@@ -226,4 +226,23 @@ mod tests {
         let text = exchange(&mut io, b"070:CONTENT_LENGTH\x000\x00,").await;
         assert_eq!(text, "");
     }
+
+    /// A request on a new connection costs no read buffer of its own: the connection reads
+    /// into the buffer the last one parked, and parks it again once the request that held its
+    /// header block (a slice of the buffer) is gone.
+    #[tokio::test]
+    async fn connections_one_after_another_share_one_read_buffer() {
+        let shared = super::super::test_shared(Echo, 4, "scgi");
+        let mut first = None;
+        for _ in 0..3 {
+            let (mut io, server) = tokio::io::duplex(64 * 1024);
+            let task = tokio::spawn(serve(server, "test-peer", shared.clone()));
+            let text = exchange(&mut io, &request("/p", b"body")).await;
+            assert!(text.ends_with("/p body"), "{text}");
+            task.await.unwrap();
+            let parked = crate::driver::readbuf::parked_ptr();
+            assert!(parked.is_some(), "the connection parked no read buffer");
+            assert_eq!(*first.get_or_insert(parked), parked);
+        }
+    }
 }
