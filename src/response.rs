@@ -7,6 +7,7 @@
 //! §1.12). Header names and values come from the `http` crate, which already refuses CR, LF
 //! and NUL, so no response splitting can pass through here.
 
+use bytes::BufMut;
 use http::header::{CONNECTION, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, StatusCode};
 
@@ -79,24 +80,25 @@ pub fn reason(resp: &http::response::Parts) -> &[u8] {
     }
 }
 
-/// Appends the CGI head of `resp` to `dst`.
-pub fn encode_cgi_head(resp: &http::response::Parts, dst: &mut Vec<u8>) {
+/// Appends the CGI head of `resp` to `dst`: a `Vec<u8>`, or a wire's output buffer directly
+/// (SCGI's response is its CGI head and body as they are).
+pub fn encode_cgi_head(resp: &http::response::Parts, dst: &mut impl BufMut) {
     let status = resp.status;
-    dst.extend_from_slice(b"Status: ");
-    dst.extend_from_slice(status.as_str().as_bytes());
-    dst.push(b' ');
-    dst.extend_from_slice(reason(resp));
-    dst.extend_from_slice(b"\r\n");
+    dst.put_slice(b"Status: ");
+    dst.put_slice(status.as_str().as_bytes());
+    dst.put_u8(b' ');
+    dst.put_slice(reason(resp));
+    dst.put_slice(b"\r\n");
     for (name, value) in &resp.headers {
         if is_hop_by_hop(name) {
             continue;
         }
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        dst.put_slice(name.as_str().as_bytes());
+        dst.put_slice(b": ");
+        dst.put_slice(value.as_bytes());
+        dst.put_slice(b"\r\n");
     }
-    dst.extend_from_slice(b"\r\n");
+    dst.put_slice(b"\r\n");
 }
 
 /// Splits `resp` into its encoded CGI head and its body, ready to stream after it.
