@@ -144,9 +144,13 @@ pub fn parse_headers(block: Bytes, limits: &Limits) -> Result<RequestHead, Proto
     let mut scgi_missing = true;
     while pos < block.len() {
         let name_start = pos;
-        let name_end = nuls.next().ok_or(ProtocolError::MissingData("SCGI header name"))?;
+        let name_end = nuls
+            .next()
+            .ok_or(ProtocolError::MissingData("SCGI header name"))?;
         let value_start = name_end + 1;
-        let value_end = nuls.next().ok_or(ProtocolError::MissingData("SCGI header value"))?;
+        let value_end = nuls
+            .next()
+            .ok_or(ProtocolError::MissingData("SCGI header value"))?;
         pos = value_end + 1;
         let name = &block[name_start..name_end];
         let value = &block[value_start..value_end];
@@ -217,7 +221,11 @@ impl<'a> Nuls<'a> {
     const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
 
     fn new(buf: &'a [u8]) -> Self {
-        let mut nuls = Self { buf, base: 0, mask: 0 };
+        let mut nuls = Self {
+            buf,
+            base: 0,
+            mask: 0,
+        };
         nuls.mask = nuls.word_mask();
         nuls
     }
@@ -584,7 +592,10 @@ REQUEST_METHOD\x00POST\x00REQUEST_URI\x00/deepthought\x00,What is the answer to 
         pairs.extend(names.iter().map(|n| (n.as_bytes(), &b"v"[..])));
         let hits = {
             let mut seen = std::collections::HashSet::new();
-            names.iter().filter(|n| !seen.insert(filter_bit(n.as_bytes()))).count()
+            names
+                .iter()
+                .filter(|n| !seen.insert(filter_bit(n.as_bytes())))
+                .count()
         };
         assert!(hits > MAX_FILTER_HITS, "{hits} names share a bit");
         assert!(decode_block(&block(&pairs)).is_ok());
