@@ -5,6 +5,7 @@
 //! answering: each new connection pushes the oldest silent one out.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,13 +15,41 @@ use tokio::time::Instant;
 /// Marks a connection that is busy with a request: not evictable.
 const BUSY: u64 = u64::MAX;
 
+/// The slot table: open connections' states by id.
+type Table = HashMap<u64, Arc<SlotState>, BuildHasherDefault<IdHasher>>;
+
+/// Hashes the table's keys, ids this process numbers itself from a counter: no peer chooses
+/// them, so the standard library's keyed `SipHash` (about 250 instructions per connection, an
+/// insert and a remove; docs/performance.md, "The hot path") guards against nothing here. One
+/// multiply by an odd constant maps consecutive ids to distinct buckets and spreads the high
+/// bits `hashbrown` tags its entries with.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is called for a `u64` key; any other input still hashes whole.
+        for &b in bytes {
+            self.write_u64(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// The `maxconns` slots of one process.
 #[derive(Debug)]
 pub(crate) struct Slots {
     permits: Arc<Semaphore>,
     /// Every open connection's state, by id; bounded by `maxconns` (plus the one being
     /// admitted).
-    table: Mutex<HashMap<u64, Arc<SlotState>>>,
+    table: Mutex<Table>,
     next_id: AtomicU64,
     base: Instant,
     /// Accept loops waiting in [`take_or_evict`](Self::take_or_evict), and how a connection
@@ -52,7 +81,10 @@ impl Slots {
     pub(crate) fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(max)),
-            table: Mutex::new(HashMap::with_capacity(max.min(4096))),
+            table: Mutex::new(Table::with_capacity_and_hasher(
+                max.min(4096),
+                BuildHasherDefault::default(),
+            )),
             next_id: AtomicU64::new(0),
             base: Instant::now(),
             waiters: AtomicUsize::new(0),
@@ -152,7 +184,7 @@ impl Slots {
         u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(BUSY - 1)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SlotState>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         // A panic while holding the lock leaves a consistent map (single inserts and
         // removes), so a poisoned lock is still usable.
         self.table
@@ -214,6 +246,21 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// Consecutive ids, as the table gets them, fill a table's buckets one each (the low bits
+    /// `hashbrown` indexes with are all different) and vary in the high bits it tags with.
+    #[test]
+    fn consecutive_ids_spread_over_buckets_and_tags() {
+        let hash = |id: u64| {
+            let mut h = IdHasher::default();
+            h.write_u64(id);
+            h.finish()
+        };
+        let buckets: std::collections::HashSet<u64> = (0..1024).map(|id| hash(id) & 1023).collect();
+        assert_eq!(buckets.len(), 1024);
+        let tags: std::collections::HashSet<u64> = (0..1024).map(|id| hash(id) >> 57).collect();
+        assert_eq!(tags.len(), 128);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_oldest_waiting_connection_is_evicted_never_a_busy_one() {
