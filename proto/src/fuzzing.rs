@@ -201,7 +201,9 @@ fn must<T>(r: Result<T, ProtocolError>) -> T {
 
 /// `scgi_conn`: plays `data` as a web server against an SCGI [`scgi::Connection`] in
 /// input-chosen chunks: no panic, body never longer than `CONTENT_LENGTH`, the body's end
-/// exactly at it, nothing accepted after it.
+/// exactly at it, nothing accepted after it. The head is checked against a byte-by-byte
+/// reading of the same block ([`naive_scgi_pairs`]): an accepted head holds exactly its
+/// pairs, none named twice, and a head refused as a duplicate does name a repeated name.
 pub fn scgi_conn(data: &[u8]) {
     use crate::scgi::{Connection as ScgiConnection, Event as ScgiEvent};
 
@@ -212,15 +214,35 @@ pub fn scgi_conn(data: &[u8]) {
     let mut received = 0u64;
     for piece in data.chunks(chunk) {
         src.extend_from_slice(piece);
-        if conn.handle_input(&mut src).is_err() {
+        if let Err(e) = conn.handle_input(&mut src) {
             assert!(conn.is_done());
+            if let ProtocolError::DuplicateParam(name) = e {
+                let pairs = naive_scgi_pairs(data).expect("a duplicate in a whole block");
+                let named = pairs
+                    .iter()
+                    .filter(|(n, _)| String::from_utf8_lossy(n) == name)
+                    .count();
+                assert!(
+                    named >= 2,
+                    "{name:?} refused as a duplicate, named {named} times"
+                );
+            }
             return;
         }
         while let Some(event) = conn.poll_event() {
             match event {
-                ScgiEvent::Request { content_length, .. } => {
+                ScgiEvent::Request {
+                    content_length,
+                    params,
+                    ..
+                } => {
                     assert!(declared.is_none(), "one request per connection");
                     declared = Some(content_length);
+                    let pairs = naive_scgi_pairs(data).expect("an accepted block is whole");
+                    assert!(params.iter().eq(pairs.iter().copied()), "pairs differ");
+                    let mut names: Vec<&[u8]> = pairs.iter().map(|(n, _)| *n).collect();
+                    names.sort_unstable();
+                    assert!(names.windows(2).all(|w| w[0] != w[1]), "a repeat accepted");
                 }
                 ScgiEvent::Body(bytes) => {
                     received += bytes.len() as u64;
@@ -231,6 +253,25 @@ pub fn scgi_conn(data: &[u8]) {
         }
     }
     let _ = conn.handle_eof(&src);
+}
+
+/// The `name NUL value NUL` pairs of the netstring at the start of `data`, read byte by byte;
+/// `None` when the netstring or a pair's NUL is missing.
+fn naive_scgi_pairs(data: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let colon = data.iter().position(|&b| b == b':')?;
+    let len: usize = std::str::from_utf8(&data[..colon]).ok()?.parse().ok()?;
+    let block = data.get(colon + 1..colon + 1 + len)?;
+    let mut fields = block.split(|&b| b == 0);
+    let mut pairs = Vec::new();
+    // A whole block ends in a NUL, so `split` leaves one empty field after the last pair.
+    let mut rest = block.len();
+    while rest > 0 {
+        let name = fields.next()?;
+        let value = fields.next()?;
+        rest = rest.checked_sub(name.len() + value.len() + 2)?;
+        pairs.push((name, value));
+    }
+    Some(pairs)
 }
 
 /// `ajp_conn`: plays `data` as a web server against an AJP13 [`ajp::Connection`] (secret
