@@ -235,9 +235,8 @@ mod tests {
     }
 
     /// A request on a new connection costs no read buffer of its own: the connection reads
-    /// into the buffer the last one parked and parks it again. Asking for a whole read's room
-    /// while the handler still held the header block (a slice of the buffer) made a second
-    /// buffer, which was not parked.
+    /// into the buffer the last one parked, and parks it again once the request that held its
+    /// header block (a slice of the buffer) is gone.
     #[tokio::test]
     async fn connections_one_after_another_share_one_read_buffer() {
         let shared = super::super::test_shared(Echo, 4, "scgi");
