@@ -333,10 +333,8 @@ impl Stream {
     /// room, so a write that has just returned `Pending` is polled again.
     fn raise_send_buffer(&mut self) {
         self.send_buffer_raised = true;
-        let sock = match &self.conn {
-            Conn::UnixPlain(s) => socket2::SockRef::from(s),
-            Conn::Unix(s) => socket2::SockRef::from(s),
-            _ => return,
+        let Some(sock) = self.unix_socket() else {
+            return;
         };
         // Linux reports the doubled figure it keeps.
         if sock
@@ -378,6 +376,15 @@ impl Stream {
         match &self.conn {
             Conn::TcpPlain(s) => Some(socket2::SockRef::from(s)),
             Conn::Tcp(s) => Some(socket2::SockRef::from(s)),
+            _ => None,
+        }
+    }
+
+    /// The socket, registered or not, when it is a unix socket.
+    fn unix_socket(&self) -> Option<socket2::SockRef<'_>> {
+        match &self.conn {
+            Conn::UnixPlain(s) => Some(socket2::SockRef::from(s)),
+            Conn::Unix(s) => Some(socket2::SockRef::from(s)),
             _ => None,
         }
     }
@@ -1015,11 +1022,8 @@ mod tests {
 
     /// The send buffer Linux keeps for the stream's socket (the doubled figure).
     fn send_buffer(stream: &Stream) -> usize {
-        match &stream.conn {
-            Conn::UnixPlain(s) => socket2::SockRef::from(s).send_buffer_size().unwrap(),
-            Conn::Unix(s) => socket2::SockRef::from(s).send_buffer_size().unwrap(),
-            _ => panic!("expected a unix socket"),
-        }
+        let sock = stream.unix_socket().expect("a unix socket");
+        sock.send_buffer_size().unwrap()
     }
 
     #[tokio::test]
