@@ -171,21 +171,34 @@ impl<'a> Vars<'a> {
 
 /// Builds the handler's request from the CGI variables and the streaming body.
 pub fn build(
-    mut params: Params,
+    params: Params,
     body: Body,
     options: &RequestOptions,
     gateway: Gateway,
 ) -> Result<Request, BuildError> {
+    build_with_body(params, |_| body, options, gateway)
+}
+
+/// [`build`], with the body made by `body` from the request's
+/// [`content_length`](content_length()) once that is parsed (a driver sizes its body channel by
+/// it): the variable is found and parsed once per request, not once for the channel and again
+/// for the request.
+pub fn build_with_body(
+    mut params: Params,
+    body: impl FnOnce(Option<u64>) -> Body,
+    options: &RequestOptions,
+    gateway: Gateway,
+) -> Result<Request, BuildError> {
     let vars = Vars::of(&params);
+    let content_length = parse_length(vars.content_length)?;
     let method = match vars.request_method {
         None | Some(b"") => Method::GET,
         Some(m) => Method::from_bytes(m)
             .map_err(|_| BuildError::BadMethod(String::from_utf8_lossy(m).into_owned()))?,
     };
-    let content_length = parse_length(vars.content_length)?;
 
     let (script_name, path_info) = resolve(&vars, options.script_name.as_deref());
-    let uri = request_uri(&vars, &script_name, &path_info)?;
+    let uri = request_uri(&params, &vars, &script_name, &path_info)?;
     let version = match vars.server_protocol {
         Some(b"HTTP/1.0") => Version::HTTP_10,
         Some(b"HTTP/0.9") => Version::HTTP_09,
@@ -193,16 +206,25 @@ pub fn build(
         Some(b"HTTP/3" | b"HTTP/3.0") => Version::HTTP_3,
         _ => Version::HTTP_11,
     };
+    // Header values share the variables' buffer (`share`): no copy and no allocation each.
     let content_type = vars
         .content_type
         .filter(|v| !v.is_empty())
-        .and_then(|v| HeaderValue::from_bytes(v).ok());
+        .and_then(|v| HeaderValue::from_maybe_shared(params.share(v)).ok());
+    // The sent digits themselves when they spell the number as `HeaderValue::from` would (no
+    // leading zero): shared rather than formatted into a new buffer.
+    let length_value = content_length.map(|len| match vars.content_length {
+        Some(v) if v.len() == 1 || v[0] != b'0' => {
+            HeaderValue::from_maybe_shared(params.share(v)).unwrap_or_else(|_| len.into())
+        }
+        _ => HeaderValue::from(len),
+    });
     let count = vars.http;
     if vars.script_name != Some(&script_name[..]) || vars.path_info != Some(&path_info[..]) {
         params.set_all(&[(b"SCRIPT_NAME", &script_name), (b"PATH_INFO", &path_info)]);
     }
 
-    let mut req = Request::new(body);
+    let mut req = Request::new(body(content_length));
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;
@@ -246,7 +268,7 @@ pub fn build(
         // raw variable stays visible in the Env.
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(lower),
-            HeaderValue::from_bytes(value),
+            HeaderValue::from_maybe_shared(params.share(value)),
         ) {
             headers.insert(n, v);
         }
@@ -254,8 +276,8 @@ pub fn build(
     if let Some(v) = content_type {
         headers.insert(CONTENT_TYPE, v);
     }
-    if let Some(len) = content_length {
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    if let Some(v) = length_value {
+        headers.insert(CONTENT_LENGTH, v);
     }
     req.extensions_mut().insert(gateway);
     req.extensions_mut().insert(Env::new(params));
@@ -328,9 +350,22 @@ fn path_of(request_uri: Option<&[u8]>) -> Vec<u8> {
 
 /// The URI handlers route on: the public `REQUEST_URI` when sent, else rebuilt from the
 /// resolved script name, path and query string.
-fn request_uri(vars: &Vars<'_>, script: &[u8], path_info: &[u8]) -> Result<Uri, BuildError> {
+fn request_uri(
+    params: &Params,
+    vars: &Vars<'_>,
+    script: &[u8],
+    path_info: &[u8],
+) -> Result<Uri, BuildError> {
+    let sent = vars.request_uri.filter(|v| !v.is_empty());
+    // The common case: a REQUEST_URI with nothing to escape is parsed where it lies, in the
+    // variables' buffer, not copied into a new one.
+    if let Some(r) = sent.filter(|r| r.iter().all(|&b| URI_KEEP[usize::from(b)])) {
+        if let Ok(uri) = Uri::from_maybe_shared(params.share(r)) {
+            return Ok(uri);
+        }
+    }
     // Made again for the error's text rather than copied for every request that has none.
-    let raw = || match vars.request_uri.filter(|v| !v.is_empty()) {
+    let raw = || match sent {
         Some(r) => escape_uri(r),
         None => {
             let mut s = escape_uri(script);
@@ -349,14 +384,32 @@ fn request_uri(vars: &Vars<'_>, script: &[u8], path_info: &[u8]) -> Result<Uri, 
         .map_err(|_| BuildError::BadUri(String::from_utf8_lossy(&raw()).into_owned()))
 }
 
+/// The bytes [`escape_uri`] keeps as they are: ASCII letters and digits, and
+/// `-._~!$&'()*+,;=:@/?%`. A table, so a URI is checked in one lookup per byte.
+const URI_KEEP: [bool; 256] = {
+    let mut keep = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        keep[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let marks = b"-._~!$&'()*+,;=:@/?%";
+    let mut i = 0;
+    while i < marks.len() {
+        keep[marks[i] as usize] = true;
+        i += 1;
+    }
+    keep
+};
+
 /// Percent-encodes every byte `http::Uri` would refuse (non-ASCII, controls, space and the
 /// few ASCII characters RFC 3986 excludes), leaving existing escapes and delimiters alone.
 pub(crate) fn escape_uri(raw: &[u8]) -> Vec<u8> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = Vec::with_capacity(raw.len());
     for &b in raw {
-        let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b);
-        if keep {
+        if URI_KEEP[usize::from(b)] {
             out.push(b);
         } else {
             out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
@@ -643,6 +696,69 @@ mod tests {
             build(p, Body::empty(), &RequestOptions::default(), GW),
             Err(BuildError::BadMethod(_))
         ));
+    }
+
+    /// A REQUEST_URI with nothing to escape becomes the URI where it lies: the path points
+    /// into the variables' buffer (one with an escape is copied; see above).
+    #[test]
+    fn a_plain_request_uri_is_shared_not_copied() {
+        let p = params(&[("REQUEST_URI", "/a/b?x=1"), ("PATH_INFO", "/a/b")]);
+        let sent = p.get(b"REQUEST_URI").unwrap().as_ptr();
+        let req = build(p, Body::empty(), &RequestOptions::default(), GW).unwrap();
+        assert_eq!(req.uri(), "/a/b?x=1");
+        assert_eq!(req.uri().path().as_ptr(), sent);
+    }
+
+    /// Header values, and a `CONTENT_LENGTH` spelled as its number, share the variables'
+    /// buffer; a length with leading zeros is written as its number.
+    #[test]
+    fn header_values_share_the_variables_buffer() {
+        let p = params(&[
+            ("SCRIPT_NAME", ""),
+            ("PATH_INFO", "/x"),
+            ("HTTP_HOST", "example.com"),
+            ("CONTENT_TYPE", "text/plain"),
+            ("CONTENT_LENGTH", "12"),
+        ]);
+        let sent = |name: &[u8]| p.get(name).unwrap().as_ptr();
+        let (host, kind, length) = (
+            sent(b"HTTP_HOST"),
+            sent(b"CONTENT_TYPE"),
+            sent(b"CONTENT_LENGTH"),
+        );
+        let req = build(p, Body::empty(), &RequestOptions::default(), GW).unwrap();
+        let header = |name: &str| req.headers()[name].as_bytes().as_ptr();
+        assert_eq!(header("host"), host);
+        assert_eq!(header("content-type"), kind);
+        assert_eq!(header("content-length"), length);
+        assert_eq!(req.headers()["content-length"], "12");
+
+        let p = params(&[("CONTENT_LENGTH", "007")]);
+        let req = build(p, Body::empty(), &RequestOptions::default(), GW).unwrap();
+        assert_eq!(req.headers()["content-length"], "7");
+    }
+
+    /// The body is made from the length the request declares, parsed once; a bad one is the
+    /// error before any body is made.
+    #[test]
+    fn the_body_is_made_from_the_declared_length() {
+        let mut seen = None;
+        let p = params(&[("CONTENT_LENGTH", "7")]);
+        let req = build_with_body(
+            p,
+            |n| {
+                seen = Some(n);
+                Body::empty()
+            },
+            &RequestOptions::default(),
+            GW,
+        )
+        .unwrap();
+        assert_eq!(seen, Some(Some(7)));
+        assert_eq!(req.headers()["content-length"], "7");
+        let p = params(&[("CONTENT_LENGTH", "7x")]);
+        let made = build_with_body(p, |_| unreachable!(), &RequestOptions::default(), GW);
+        assert!(matches!(made, Err(BuildError::BadContentLength(_))));
     }
 
     #[test]

@@ -79,6 +79,15 @@ impl Params {
             .map(|s| self.slice(&s.value))
     }
 
+    /// `part`, a name or value this list returned, as [`Bytes`] sharing the list's buffer:
+    /// a reference count, no copy.
+    ///
+    /// # Panics
+    /// When `part` does not lie inside the list's buffer.
+    pub fn share(&self, part: &[u8]) -> Bytes {
+        self.buf.slice_ref(part)
+    }
+
     /// The value of `name` as UTF-8, if present and valid.
     pub fn get_str(&self, name: &str) -> Option<&str> {
         self.get(name.as_bytes())
@@ -289,6 +298,15 @@ mod tests {
         assert_eq!(p.get_str("HTTP_X"), None);
         assert_eq!(p.len(), 4);
         assert_eq!(p.iter().next(), Some((&b"REQUEST_METHOD"[..], &b"GET"[..])));
+    }
+
+    #[test]
+    fn a_shared_value_points_into_the_buffer() {
+        let p = sample();
+        let value = p.get(b"HTTP_X").unwrap();
+        let shared = p.share(value);
+        assert_eq!(&shared[..], value);
+        assert_eq!(shared.as_ptr(), value.as_ptr(), "shared, not copied");
     }
 
     #[test]

@@ -82,18 +82,21 @@ impl Exchange {
         empty: bool,
         peer: &(dyn Display + Sync),
     ) -> Self {
-        let built = request::content_length(&params).and_then(|content_length| {
-            let (tx, body) = if empty && content_length.is_none_or(|n| n == 0) {
-                (None, Body::empty())
+        let mut body_tx = None;
+        let mut content_length = None;
+        let make_body = |length: Option<u64>| {
+            content_length = length;
+            if empty && length.is_none_or(|n| n == 0) {
+                Body::empty()
             } else {
-                let (tx, body) = body::channel(content_length);
-                (Some(PollSender::new(tx)), body)
-            };
-            let req = request::build(params, body, &shared.options, shared.gateway)?;
-            Ok((req, tx, content_length))
-        });
+                let (tx, body) = body::channel(length);
+                body_tx = Some(PollSender::new(tx));
+                body
+            }
+        };
+        let built = request::build_with_body(params, make_body, &shared.options, shared.gateway);
         match built {
-            Ok((req, body_tx, content_length)) => Self {
+            Ok(req) => Self {
                 body_tx,
                 pending: VecDeque::new(),
                 body_done: false,
