@@ -231,16 +231,28 @@ enum SlotFor {
 /// its own waker; a wake-up before that reaches the accept loop, which re-checks what it waits
 /// for. A panic that escapes the driver ends that connection, as it would end its task, not
 /// the accept loop.
-async fn serve_in_place<F>(mut conn: Pin<Box<F>>, tracker: &TaskTracker)
-where
+///
+/// The connection comes in the box it is polled in, so that it can move to a task after a
+/// poll; one that ended in place leaves its box in `home`, the accept loop's spare, for the
+/// next connection. The future is a few KiB, past what glibc keeps in its per-thread cache, so
+/// a new box for every connection cost the allocator's slow path twice per connection
+/// (docs/performance.md, "The hot path"). A connection that ended holds nothing: the next one
+/// replaces it in place.
+async fn serve_in_place<F>(
+    mut conn: Pin<Box<F>>,
+    home: &mut Option<Pin<Box<F>>>,
+    tracker: &TaskTracker,
+) where
     F: Future<Output = ()> + Send + 'static,
 {
+    let mut panicked = false;
     let waits = std::future::poll_fn(|cx| {
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| conn.as_mut().poll(cx)));
         Poll::Ready(match polled {
             Ok(poll) => poll.is_pending(),
             Err(_) => {
                 tracing::error!("a connection panicked outside its handler: closed");
+                panicked = true;
                 false
             }
         })
@@ -248,6 +260,20 @@ where
     .await;
     if waits {
         tracker.spawn(conn);
+    } else if !panicked {
+        *home = Some(conn);
+    }
+}
+
+/// `conn` in the spare box `home` holds (replacing the connection that ended there), or in a
+/// new one.
+fn boxed<F>(conn: F, home: &mut Option<Pin<Box<F>>>) -> Pin<Box<F>> {
+    match home.take() {
+        Some(mut spare) => {
+            spare.as_mut().set(conn);
+            spare
+        }
+        None => Box::pin(conn),
     }
 }
 
@@ -364,6 +390,7 @@ pub async fn serve<H: Handler>(
             // kernel accepted them; closing the listener would reset them and the web server
             // would answer 502), then the loop ends.
             let mut drain_until: Option<tokio::time::Instant> = None;
+            let mut home = None;
             loop {
                 if drain_until.is_none() && stop.is_cancelled() {
                     if !drain.load(Ordering::Acquire) {
@@ -451,7 +478,7 @@ pub async fn serve<H: Handler>(
                 // empties the loop still gives up its turn once per runtime budget (128
                 // connections), so the runtime's other tasks (kept-alive connections,
                 // signals, status reports) run.
-                serve_in_place(Box::pin(conn), &tracker).await;
+                serve_in_place(boxed(conn, &mut home), &mut home, &tracker).await;
                 tokio::task::consume_budget().await;
             }
         }
@@ -621,4 +648,37 @@ pub async fn serve<H: Handler>(
         }
     };
     Ok(exit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection that ends in place leaves its box for the next; one that waits takes its
+    /// box to its own task, which finishes it.
+    #[tokio::test]
+    async fn a_box_is_reused_while_connections_end_in_place() {
+        let tracker = TaskTracker::new();
+        let mut home = None;
+        let conn = |wait: Option<tokio::sync::oneshot::Receiver<()>>| async move {
+            if let Some(rx) = wait {
+                let _ = rx.await;
+            }
+        };
+        serve_in_place(Box::pin(conn(None)), &mut home, &tracker).await;
+        let first: *const _ = &**home
+            .as_ref()
+            .expect("a connection that ended leaves its box");
+        serve_in_place(boxed(conn(None), &mut home), &mut home, &tracker).await;
+        let second: *const _ = &**home.as_ref().expect("and the next one leaves it again");
+        assert_eq!(first, second, "the same box");
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        serve_in_place(boxed(conn(Some(rx)), &mut home), &mut home, &tracker).await;
+        assert!(home.is_none(), "a waiting connection took its box along");
+        assert_eq!(tracker.len(), 1);
+        tx.send(()).unwrap();
+        tracker.close();
+        tracker.wait().await;
+    }
 }
