@@ -28,6 +28,7 @@ Options (environment variables in brackets):
   --only LIST          comma-separated backends, e.g. uwsgi-fcgi,appserver-threaded-fcgi
                        (nginx-direct, uwsgi-fcgi, uwsgi-scgi, php-fpm, go-fcgi,
                        fcgi-floor, fcgi-floor-kc, fcgi-floor-kc-2, scgi-floor,
+                       scgi-floor-2,
                        appserver-{threaded,prefork}-{fcgi,fcgi-kc,scgi})
   -h, --help           this text
 
@@ -69,6 +70,7 @@ done
 [[ $duration =~ ^[1-9][0-9]*$ ]] || bad "--duration (DURATION) must be a whole number of seconds >= 1, not '$duration'"
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || bad "--rounds (ROUNDS) must be a whole number >= 1, not '$rounds'"
 known=" nginx-direct uwsgi-fcgi uwsgi-scgi php-fpm go-fcgi fcgi-floor fcgi-floor-kc fcgi-floor-kc-2 scgi-floor
+scgi-floor-2
 appserver-threaded-fcgi
 appserver-threaded-fcgi-kc appserver-prefork-fcgi appserver-prefork-fcgi-kc
 appserver-threaded-scgi appserver-prefork-scgi "

@@ -141,6 +141,7 @@ BACKENDS = [
     Backend("scgi-floor", "floor.c, one thread", "scgi", False, 1, floor("scgi")),
     # What a pool of two processes can reach (appserver's prefork pool, uWSGI's processes).
     Backend("fcgi-floor-kc-2", "floor.c, 2 processes", "fcgi", True, 2, floor("fcgi", 2)),
+    Backend("scgi-floor-2", "floor.c, 2 processes", "scgi", False, 2, floor("scgi", 2)),
     Backend(
         "appserver-threaded-fcgi",
         "appserver threaded",
