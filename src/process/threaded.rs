@@ -665,6 +665,22 @@ mod tests {
                 let _ = rx.await;
             }
         };
+        // What a connection holds (its stream, its Arcs) goes when it ends, not when the
+        // next connection replaces it in the box.
+        let held = Arc::new(());
+        let holder = Arc::clone(&held);
+        let ended = Box::pin(async move {
+            let _keep = holder;
+        });
+        let mut spare = None;
+        serve_in_place(ended, &mut spare, &tracker).await;
+        assert!(spare.is_some());
+        assert_eq!(
+            Arc::strong_count(&held),
+            1,
+            "an ended connection holds nothing"
+        );
+
         serve_in_place(Box::pin(conn(None)), &mut home, &tracker).await;
         let first: *const _ = &**home
             .as_ref()
