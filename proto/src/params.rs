@@ -68,15 +68,7 @@ impl Params {
 
     /// The value of the last pair named `name`.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        // Lengths first: most names differ in length, so most pairs are passed over without
-        // comparing bytes.
-        self.spans
-            .iter()
-            .rev()
-            .find(|s| {
-                (s.name.end - s.name.start) as usize == name.len() && self.slice(&s.name) == name
-            })
-            .map(|s| self.slice(&s.value))
+        last_named(&self.spans, &self.buf, name).map(|i| self.slice(&self.spans[i].value))
     }
 
     /// `part`, a name or value this list returned, as [`Bytes`] sharing the list's buffer:
@@ -148,11 +140,7 @@ impl Params {
             let value_start = buf.len();
             buf.extend_from_slice(value);
             let value_range = value_start..buf.len();
-            if let Some(i) = self
-                .spans
-                .iter()
-                .rposition(|s| &buf[s.name.start as usize..s.name.end as usize] == *name)
-            {
+            if let Some(i) = last_named(&self.spans, &buf, name) {
                 self.spans[i].value = value_range.start as u32..value_range.end as u32;
             } else {
                 let name_start = buf.len();
@@ -167,6 +155,15 @@ impl Params {
     fn slice(&self, r: &Range<u32>) -> &[u8] {
         &self.buf[r.start as usize..r.end as usize]
     }
+}
+
+/// The index of the last span of `spans` whose name in `buf` is `name`. Lengths first: most
+/// names differ in length, so most pairs are passed over without comparing bytes.
+fn last_named(spans: &[Span], buf: &[u8], name: &[u8]) -> Option<usize> {
+    spans.iter().rposition(|s| {
+        (s.name.end - s.name.start) as usize == name.len()
+            && &buf[s.name.start as usize..s.name.end as usize] == name
+    })
 }
 
 impl PartialEq for Params {
