@@ -101,14 +101,6 @@ pub fn encode_cgi_head(resp: &http::response::Parts, dst: &mut impl BufMut) {
     dst.put_slice(b"\r\n");
 }
 
-/// Splits `resp` into its encoded CGI head and its body, ready to stream after it.
-pub fn into_cgi(resp: Response) -> (Vec<u8>, Body) {
-    let (parts, body) = resp.into_parts();
-    let mut head = Vec::with_capacity(256);
-    encode_cgi_head(&parts, &mut head);
-    (head, body)
-}
-
 /// A plain-text response the server itself produces (400, 403, 500, 503).
 pub fn plain(status: StatusCode, message: &str) -> Response {
     let mut resp = Response::new(Body::from(format!("{message}\n")));

@@ -17,8 +17,8 @@ use std::hint::black_box;
 
 use appserver_proto::fcgi::encode::{encode_end_request, encode_stdout, encode_stream_end};
 use appserver_proto::fcgi::{ConnConfig, Connection, Event, ProtocolStatus, RecordType};
-use appserver_proto::Limits;
-use bytes::BytesMut;
+use appserver_proto::{Limits, Output};
+use bytes::{Buf, Bytes, BytesMut};
 use criterion::{Criterion, Throughput};
 
 const NGINX_GET: &[u8] = include_bytes!("../testdata/fcgi-nginx-get.bin");
@@ -81,6 +81,8 @@ fn fcgi(c: &mut Criterion) {
     let mut keep = NGINX_GET.to_vec();
     keep[8 + 2] = 0x01;
     let mut conn = Connection::new(config());
+    let shared_body = Bytes::from(body.clone());
+    let mut queued = Output::new();
     g.throughput(Throughput::Elements(1));
     g.bench_function("cycle/keep-alive", |b| {
         b.iter(|| {
@@ -89,12 +91,12 @@ fn fcgi(c: &mut Criterion) {
             conn.handle_input(&mut src)
                 .expect("captured request decodes");
             assert_eq!(drain(&mut conn), 2);
-            conn.send_stdout(1, HEADERS);
-            conn.send_stdout(1, &body);
+            conn.send_stdout(1, Bytes::from_static(HEADERS));
+            conn.send_stdout(1, shared_body.clone());
             conn.end_request(1, 0);
-            out.clear();
-            conn.poll_transmit(&mut out);
-            black_box(&out);
+            queued.advance(queued.remaining());
+            conn.poll_transmit(&mut queued);
+            black_box(&queued);
         })
     });
     g.finish();

@@ -5,12 +5,13 @@
 //! the fuzzer reports) only when an invariant of the codec breaks: a round trip that changes
 //! bytes, output after `FCGI_END_REQUEST`, an oversized record.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::fcgi::conn::{ConnConfig, Connection, Event};
 use crate::fcgi::decode::{ClientDecoder, ParamsDecoder, Record, RecordDecoder, ResponseRecord};
 use crate::fcgi::record::{encode_pair, BeginRequest, EndRequest, RecordType, UnknownType};
 use crate::limits::{FCGI_HEADER_LEN, FCGI_MAX_CONTENT_LEN};
+use crate::Output;
 use crate::{Limits, ProtocolError};
 
 pub use crate::fcgi;
@@ -79,7 +80,7 @@ pub fn fcgi_conn(data: &[u8]) {
                 Event::Request { id, params, .. } => {
                     check.begun(id);
                     if params.len() % 3 == 0 {
-                        conn.send_stdout(id, b"Status: 200 OK\r\n\r\n");
+                        conn.send_stdout(id, Bytes::from_static(b"Status: 200 OK\r\n\r\n"));
                     }
                     if params.len() % 5 == 1 {
                         conn.send_stderr(id, b"log");
@@ -90,7 +91,7 @@ pub fn fcgi_conn(data: &[u8]) {
                 }
                 Event::Stdin { id, data } => {
                     assert!(!data.is_empty());
-                    conn.send_stdout(id, &data);
+                    conn.send_stdout(id, data);
                 }
                 Event::StdinEnd { id } | Event::Abort { id } => conn.end_request(id, 0),
             }
@@ -118,8 +119,10 @@ impl OutputCheck {
     }
 
     fn drain(&mut self, conn: &mut Connection) {
-        conn.poll_transmit(&mut self.buf);
+        let mut out = Output::new();
+        conn.poll_transmit(&mut out);
         assert_eq!(conn.queued_output(), 0);
+        self.buf.extend_from_slice(&out.to_vec());
         loop {
             match self.dec.decode(&mut self.buf) {
                 Ok(Some(ResponseRecord::EndRequest { id, .. })) => self.ended.push(id),
@@ -350,7 +353,9 @@ fn ajp_play(data: &[u8]) -> AjpTally {
                 }
             }
         }
-        conn.poll_transmit(&mut out);
+        let mut queued = Output::new();
+        conn.poll_transmit(&mut queued);
+        out.extend_from_slice(&queued.to_vec());
         while let Some(packet) = client
             .decode(&mut out)
             .expect("container output is well framed")
@@ -369,7 +374,7 @@ fn ajp_play(data: &[u8]) -> AjpTally {
 /// Answers the active AJP request as a driver would: 200, a body, `END_RESPONSE`.
 fn ajp_respond(conn: &mut crate::ajp::Connection) {
     let _ = conn.send_headers(200, b"OK", &[(&b"content-type"[..], &b"x"[..])]);
-    conn.send_body(b"fuzz");
+    conn.send_body(Bytes::from_static(b"fuzz"));
     conn.end_response();
 }
 

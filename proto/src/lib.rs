@@ -17,6 +17,7 @@
 //! - [`limits`]: every bound this crate enforces, with its reason.
 //! - [`error`]: [`ProtocolError`], the one error type of all decoders.
 //! - [`reader`]: a bounded cursor for length-prefixed fields (`sub`, `expect_end`).
+//! - [`output`]: [`Output`], what a connection owes its web server, large data uncopied.
 //! - [`params`]: [`Params`], the ordered, byte-exact CGI variable list shared by all protocols.
 //! - [`fcgi`]: FastCGI 1.0 records, the server connection and the client codec.
 //! - [`scgi`]: SCGI netstring headers, the one-request server connection and the client
@@ -29,6 +30,7 @@ pub mod ajp;
 pub mod error;
 pub mod fcgi;
 pub mod limits;
+pub mod output;
 pub mod params;
 pub mod reader;
 pub mod scgi;
@@ -38,19 +40,8 @@ pub mod fuzzing;
 
 pub use error::ProtocolError;
 pub use limits::Limits;
+pub use output::Output;
 pub use params::Params;
-
-/// Moves queued output into the caller's buffer: hands the buffer over when the caller's is
-/// empty (no copy; `out` keeps the caller's capacity), appends otherwise. The
-/// `poll_transmit` of every connection.
-fn transmit(out: &mut bytes::BytesMut, dst: &mut bytes::BytesMut) {
-    if dst.is_empty() {
-        std::mem::swap(dst, out);
-    } else {
-        dst.extend_from_slice(out);
-        out.clear();
-    }
-}
 
 /// A number in decimal ASCII without allocating: SCGI's netstring lengths and
 /// `CONTENT_LENGTH`, FastCGI's `FCGI_MAX_CONNS`/`FCGI_MAX_REQS` values.

@@ -14,8 +14,8 @@ use std::fmt::Display;
 use std::sync::Arc;
 
 use appserver_proto::ajp::{AjpConfig, Connection, Event};
-use appserver_proto::ProtocolError;
-use bytes::BytesMut;
+use appserver_proto::{Output, ProtocolError};
+use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -86,7 +86,7 @@ impl Wire for Ajp {
         self.conn.request_body_chunk();
     }
 
-    fn poll_transmit(&mut self, dst: &mut BytesMut) {
+    fn poll_transmit(&mut self, dst: &mut Output) {
         self.conn.poll_transmit(dst);
     }
 
@@ -134,7 +134,7 @@ impl Wire for Ajp {
         }
     }
 
-    fn send_data(&mut self, data: &[u8]) {
+    fn send_data(&mut self, data: Bytes) {
         self.conn.send_body(data);
     }
 

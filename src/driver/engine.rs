@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use appserver_proto::limits::MAX_QUEUED_OUTPUT;
-use appserver_proto::{Params, ProtocolError};
+use appserver_proto::{Output, Params, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -76,7 +76,7 @@ pub(crate) trait Wire: Send + 'static {
     /// `GET_BODY_CHUNK`) asks now.
     fn want_body(&mut self) {}
     /// Moves queued output to `dst`.
-    fn poll_transmit(&mut self, dst: &mut BytesMut);
+    fn poll_transmit(&mut self, dst: &mut Output);
     /// Output queued in the connection, not yet moved by [`Self::poll_transmit`].
     fn queued_output(&self) -> usize;
     /// True once the connection must close after its output is written.
@@ -95,7 +95,7 @@ pub(crate) trait Wire: Send + 'static {
     /// Encodes the response head; returns the body to stream.
     fn send_head(&mut self, resp: Response, peer: &(dyn Display + Sync)) -> Body;
     /// Encodes response body bytes.
-    fn send_data(&mut self, data: &[u8]);
+    fn send_data(&mut self, data: Bytes);
     /// Ends the response (also after an abort).
     fn end_response(&mut self);
     /// Refuses a request beyond the in-flight limit: FastCGI answers `FCGI_OVERLOADED`
@@ -317,7 +317,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
         let (mut rd, mut wr) = tokio::io::split(io);
         let mut parked = ReadBuf::take();
         let rbuf: &mut BytesMut = &mut parked;
-        let mut wbuf = BytesMut::new();
+        let mut wbuf = Output::new();
         let mut read_closed = false;
         let mut closing = false;
         // The output owed to the web server, while there is some.
@@ -392,8 +392,9 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
             // end marker, queued one after the other, go out in one write). Large output is
             // never appended behind bytes still being written: data walking through one
             // buffer as it is written at the front and appended at the back touched the
-            // whole allocation, 1 MiB resident per slow reader of a large body. Either way
-            // an empty write buffer means nothing is owed.
+            // whole allocation, 1 MiB resident per slow reader of a large body (a large body's
+            // chunks are queued uncopied, `Output`, so only framing and small data are
+            // appended). Either way an empty write buffer means nothing is owed.
             if joins_write_buffer(wbuf.len(), self.wire.queued_output()) {
                 self.wire.poll_transmit(&mut wbuf);
             }
@@ -791,7 +792,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
                     a.exchange.stream(body);
                 }
             }
-            Progress::Data(data) => self.wire.send_data(&data),
+            Progress::Data(data) => self.wire.send_data(data),
             Progress::Done => {
                 let Some(a) = self.active.take() else {
                     return Ok(None);
@@ -815,7 +816,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
     /// largest response needed (17 to 32 MiB per worker after 10 MiB downloads). Both are
     /// empty here, and the wire's transmit swaps an empty buffer with its own, so two turns
     /// look at both.
-    fn release_idle_buffers(&mut self, wbuf: &mut BytesMut) {
+    fn release_idle_buffers(&mut self, wbuf: &mut Output) {
         for _ in 0..2 {
             keep_while_idle(wbuf);
             self.wire.poll_transmit(wbuf);
@@ -826,7 +827,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
     async fn flush<Wr: AsyncWrite + Unpin>(
         &mut self,
         wr: &mut Wr,
-        wbuf: &mut BytesMut,
+        wbuf: &mut Output,
     ) -> std::io::Result<()> {
         self.wire.poll_transmit(wbuf);
         let t = self.shared.timeouts.send;
@@ -837,15 +838,17 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
 }
 
 /// Whether the output queued in the wire joins the write buffer, which holds `unwritten`
-/// bytes: when that is empty, or when both fit in [`MAX_COALESCED_OUTPUT`].
+/// bytes: when there is some, and the write buffer is empty or both fit in
+/// [`MAX_COALESCED_OUTPUT`]. Nothing queued moves nothing: the loop asks every turn, several
+/// times a request.
 fn joins_write_buffer(unwritten: usize, queued: usize) -> bool {
-    unwritten == 0 || unwritten + queued <= MAX_COALESCED_OUTPUT
+    queued > 0 && (unwritten == 0 || unwritten + queued <= MAX_COALESCED_OUTPUT)
 }
 
 /// Frees an empty output buffer of a waiting connection if it grew past [`IDLE_OUTPUT_KEEP`].
-fn keep_while_idle(buf: &mut BytesMut) {
+fn keep_while_idle(buf: &mut Output) {
     if buf.capacity() > IDLE_OUTPUT_KEEP {
-        *buf = BytesMut::new();
+        *buf = Output::new();
     }
 }
 

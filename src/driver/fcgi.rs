@@ -10,13 +10,13 @@ use std::fmt::Display;
 use std::sync::Arc;
 
 use appserver_proto::fcgi::{ConnConfig, Connection, Event, ProtocolStatus};
-use appserver_proto::ProtocolError;
-use bytes::BytesMut;
+use appserver_proto::{Output, ProtocolError};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::engine::{Incoming, Wire};
-use super::Shared;
-use crate::response::into_cgi;
+use super::{Shared, FIRST_OUTPUT};
+use crate::response::encode_cgi_head;
 use crate::{Body, Handler, Response};
 
 /// Serves one FastCGI connection until the web server closes it, the protocol says to close,
@@ -81,7 +81,7 @@ impl Wire for Fcgi {
         matches!(self.conn.peek_event(), Some(Event::StdinEnd { id }) if *id == self.id)
     }
 
-    fn poll_transmit(&mut self, dst: &mut BytesMut) {
+    fn poll_transmit(&mut self, dst: &mut Output) {
         self.conn.poll_transmit(dst);
     }
 
@@ -98,12 +98,15 @@ impl Wire for Fcgi {
     }
 
     fn send_head(&mut self, resp: Response, _peer: &(dyn Display + Sync)) -> Body {
-        let (head, body) = into_cgi(resp);
-        self.conn.send_stdout(self.id, &head);
+        let (parts, body) = resp.into_parts();
+        self.conn.send_stdout_with(self.id, |buf| {
+            buf.reserve(FIRST_OUTPUT);
+            encode_cgi_head(&parts, buf);
+        });
         body
     }
 
-    fn send_data(&mut self, data: &[u8]) {
+    fn send_data(&mut self, data: Bytes) {
         self.conn.send_stdout(self.id, data);
     }
 

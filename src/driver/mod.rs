@@ -39,6 +39,10 @@ pub use deadlines::Timeouts;
 pub use engine::{LINGER_MAX_BYTES, LINGER_TIMEOUT, MAX_DISCARDED_BODY};
 pub(crate) use slots::{Slot, Slots};
 
+/// The output room a response starts with: a head and a small page's body, in one
+/// allocation small enough for glibc's per-thread cache (1 032 bytes).
+pub(crate) const FIRST_OUTPUT: usize = 1024;
+
 /// Bytes read from a socket at a time: one full FastCGI record (8-byte header + 65 535 content
 /// + 255 padding) fits, so a record never needs more than two reads.
 pub(crate) const READ_BUF_SIZE: usize = 64 * 1024 + 512;

@@ -9,13 +9,13 @@ use std::fmt::Display;
 use std::sync::Arc;
 
 use appserver_proto::scgi::{Connection, Event};
-use appserver_proto::ProtocolError;
-use bytes::BytesMut;
+use appserver_proto::{Output, ProtocolError};
+use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::engine::{Incoming, Wire};
-use super::{Shared, READ_BUF_SIZE};
+use super::{Shared, FIRST_OUTPUT, READ_BUF_SIZE};
 use crate::response::{encode_cgi_head, plain};
 use crate::{Body, Handler, Response};
 
@@ -31,17 +31,13 @@ where
 /// The SCGI side of a connection.
 pub(crate) struct Scgi {
     conn: Connection,
-    out: BytesMut,
+    out: Output,
     requested: bool,
     ended: bool,
     /// A whole head must fit the read buffer: the netstring's digits, `:` and `,` around at
     /// most `maxparams` bytes.
     input_bound: usize,
 }
-
-/// The output room a response starts with: a head and a small page's body, in one
-/// allocation small enough for glibc's per-thread cache (1 032 bytes).
-const FIRST_OUTPUT: usize = 1024;
 
 /// Room for a netstring's length digits, `:` and `,` beyond its content.
 const NETSTRING_OVERHEAD: usize = 16;
@@ -50,7 +46,7 @@ impl Scgi {
     pub(crate) fn new<H>(shared: &Shared<H>) -> Self {
         Self {
             conn: Connection::new(shared.limits),
-            out: BytesMut::new(),
+            out: Output::new(),
             requested: false,
             ended: false,
             input_bound: READ_BUF_SIZE.max(shared.limits.max_params_bytes() + NETSTRING_OVERHEAD),
@@ -84,13 +80,8 @@ impl Wire for Scgi {
         matches!(self.conn.peek_event(), Some(Event::BodyEnd))
     }
 
-    fn poll_transmit(&mut self, dst: &mut BytesMut) {
-        if dst.is_empty() {
-            std::mem::swap(dst, &mut self.out);
-        } else {
-            dst.extend_from_slice(&self.out);
-            self.out.clear();
-        }
+    fn poll_transmit(&mut self, dst: &mut Output) {
+        dst.append(&mut self.out);
     }
 
     fn queued_output(&self) -> usize {
@@ -117,13 +108,13 @@ impl Wire for Scgi {
         let (parts, body) = resp.into_parts();
         // The head goes straight into the output, sized once for it and a small body: built
         // apart and copied in, it cost a request three allocations.
-        self.out.reserve(FIRST_OUTPUT);
-        encode_cgi_head(&parts, &mut self.out);
+        self.out.buf().reserve(FIRST_OUTPUT);
+        encode_cgi_head(&parts, self.out.buf());
         body
     }
 
-    fn send_data(&mut self, data: &[u8]) {
-        self.out.extend_from_slice(data);
+    fn send_data(&mut self, data: Bytes) {
+        self.out.put(data);
     }
 
     fn end_response(&mut self) {

@@ -31,13 +31,13 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::limits::{AJP_DEFAULT_PACKET_SIZE, AJP_MAX_PACKET_SIZE, AJP_MIN_PACKET_SIZE};
-use crate::{Limits, Params, ProtocolError};
+use crate::{Limits, Output, Params, ProtocolError};
 
 use super::cgi::cgi_params;
 use super::decode::{load_body, BodyFraming, BodyPacket, PacketDecoder};
 use super::encode::{
-    encode_cpong, encode_end_response, encode_flush, encode_get_body_chunk, encode_send_body_chunk,
-    encode_send_headers, max_body_packet,
+    encode_cpong, encode_end_response, encode_flush, encode_get_body_chunk, encode_send_headers,
+    max_body_packet, queue_send_body_chunk,
 };
 use super::packet::{Code, ForwardRequest, PacketOverflow};
 
@@ -321,7 +321,7 @@ pub struct Connection {
     /// true while that packet may still come.
     stray_end_allowed: bool,
     events: VecDeque<Event>,
-    out: BytesMut,
+    out: Output,
 }
 
 /// The connection's one request slot (style rule 6).
@@ -383,7 +383,7 @@ impl Connection {
             framing: BodyFraming::Unknown,
             stray_end_allowed: false,
             events: VecDeque::new(),
-            out: BytesMut::new(),
+            out: Output::new(),
         }
     }
 
@@ -443,7 +443,7 @@ impl Connection {
         }
         let len = body.remaining().map_or(max, |r| r.min(max));
         // len <= max <= 65 530, so the cast cannot truncate.
-        encode_get_body_chunk(len as u16, &mut self.out);
+        encode_get_body_chunk(len as u16, self.out.buf());
         body.outstanding = true;
         true
     }
@@ -472,7 +472,7 @@ impl Connection {
             reason,
             headers,
             self.config.packet_size,
-            &mut self.out,
+            self.out.buf(),
         )?;
         active.headers_sent = true;
         Ok(())
@@ -481,9 +481,9 @@ impl Connection {
     /// Queues `data` as `SEND_BODY_CHUNK` packets of at most `packet_size - 8` data bytes. A
     /// no-op for empty `data`, before [`send_headers`](Self::send_headers) and outside a
     /// request.
-    pub fn send_body(&mut self, data: &[u8]) {
+    pub fn send_body(&mut self, data: Bytes) {
         if self.responding() {
-            encode_send_body_chunk(data, self.config.packet_size, &mut self.out);
+            queue_send_body_chunk(data, self.config.packet_size, &mut self.out);
         }
     }
 
@@ -491,7 +491,7 @@ impl Connection {
     /// buffered to the client. Same no-op rules as [`send_body`](Self::send_body).
     pub fn send_flush(&mut self) {
         if self.responding() {
-            encode_flush(&mut self.out);
+            encode_flush(self.out.buf());
         }
     }
 
@@ -504,14 +504,14 @@ impl Connection {
             return;
         };
         let reuse = active.body.ended && active.headers_sent && !active.forbidden;
-        encode_end_response(reuse, &mut self.out);
+        encode_end_response(reuse, self.out.buf());
         self.events.clear();
         self.state = if reuse { State::Idle } else { State::Done };
     }
 
-    /// Appends all queued output to `dst` and empties the queue.
-    pub fn poll_transmit(&mut self, dst: &mut BytesMut) {
-        crate::transmit(&mut self.out, dst);
+    /// Moves all queued output behind what `dst` holds and empties the queue.
+    pub fn poll_transmit(&mut self, dst: &mut Output) {
+        dst.append(&mut self.out);
     }
 
     /// Bytes of queued output.
@@ -621,7 +621,7 @@ impl Connection {
                 Ok(())
             }
             Code::CPing if payload.len() == 1 => {
-                encode_cpong(&mut self.out);
+                encode_cpong(self.out.buf());
                 Ok(())
             }
             Code::CPing => Err(ProtocolError::TrailingData {
@@ -797,7 +797,7 @@ mod tests {
     }
 
     fn output(conn: &mut Connection) -> Vec<u8> {
-        let mut dst = BytesMut::new();
+        let mut dst = Output::new();
         conn.poll_transmit(&mut dst);
         dst.to_vec()
     }
@@ -874,7 +874,7 @@ mod tests {
         assert!(!c.is_idle());
         c.send_headers(200, b"OK", &[(b"Content-Type", b"text/plain")])
             .unwrap();
-        c.send_body(b"abc");
+        c.send_body(Bytes::from_static(b"abc"));
         c.end_response();
         let want: &[u8] = b"\x41\x42\x00\x19\x04\x00\xc8\x00\x02OK\x00\x00\x01\xa0\x01\x00\x0a\
 text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
@@ -1292,10 +1292,9 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
             feed(&mut c, MINIMAL_GET).unwrap();
             c.send_headers(200, b"OK", &[]).unwrap();
             let body: Vec<u8> = (0..100 * 1024).map(|i| (i % 253) as u8).collect();
-            c.send_body(&body);
+            c.send_body(Bytes::from(body.clone()));
             c.end_response();
-            let mut out = BytesMut::new();
-            c.poll_transmit(&mut out);
+            let mut out = BytesMut::from(&output(&mut c)[..]);
             let mut dec = ClientDecoder::new(size);
             let mut got = Vec::new();
             let mut sizes = Vec::new();
@@ -1317,6 +1316,24 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
             assert_eq!(sizes.len(), body.len().div_ceil(chunk));
             assert_eq!(end, Some(true));
         }
+    }
+
+    #[test]
+    fn large_body_packets_hold_the_apps_bytes_uncopied() {
+        let mut c = Connection::new(AjpConfig::default());
+        feed(&mut c, MINIMAL_GET).unwrap();
+        c.send_headers(200, b"OK", &[]).unwrap();
+        let body = Bytes::from(vec![b'b'; 8184 + 100]);
+        c.send_body(body.clone());
+        let mut out = Output::new();
+        c.poll_transmit(&mut out);
+        let mut slices = [std::io::IoSlice::new(&[]); 8];
+        let n = bytes::Buf::chunks_vectored(&out, &mut slices);
+        // SEND_HEADERS and the first packet's head, its 8 184 data bytes uncopied, then its
+        // trailing 0 and the second packet whole (100 bytes, copied).
+        assert_eq!(n, 3);
+        assert_eq!((slices[1].as_ptr(), slices[1].len()), (body.as_ptr(), 8184));
+        assert_eq!(slices[2].len(), 1 + 4 + 3 + 100 + 1);
     }
 
     #[test]
@@ -1360,7 +1377,7 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
             })
         );
         assert_eq!(c.queued_output(), 0);
-        c.send_body(b"ignored before headers");
+        c.send_body(Bytes::from_static(b"ignored before headers"));
         assert_eq!(c.queued_output(), 0);
         // The driver falls back to a smaller head.
         c.send_headers(500, b"Internal Server Error", &[]).unwrap();
@@ -1370,7 +1387,7 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
         c.end_response();
         assert_eq!(output(&mut c), END_REUSE);
         // Nothing after END_RESPONSE.
-        c.send_body(b"late");
+        c.send_body(Bytes::from_static(b"late"));
         c.send_flush();
         c.end_response();
         assert!(!c.request_body_chunk());
@@ -1565,7 +1582,7 @@ text/plain\x00\x41\x42\x00\x07\x03\x00\x03abc\x00\x41\x42\x00\x02\x05\x01";
                         Event::BodyEnd => {
                             c.send_headers(200, b"OK", &[(b"Content-Type", b"text/plain")])
                                 .unwrap();
-                            c.send_body(b"ok");
+                            c.send_body(Bytes::from_static(b"ok"));
                             c.end_response();
                         }
                         _ => {}

@@ -259,7 +259,7 @@ mod tests {
     use super::*;
     use crate::ajp::encode::{
         encode_body_packet, encode_cpong, encode_end_response, encode_flush, encode_get_body_chunk,
-        encode_send_body_chunk,
+        queue_send_body_chunk,
     };
     use crate::ajp::packet::encode_send_headers;
     use crate::limits::{AJP_DEFAULT_PACKET_SIZE, AJP_MAX_PACKET_SIZE};
@@ -409,7 +409,10 @@ mod tests {
             &mut src,
         )
         .unwrap();
-        encode_send_body_chunk(b"hello", AJP_DEFAULT_PACKET_SIZE, &mut src);
+        let mut body = crate::Output::new();
+        let hello = Bytes::from_static(b"hello");
+        queue_send_body_chunk(hello, AJP_DEFAULT_PACKET_SIZE, &mut body);
+        src.extend_from_slice(&body.to_vec());
         encode_flush(&mut src);
         encode_get_body_chunk(0x1ffa, &mut src);
         encode_cpong(&mut src);

@@ -16,9 +16,10 @@
 //! CPING            12 34 00 01 0A
 //! ```
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::limits::{AJP_HEADER_LEN, AJP_MAX_PACKET_SIZE};
+use crate::Output;
 
 use super::packet::{
     max_payload, Code, ForwardRequest, PacketHeader, PacketOverflow, CONTAINER_MAGIC, SERVER_MAGIC,
@@ -44,27 +45,30 @@ pub fn max_body_packet(packet_size: usize) -> usize {
     max_payload(packet_size) - (BODY_PACKET_OVERHEAD - AJP_HEADER_LEN)
 }
 
-/// Appends `data` as `SEND_BODY_CHUNK` packets of at most `packet_size` bytes (so at most
-/// `packet_size - 8` data bytes each), each with the trailing `0x00` mod_proxy_ajp checks.
-/// Empty `data` appends nothing; a flush is [`encode_flush`].
-pub fn encode_send_body_chunk(data: &[u8], packet_size: usize, dst: &mut BytesMut) {
-    if data.is_empty() {
-        return;
-    }
+/// Queues `data` as `SEND_BODY_CHUNK` packets of at most `packet_size` bytes (so at most
+/// `packet_size - 8` data bytes each), each with the trailing `0x00` mod_proxy_ajp checks,
+/// each packet's data handed to [`Output::put`] (uncopied when large). Empty `data` queues
+/// nothing; a flush is [`encode_flush`].
+pub fn queue_send_body_chunk(mut data: Bytes, packet_size: usize, out: &mut Output) {
     let max = max_send_body_chunk(packet_size);
-    dst.reserve(data.len() + data.len().div_ceil(max) * SEND_BODY_CHUNK_OVERHEAD);
-    for chunk in data.chunks(max) {
-        // chunk.len() <= max <= 65 524, so the casts cannot truncate.
-        PacketHeader {
-            magic: CONTAINER_MAGIC,
-            len: (chunk.len() + 4) as u16,
-        }
-        .encode(dst);
-        dst.put_u8(Code::SendBodyChunk.to_u8());
-        dst.put_u16(chunk.len() as u16);
-        dst.put_slice(chunk);
-        dst.put_u8(0);
+    while !data.is_empty() {
+        let chunk = data.split_to(data.len().min(max));
+        send_body_chunk_head(chunk.len(), out.buf());
+        out.put(chunk);
+        out.buf().put_u8(0);
     }
+}
+
+/// The packet header, code and length before a `SEND_BODY_CHUNK`'s `len` data bytes.
+fn send_body_chunk_head(len: usize, dst: &mut BytesMut) {
+    // len <= max_send_body_chunk <= 65 524, so the casts cannot truncate.
+    PacketHeader {
+        magic: CONTAINER_MAGIC,
+        len: (len + 4) as u16,
+    }
+    .encode(dst);
+    dst.put_u8(Code::SendBodyChunk.to_u8());
+    dst.put_u16(len as u16);
 }
 
 /// Appends the empty `SEND_BODY_CHUNK` that asks the web server to flush what it has
@@ -146,10 +150,20 @@ mod tests {
     use super::*;
     use crate::limits::AJP_DEFAULT_PACKET_SIZE;
 
+    /// The packets `data` is queued as.
+    fn body_chunks(data: &[u8]) -> Vec<u8> {
+        let mut out = Output::new();
+        queue_send_body_chunk(
+            Bytes::copy_from_slice(data),
+            AJP_DEFAULT_PACKET_SIZE,
+            &mut out,
+        );
+        out.to_vec()
+    }
+
     #[test]
     fn case2_body_chunk_and_end_bytes() {
-        let mut dst = BytesMut::new();
-        encode_send_body_chunk(b"abc", AJP_DEFAULT_PACKET_SIZE, &mut dst);
+        let mut dst = BytesMut::from(&body_chunks(b"abc")[..]);
         encode_end_response(true, &mut dst);
         assert_eq!(
             &dst[..],
@@ -178,20 +192,16 @@ mod tests {
         assert_eq!(max_send_body_chunk(AJP_MAX_PACKET_SIZE), 65528);
         assert_eq!(max_body_packet(AJP_DEFAULT_PACKET_SIZE), 8186);
         // Exactly one full chunk: one packet of exactly the packet size.
-        let mut dst = BytesMut::new();
-        encode_send_body_chunk(&[1; 8184], AJP_DEFAULT_PACKET_SIZE, &mut dst);
+        let dst = body_chunks(&[1; 8184]);
         assert_eq!(dst.len(), AJP_DEFAULT_PACKET_SIZE);
         assert_eq!(&dst[..7], b"AB\x1f\xfc\x03\x1f\xf8");
         assert_eq!(dst[dst.len() - 1], 0);
         // One byte more: a second packet.
-        let mut dst = BytesMut::new();
-        encode_send_body_chunk(&[1; 8185], AJP_DEFAULT_PACKET_SIZE, &mut dst);
+        let dst = body_chunks(&[1; 8185]);
         assert_eq!(dst.len(), AJP_DEFAULT_PACKET_SIZE + 9);
         assert_eq!(&dst[8192..], b"AB\x00\x05\x03\x00\x01\x01\x00");
         // Nothing for nothing.
-        let mut dst = BytesMut::new();
-        encode_send_body_chunk(b"", AJP_DEFAULT_PACKET_SIZE, &mut dst);
-        assert!(dst.is_empty());
+        assert!(body_chunks(b"").is_empty());
     }
 
     #[test]

@@ -27,12 +27,12 @@ use std::mem;
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::limits::FCGI_HEADER_LEN;
-use crate::{Decimal, Limits, Params, ProtocolError};
+use crate::{Decimal, Limits, Output, Params, ProtocolError};
 
 use super::decode::{ParamsDecoder, Record, RecordDecoder};
 use super::encode::{
-    encode_end_request, encode_get_values_result, encode_stderr, encode_stdout, encode_stream_end,
-    encode_unknown_type,
+    encode_end_request, encode_get_values_result, encode_stderr, encode_stream_end,
+    encode_unknown_type, queue_stdout, queue_stdout_with,
 };
 use super::record::{
     BeginRequest, Header, Pairs, ProtocolStatus, RecordType, Role, FCGI_NULL_REQUEST_ID,
@@ -155,7 +155,7 @@ pub struct Connection {
     queued_stdin: usize,
     /// The `FCGI_STDIN` record whose start was delivered and whose rest has yet to arrive.
     stdin_rest: Option<StdinRest>,
-    out: BytesMut,
+    out: Output,
 }
 
 /// What is left of a partly delivered `FCGI_STDIN` record: its content, then its padding.
@@ -233,7 +233,7 @@ impl Connection {
             events: VecDeque::new(),
             queued_stdin: 0,
             stdin_rest: None,
-            out: BytesMut::new(),
+            out: Output::new(),
         }
     }
 
@@ -343,11 +343,22 @@ impl Connection {
     ///
     /// A no-op for empty `data` (the terminator is sent by [`end_request`](Self::end_request))
     /// and for an id that is not active or whose [`Event::Request`] has not been emitted.
-    pub fn send_stdout(&mut self, id: u16, data: &[u8]) {
+    /// Data of [`SHARE_MIN`](crate::output::SHARE_MIN) bytes or more is queued uncopied.
+    pub fn send_stdout(&mut self, id: u16, data: Bytes) {
         if data.is_empty() || self.responding_mut(id).is_none() {
             return;
         }
-        encode_stdout(id, data, &mut self.out);
+        queue_stdout(id, data, &mut self.out);
+    }
+
+    /// Queues as `FCGI_STDOUT` records for request `id` what `write` appends to the buffer it
+    /// is handed (a response head, encoded in place). Same no-op rules as
+    /// [`send_stdout`](Self::send_stdout): `write` is not called for an inactive id.
+    pub fn send_stdout_with(&mut self, id: u16, write: impl FnOnce(&mut BytesMut)) {
+        if self.responding_mut(id).is_none() {
+            return;
+        }
+        queue_stdout_with(id, &mut self.out, write);
     }
 
     /// Queues `data` as `FCGI_STDERR` records for request `id`; the web server logs them.
@@ -361,7 +372,7 @@ impl Connection {
             return;
         };
         req.stderr_sent = true;
-        encode_stderr(id, data, &mut self.out);
+        encode_stderr(id, data, self.out.buf());
     }
 
     /// Ends request `id` normally: queues the empty `FCGI_STDOUT` (always, even when nothing
@@ -372,15 +383,15 @@ impl Connection {
         let Some(req) = self.active(id) else {
             return;
         };
-        encode_stream_end(RecordType::Stdout, id, &mut self.out);
+        encode_stream_end(RecordType::Stdout, id, self.out.buf());
         if req.stderr_sent {
-            encode_stream_end(RecordType::Stderr, id, &mut self.out);
+            encode_stream_end(RecordType::Stderr, id, self.out.buf());
         }
         encode_end_request(
             id,
             app_status,
             ProtocolStatus::RequestComplete,
-            &mut self.out,
+            self.out.buf(),
         );
         self.finish(req);
     }
@@ -391,13 +402,13 @@ impl Connection {
         let Some(req) = self.active(id) else {
             return;
         };
-        encode_end_request(id, 0, status, &mut self.out);
+        encode_end_request(id, 0, status, self.out.buf());
         self.finish(req);
     }
 
-    /// Appends all queued output to `dst` and empties the queue.
-    pub fn poll_transmit(&mut self, dst: &mut BytesMut) {
-        crate::transmit(&mut self.out, dst);
+    /// Moves all queued output behind what `dst` holds and empties the queue.
+    pub fn poll_transmit(&mut self, dst: &mut Output) {
+        dst.append(&mut self.out);
     }
 
     /// Bytes of queued output.
@@ -474,7 +485,7 @@ impl Connection {
         match self.state.active_id() {
             Some(active) if active != id => {
                 if is_begin {
-                    encode_end_request(id, 0, ProtocolStatus::CantMpxConn, &mut self.out);
+                    encode_end_request(id, 0, ProtocolStatus::CantMpxConn, self.out.buf());
                 }
                 // Otherwise a record for an id that is not active: ignored.
                 return Ok(());
@@ -485,7 +496,7 @@ impl Connection {
         let mut queues = Queues {
             events: &mut self.events,
             queued_stdin: &mut self.queued_stdin,
-            out: &mut self.out,
+            out: self.out.buf(),
         };
         let state = mem::replace(&mut self.state, State::Done);
         self.state = state.on_record(record, &self.config, &mut queues)?;
@@ -512,7 +523,7 @@ impl Connection {
             // GET_VALUES_RESULT, UNKNOWN_TYPE and unknown types are management types this side
             // does not understand.
             RecordType::GetValuesResult | RecordType::UnknownType | RecordType::Unknown(_) => {
-                encode_unknown_type(record_type.to_u8(), &mut self.out);
+                encode_unknown_type(record_type.to_u8(), self.out.buf());
                 Ok(())
             }
         }
@@ -537,7 +548,7 @@ impl Connection {
                 count += 1;
             }
         }
-        encode_get_values_result(&answered[..count], &mut self.out);
+        encode_get_values_result(&answered[..count], self.out.buf());
         Ok(())
     }
 

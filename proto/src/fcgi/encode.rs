@@ -7,10 +7,11 @@
 //! spec recommends. An empty slice encodes nothing; the stream terminator is
 //! [`encode_stream_end`].
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::limits::{FCGI_HEADER_LEN, FCGI_MAX_CONTENT_LEN};
-use crate::Params;
+use crate::output::SHARE_MIN;
+use crate::{Output, Params};
 
 use super::record::{
     encode_pair, pair_encoded_len, BeginRequest, EndRequest, Header, ProtocolStatus, RecordType,
@@ -46,6 +47,50 @@ pub fn encode_stream_end(record_type: RecordType, id: u16, dst: &mut BytesMut) {
 /// Appends `data` as `FCGI_STDOUT` records (empty = nothing; see [`encode_stream_end`]).
 pub fn encode_stdout(id: u16, data: &[u8], dst: &mut BytesMut) {
     encode_stream(RecordType::Stdout, id, data, dst);
+}
+
+/// Queues `data` as `FCGI_STDOUT` records in `out`: the same records as [`encode_stdout`],
+/// with each record's content handed to [`Output::put`] (uncopied when large).
+pub fn queue_stdout(id: u16, mut data: Bytes, out: &mut Output) {
+    let records = data.len().div_ceil(STREAM_CHUNK_LEN);
+    let copied = if data.len() < SHARE_MIN {
+        data.len()
+    } else {
+        0
+    };
+    out.buf().reserve(copied + records * (FCGI_HEADER_LEN + 7));
+    while !data.is_empty() {
+        let content = data.split_to(data.len().min(STREAM_CHUNK_LEN));
+        // content.len() <= STREAM_CHUNK_LEN < 65 536, so the cast cannot truncate.
+        let header = Header::new(RecordType::Stdout, id, content.len() as u16);
+        header.encode(out.buf());
+        out.put(content);
+        out.buf().put_bytes(0, header.padding_length as usize);
+    }
+}
+
+/// Queues as `FCGI_STDOUT` what `write` appends to the buffer it is handed: a response head
+/// encoded where it goes out, with no buffer of its own. Content up to [`STREAM_CHUNK_LEN`]
+/// (any head a web server takes) is one record whose header is filled in after; longer
+/// content is moved into as many records as it needs.
+pub fn queue_stdout_with(id: u16, out: &mut Output, write: impl FnOnce(&mut BytesMut)) {
+    let buf = out.buf();
+    let start = buf.len();
+    buf.put_bytes(0, FCGI_HEADER_LEN);
+    write(buf);
+    let content = buf.len() - start - FCGI_HEADER_LEN;
+    if content == 0 {
+        buf.truncate(start);
+    } else if content <= STREAM_CHUNK_LEN {
+        // content <= STREAM_CHUNK_LEN < 65 536, so the cast cannot truncate.
+        let header = Header::new(RecordType::Stdout, id, content as u16);
+        buf[start..start + FCGI_HEADER_LEN].copy_from_slice(&header.to_bytes());
+        buf.put_bytes(0, header.padding_length as usize);
+    } else {
+        let data = buf.split_off(start + FCGI_HEADER_LEN);
+        buf.truncate(start);
+        encode_stdout(id, &data, buf);
+    }
 }
 
 /// Appends `data` as `FCGI_STDERR` records (empty = nothing; see [`encode_stream_end`]).

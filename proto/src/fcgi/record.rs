@@ -83,9 +83,14 @@ impl Header {
 
     /// Appends the 8 header bytes to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) {
+        dst.put_slice(&self.to_bytes());
+    }
+
+    /// The header's eight bytes on the wire.
+    pub fn to_bytes(&self) -> [u8; FCGI_HEADER_LEN] {
         let id = self.request_id.to_be_bytes();
         let len = self.content_length.to_be_bytes();
-        dst.put_slice(&[
+        [
             FCGI_VERSION_1,
             self.record_type.to_u8(),
             id[0],
@@ -94,7 +99,7 @@ impl Header {
             len[1],
             self.padding_length,
             0,
-        ]);
+        ]
     }
 
     /// Bytes of the whole record: header, content and padding.

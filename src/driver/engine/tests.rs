@@ -11,7 +11,7 @@ use appserver_proto::fcgi::{
 };
 use appserver_proto::params::ParamsBuilder;
 use appserver_proto::scgi::encode_request as scgi_request;
-use appserver_proto::Limits;
+use appserver_proto::{Limits, Output};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::time::Instant;
@@ -446,16 +446,20 @@ fn output_joins_unwritten_bytes_up_to_max_coalesced_output() {
     // Behind unwritten bytes: up to the limit together, not a byte more.
     assert!(joins_write_buffer(1, MAX_COALESCED_OUTPUT - 1));
     assert!(!joins_write_buffer(1, MAX_COALESCED_OUTPUT));
+    // Nothing queued: nothing to move.
+    assert!(!joins_write_buffer(0, 0));
 }
 
 #[test]
 fn a_waiting_connection_keeps_output_buffers_up_to_idle_output_keep() {
     use super::{keep_while_idle, IDLE_OUTPUT_KEEP};
-    let mut at_limit = BytesMut::with_capacity(IDLE_OUTPUT_KEEP);
+    let mut at_limit = Output::new();
+    at_limit.buf().reserve(IDLE_OUTPUT_KEEP);
     let kept = at_limit.capacity();
     keep_while_idle(&mut at_limit);
     assert_eq!(at_limit.capacity(), kept);
-    let mut over = BytesMut::with_capacity(IDLE_OUTPUT_KEEP + 1);
+    let mut over = Output::new();
+    over.buf().reserve(IDLE_OUTPUT_KEEP + 1);
     assert!(over.capacity() > IDLE_OUTPUT_KEEP);
     keep_while_idle(&mut over);
     assert_eq!(over.capacity(), 0);

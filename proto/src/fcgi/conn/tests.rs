@@ -84,7 +84,7 @@ fn joined_stdin(events: Vec<Event>) -> Vec<Event> {
 }
 
 fn transmit(c: &mut Connection) -> Vec<u8> {
-    let mut dst = BytesMut::new();
+    let mut dst = Output::new();
     c.poll_transmit(&mut dst);
     assert_eq!(c.queued_output(), 0);
     dst.to_vec()
@@ -154,7 +154,7 @@ fn c01_minimal_get() {
     );
     assert_eq!(ev[1], Event::StdinEnd { id: 1 });
     assert!(!c.is_idle());
-    c.send_stdout(1, RESPONSE);
+    c.send_stdout(1, Bytes::from_static(RESPONSE));
     c.end_request(1, 0);
     let mut expected = stdout_response_1();
     expected.extend_from_slice(&STDOUT_END_1);
@@ -180,7 +180,7 @@ fn c02_keep_conn_serves_two_requests() {
             }
         ));
         assert_eq!(ev[1], Event::StdinEnd { id: 1 });
-        c.send_stdout(1, RESPONSE);
+        c.send_stdout(1, Bytes::from_static(RESPONSE));
         c.end_request(1, 0);
         answers.push(transmit(&mut c));
         assert!(!c.wants_close());
@@ -663,7 +663,7 @@ fn c10_abort_during_a_request() {
     // Once STDIN is complete, too.
     let mut c = conn();
     feed(&mut c, &minimal_get(&BEGIN_1)).unwrap();
-    c.send_stdout(1, b"Status: 200 OK\r\n");
+    c.send_stdout(1, Bytes::from_static(b"Status: 200 OK\r\n"));
     assert_eq!(
         feed(&mut c, &[1, 2, 0, 1, 0, 0, 0, 0]).unwrap(),
         [Event::Abort { id: 1 }]
@@ -733,8 +733,8 @@ fn c12_large_response_is_split_into_records() {
     let mut c = conn();
     feed(&mut c, &minimal_get(&BEGIN_1)).unwrap();
     let body = vec![b'x'; 200 * 1024];
-    c.send_stdout(1, b"Status: 200 OK\r\n\r\n");
-    c.send_stdout(1, &body);
+    c.send_stdout(1, Bytes::from_static(b"Status: 200 OK\r\n\r\n"));
+    c.send_stdout(1, Bytes::from(body.clone()));
     c.end_request(1, 0);
     let mut out = BytesMut::from(&transmit(&mut c)[..]);
     let mut dec = ClientDecoder::default();
@@ -760,6 +760,82 @@ fn c12_large_response_is_split_into_records() {
     assert!(body.len().div_ceil(STREAM_CHUNK_LEN) >= 4);
 }
 
+/// The records in `out`, as (stdout content) and whether END_REQUEST came last.
+fn stdout_records(out: &[u8]) -> (Vec<Vec<u8>>, bool) {
+    let mut out = BytesMut::from(out);
+    let mut dec = ClientDecoder::default();
+    let (mut records, mut ended) = (Vec::new(), false);
+    while let Some(r) = dec.decode(&mut out).unwrap() {
+        assert!(!ended, "a record after END_REQUEST");
+        match r {
+            ResponseRecord::Stdout { data, .. } => records.push(data.to_vec()),
+            ResponseRecord::EndRequest { .. } => ended = true,
+            other => panic!("{other:?}"),
+        }
+    }
+    (records, ended)
+}
+
+#[test]
+fn large_stdout_data_is_queued_uncopied_between_its_headers() {
+    let mut c = conn();
+    feed(&mut c, &minimal_get(&BEGIN_1)).unwrap();
+    // Two records' worth: the first full record's content, then the rest, both uncopied.
+    let body = Bytes::from(vec![b'x'; STREAM_CHUNK_LEN + crate::output::SHARE_MIN]);
+    c.send_stdout(1, body.clone());
+    c.end_request(1, 0);
+    let mut out = Output::new();
+    c.poll_transmit(&mut out);
+    let mut slices = [std::io::IoSlice::new(&[]); 8];
+    let n = bytes::Buf::chunks_vectored(&out, &mut slices);
+    let at = |i: usize| slices[i].as_ptr();
+    // header, content, header, content, stream end and END_REQUEST.
+    assert_eq!(
+        n,
+        5,
+        "{:?}",
+        slices[..n].iter().map(|s| s.len()).collect::<Vec<_>>()
+    );
+    assert_eq!((at(1), slices[1].len()), (body.as_ptr(), STREAM_CHUNK_LEN));
+    assert_eq!(at(3), body[STREAM_CHUNK_LEN..].as_ptr());
+    let (records, ended) = stdout_records(&out.to_vec());
+    assert!(ended);
+    assert_eq!(records.concat(), body);
+    assert_eq!(records.len(), 3, "two with content and the empty end");
+}
+
+#[test]
+fn a_head_written_in_place_is_the_record_send_stdout_makes() {
+    let mut c = conn();
+    feed(&mut c, &minimal_get(&BEGIN_1)).unwrap();
+    c.send_stdout_with(1, |buf| buf.extend_from_slice(RESPONSE));
+    // Nothing written, nothing queued: not even an empty record, which would end the stream.
+    c.send_stdout_with(1, |_| {});
+    assert_eq!(transmit(&mut c), stdout_response_1());
+
+    // An inactive id: `write` is not called.
+    c.send_stdout_with(2, |_| panic!("called for an inactive id"));
+    assert_eq!(c.queued_output(), 0);
+}
+
+#[test]
+fn a_head_written_in_place_longer_than_a_record_is_split() {
+    let mut c = conn();
+    feed(&mut c, &minimal_get(&BEGIN_1)).unwrap();
+    let head: Vec<u8> = (0..STREAM_CHUNK_LEN + 100)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    c.send_stdout_with(1, |buf| buf.extend_from_slice(&head[..STREAM_CHUNK_LEN]));
+    c.send_stdout_with(1, |buf| buf.extend_from_slice(&head));
+    c.end_request(1, 0);
+    let (records, ended) = stdout_records(&transmit(&mut c));
+    assert!(ended);
+    // At the bound: one record. One past it: a full record and the rest.
+    let lens: Vec<usize> = records.iter().map(Vec::len).collect();
+    assert_eq!(lens, [STREAM_CHUNK_LEN, STREAM_CHUNK_LEN, 100, 0]);
+    assert_eq!(records[1..3].concat(), head);
+}
+
 #[test]
 fn authorizer_gets_request_and_stdin_end_without_stdin() {
     let mut begin = BEGIN_1;
@@ -780,7 +856,7 @@ fn authorizer_gets_request_and_stdin_end_without_stdin() {
     assert_eq!(ev[1], Event::StdinEnd { id: 1 });
     // lighttpd: an empty STDIN follows, and is ignored.
     assert_eq!(feed(&mut c, &STDIN_END_1).unwrap(), []);
-    c.send_stdout(1, b"Status: 200 OK\r\n\r\n");
+    c.send_stdout(1, Bytes::from_static(b"Status: 200 OK\r\n\r\n"));
     c.end_request(1, 0);
     assert!(transmit(&mut c).ends_with(&END_REQUEST_1_OK));
 }
@@ -810,7 +886,7 @@ fn end_request_sends_stderr_terminator_only_after_stderr() {
 
     feed(&mut c, &minimal_get(&BEGIN_1_KEEP)).unwrap();
     c.send_stderr(1, b"warn");
-    c.send_stdout(1, b"");
+    c.send_stdout(1, Bytes::from_static(b""));
     c.end_request(1, 0x0102_0304);
     let mut expected = vec![1, 7, 0, 1, 0, 4, 4, 0, b'w', b'a', b'r', b'n', 0, 0, 0, 0];
     expected.extend_from_slice(&STDOUT_END_1);
@@ -837,7 +913,7 @@ fn nothing_is_sent_after_end_request() {
     feed(&mut c, &minimal_get(&BEGIN_1_KEEP)).unwrap();
     c.end_request(1, 0);
     let sent = transmit(&mut c);
-    c.send_stdout(1, b"late");
+    c.send_stdout(1, Bytes::from_static(b"late"));
     c.send_stderr(1, b"late");
     c.end_request(1, 0);
     c.reject_request(1, ProtocolStatus::Overloaded);
@@ -847,8 +923,8 @@ fn nothing_is_sent_after_end_request() {
     let mut input = BEGIN_1_KEEP.to_vec();
     input.extend_from_slice(&params_min());
     feed(&mut c, &input).unwrap();
-    c.send_stdout(1, b"early");
-    c.send_stdout(2, b"other");
+    c.send_stdout(1, Bytes::from_static(b"early"));
+    c.send_stdout(2, Bytes::from_static(b"other"));
     assert_eq!(c.queued_output(), 0);
 }
 
@@ -872,9 +948,10 @@ fn ending_a_request_drops_its_pending_events() {
 fn poll_transmit_appends() {
     let mut c = conn();
     feed(&mut c, &[1, 0x0c, 0, 0, 0, 0, 0, 0]).unwrap();
-    let mut dst = BytesMut::from(&b"xx"[..]);
+    let mut dst = Output::new();
+    dst.buf().extend_from_slice(b"xx");
     c.poll_transmit(&mut dst);
-    assert_eq!(&dst[..2], b"xx");
+    assert_eq!(&dst.to_vec()[..2], b"xx");
     assert_eq!(dst.len(), 2 + 16);
 }
 
