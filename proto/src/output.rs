@@ -14,8 +14,8 @@ use bytes::{Buf, Bytes, BytesMut};
 
 /// Response data at least this long is queued uncopied; shorter data is copied into the
 /// tail: 4 KiB. Each uncopied piece costs a segment, an entry in the writer's vector and a
-/// split of the tail (a reference count), about what copying 4 KiB of cache-warm data
-/// costs; a page's body (and a hello's 13 bytes) joins its head and end marker in one
+/// split of the tail (a reference count), which for a few hundred bytes is more than the
+/// copy; a page's body (and a hello's 13 bytes) joins its head and end marker in one
 /// buffer, while the chunks of a download (64 KiB from a file, 8 KiB from a WSGI app's
 /// file wrapper) are not copied.
 pub const SHARE_MIN: usize = 4 * 1024;
@@ -25,8 +25,8 @@ pub const SHARE_MIN: usize = 4 * 1024;
 pub struct Output {
     /// Frozen framing and uncopied data, in order, before `tail`; the ones before `first`
     /// were written (and emptied). A vector with a start index rather than a ring: this is
-    /// empty for every page that is not a download, and an empty vector costs nothing to
-    /// make, move or drop.
+    /// empty for every page that is not a download, and an empty vector allocates nothing
+    /// and is cheap to move and drop.
     segments: Vec<Bytes>,
     /// The first segment not yet written.
     first: usize,
