@@ -16,7 +16,8 @@ prefork (2 workers), over FastCGI with and without fastcgi_keep_conn, and over S
 serves `/` (13 bytes), `/big` (10 MiB) and `/upload` (reads a 10 MiB body, answers its
 length), and so does the floor (benches/peers/floor.c, the least a FastCGI responder can do,
 with and without keep-conn, and an SCGI one: what any backend can reach here; and as two
-processes with keep-conn: what a pool of two, like the prefork one, can reach). Each page
+processes with keep-conn: what a pool of two, like the prefork one, can reach, also with one
+answer in flight per process, as a prefork worker serves one request at a time). Each page
 gets `wrk -t2 -c50 -d SECONDS`, in interleaved rounds (every backend in round 1, then every
 backend in round 2, ...). Backend CPU per request and RSS come from /proc.
 
@@ -28,7 +29,7 @@ Options (environment variables in brackets):
   --only LIST          comma-separated backends, e.g. uwsgi-fcgi,appserver-threaded-fcgi
                        (nginx-direct, uwsgi-fcgi, uwsgi-scgi, php-fpm, go-fcgi,
                        fcgi-floor, fcgi-floor-kc, fcgi-floor-kc-2, scgi-floor,
-                       scgi-floor-2,
+                       scgi-floor-2, fcgi-floor-kc-2-serial,
                        appserver-{threaded,prefork}-{fcgi,fcgi-kc,scgi})
   -h, --help           this text
 
@@ -70,7 +71,7 @@ done
 [[ $duration =~ ^[1-9][0-9]*$ ]] || bad "--duration (DURATION) must be a whole number of seconds >= 1, not '$duration'"
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || bad "--rounds (ROUNDS) must be a whole number >= 1, not '$rounds'"
 known=" nginx-direct uwsgi-fcgi uwsgi-scgi php-fpm go-fcgi fcgi-floor fcgi-floor-kc fcgi-floor-kc-2 scgi-floor
-scgi-floor-2
+scgi-floor-2 fcgi-floor-kc-2-serial
 appserver-threaded-fcgi
 appserver-threaded-fcgi-kc appserver-prefork-fcgi appserver-prefork-fcgi-kc
 appserver-threaded-scgi appserver-prefork-scgi "

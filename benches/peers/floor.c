@@ -19,7 +19,12 @@
  * (sched_yield) before it sleeps, as appserver's prefork workers do: behind nginx on the same
  * cores the next connection is usually there when it looks again. One process does neither:
  * for it, the yield only costs (measured: 65 against 77-80 thousand requests/s).
- * Usage: floor [--procs N] [--scgi] SOCKET_PATH */
+ * With --serial a process has one answer in flight at a time, as a prefork worker (Django's
+ * prefork, uWSGI's processes, php-fpm's children, appserver's prefork pool) serves one request
+ * at a time: while an answer is owed it waits for that socket alone, accepting and reading
+ * nothing else. It only matters for /big (the other answers go out in one write): what a pool
+ * of N such processes can relay, against N processes that interleave all fifty.
+ * Usage: floor [--procs N] [--serial] [--scgi] SOCKET_PATH */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <sched.h>
@@ -28,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -51,7 +57,8 @@ struct conn {  /* the state before `buf` is zeroed for each new connection */
     unsigned char small[256];
 };
 static struct conn *conns[MAX_CONNS];
-static int ep, scgi;
+static int ep, scgi, serial;
+static int busy = -1;        /* --serial: the connection whose answer is owed, or -1 */
 static unsigned char *big;    /* the whole /big answer, for request id 1 (nginx's only id) */
 static size_t big_len;
 
@@ -87,7 +94,7 @@ static void watch(int fd, struct conn *k, unsigned events) {
     k->registered = 1;
 }
 
-static void finish(int fd) { close(fd); }  /* which also takes it out of the epoll set */
+static void finish(int fd) { conns[fd]->writing = 0; close(fd); }  /* also leaves the epoll set */
 
 /* Writes what is owed; 1 when all of it is out, 0 when the socket is full (then it waits
  * for EPOLLOUT), -1 on error. */
@@ -203,9 +210,10 @@ static void handle(int fd, unsigned events) {
 int main(int argc, char **argv) {
     int procs = 1;
     if (argc >= 4 && !strcmp(argv[1], "--procs")) { procs = atoi(argv[2]); argv += 2; argc -= 2; }
+    if (argc >= 3 && !strcmp(argv[1], "--serial")) { serial = 1; argv++; argc--; }
     if (argc == 3 && !strcmp(argv[1], "--scgi")) { scgi = 1; argv++; argc--; }
     if (argc != 2 || procs < 1) {
-        fprintf(stderr, "usage: floor [--procs N] [--scgi] SOCKET_PATH\n");
+        fprintf(stderr, "usage: floor [--procs N] [--serial] [--scgi] SOCKET_PATH\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);  /* nginx closes a connection mid-answer when wrk stops */
@@ -235,6 +243,14 @@ int main(int argc, char **argv) {
     epoll_ctl(ep, EPOLL_CTL_ADD, l, &ev);
     struct epoll_event evs[64];
     for (;;) {
+        if (busy >= 0) {  /* --serial: the owed answer first, and nothing else meanwhile */
+            struct pollfd p = {.fd = busy, .events = POLLOUT};
+            if (poll(&p, 1, -1) < 0) continue;
+            int fd = busy;
+            handle(fd, EPOLLOUT);  /* an error or hang-up fails the write: closed */
+            if (!conns[fd]->writing) busy = -1;
+            continue;
+        }
         int n = epoll_wait(ep, evs, 64, procs > 1 ? 0 : -1);
         if (n == 0) {
             sched_yield();
@@ -249,10 +265,13 @@ int main(int argc, char **argv) {
                     if (!conns[c]) conns[c] = malloc(sizeof(struct conn));
                     memset(conns[c], 0, offsetof(struct conn, buf));
                     handle(c, EPOLLIN);
+                    if (serial && conns[c]->writing) { busy = c; break; }
                 }
+                if (busy >= 0) break;  /* the rest of the events come back: level-triggered */
                 continue;
             }
             handle(fd, evs[i].events);
+            if (serial && conns[fd]->writing) { busy = fd; break; }
         }
     }
 }

@@ -120,11 +120,13 @@ def go_peer(d, sock):
     return [os.path.join(d, "go-peer"), sock]
 
 
-def floor(protocol, procs=1):
+def floor(protocol, procs=1, serial=False):
     def argv(d, sock):
         args = [os.path.join(d, "floor")]
         if procs > 1:
             args += ["--procs", str(procs)]
+        if serial:
+            args += ["--serial"]
         return args + (["--scgi"] if protocol == "scgi" else []) + [sock]
     return argv
 
@@ -142,6 +144,16 @@ BACKENDS = [
     # What a pool of two processes can reach (appserver's prefork pool, uWSGI's processes).
     Backend("fcgi-floor-kc-2", "floor.c, 2 processes", "fcgi", True, 2, floor("fcgi", 2)),
     Backend("scgi-floor-2", "floor.c, 2 processes", "scgi", False, 2, floor("scgi", 2)),
+    # The same pool with one answer in flight per process, as a prefork worker serves one
+    # request at a time: what such a pool can relay of /big.
+    Backend(
+        "fcgi-floor-kc-2-serial",
+        "floor.c, 2 processes, one answer each at a time",
+        "fcgi",
+        True,
+        2,
+        floor("fcgi", 2, serial=True),
+    ),
     Backend(
         "appserver-threaded-fcgi",
         "appserver threaded",
