@@ -71,8 +71,9 @@ pub fn queue_stdout(id: u16, mut data: Bytes, out: &mut Output) {
 
 /// Queues as `FCGI_STDOUT` what `write` appends to the buffer it is handed: a response head
 /// encoded where it goes out, with no buffer of its own. Content up to [`STREAM_CHUNK_LEN`]
-/// (any head a web server takes) is one record whose header is filled in after; longer
-/// content is moved into as many records as it needs.
+/// (any head a web server takes) is one record whose header is filled in after, over the
+/// eight bytes this appended for it (nothing queued before is touched); longer content is
+/// moved into as many records as it needs.
 pub fn queue_stdout_with(id: u16, out: &mut Output, write: impl FnOnce(&mut BytesMut)) {
     let buf = out.buf();
     let start = buf.len();
