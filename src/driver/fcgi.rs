@@ -99,10 +99,8 @@ impl Wire for Fcgi {
 
     fn send_head(&mut self, resp: Response, _peer: &(dyn Display + Sync)) -> Body {
         let (parts, body) = resp.into_parts();
-        self.conn.send_stdout_with(self.id, |buf| {
-            buf.reserve(FIRST_OUTPUT);
-            encode_cgi_head(&parts, buf);
-        });
+        self.conn
+            .send_stdout_with(self.id, FIRST_OUTPUT, |buf| encode_cgi_head(&parts, buf));
         body
     }
 

@@ -352,13 +352,14 @@ impl Connection {
     }
 
     /// Queues as `FCGI_STDOUT` records for request `id` what `write` appends to the buffer it
-    /// is handed (a response head, encoded in place). Same no-op rules as
-    /// [`send_stdout`](Self::send_stdout): `write` is not called for an inactive id.
-    pub fn send_stdout_with(&mut self, id: u16, write: impl FnOnce(&mut BytesMut)) {
+    /// is handed (a response head, encoded in place), with room for `room` bytes of it made
+    /// first. Same no-op rules as [`send_stdout`](Self::send_stdout): `write` is not called
+    /// for an inactive id.
+    pub fn send_stdout_with(&mut self, id: u16, room: usize, write: impl FnOnce(&mut BytesMut)) {
         if self.responding_mut(id).is_none() {
             return;
         }
-        queue_stdout_with(id, &mut self.out, write);
+        queue_stdout_with(id, room, &mut self.out, write);
     }
 
     /// Queues `data` as `FCGI_STDERR` records for request `id`; the web server logs them.

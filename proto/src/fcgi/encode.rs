@@ -73,9 +73,17 @@ pub fn queue_stdout(id: u16, mut data: Bytes, out: &mut Output) {
 /// encoded where it goes out, with no buffer of its own. Content up to [`STREAM_CHUNK_LEN`]
 /// (any head a web server takes) is one record whose header is filled in after, over the
 /// eight bytes this appended for it (nothing queued before is touched); longer content is
-/// moved into as many records as it needs.
-pub fn queue_stdout_with(id: u16, out: &mut Output, write: impl FnOnce(&mut BytesMut)) {
+/// moved into as many records as it needs. `room` bytes (the content expected, with its
+/// padding) are reserved behind the header before anything is written, so the buffer grows
+/// once.
+pub fn queue_stdout_with(
+    id: u16,
+    room: usize,
+    out: &mut Output,
+    write: impl FnOnce(&mut BytesMut),
+) {
     let buf = out.buf();
+    buf.reserve(FCGI_HEADER_LEN + room);
     let start = buf.len();
     buf.put_bytes(0, FCGI_HEADER_LEN);
     write(buf);

@@ -808,13 +808,13 @@ fn large_stdout_data_is_queued_uncopied_between_its_headers() {
 fn a_head_written_in_place_is_the_record_send_stdout_makes() {
     let mut c = conn();
     feed(&mut c, &minimal_get(&BEGIN_1)).unwrap();
-    c.send_stdout_with(1, |buf| buf.extend_from_slice(RESPONSE));
+    c.send_stdout_with(1, 0, |buf| buf.extend_from_slice(RESPONSE));
     // Nothing written, nothing queued: not even an empty record, which would end the stream.
-    c.send_stdout_with(1, |_| {});
+    c.send_stdout_with(1, 0, |_| {});
     assert_eq!(transmit(&mut c), stdout_response_1());
 
     // An inactive id: `write` is not called.
-    c.send_stdout_with(2, |_| panic!("called for an inactive id"));
+    c.send_stdout_with(2, 0, |_| panic!("called for an inactive id"));
     assert_eq!(c.queued_output(), 0);
 }
 
@@ -825,8 +825,8 @@ fn a_head_written_in_place_longer_than_a_record_is_split() {
     let head: Vec<u8> = (0..STREAM_CHUNK_LEN + 100)
         .map(|i| (i % 251) as u8)
         .collect();
-    c.send_stdout_with(1, |buf| buf.extend_from_slice(&head[..STREAM_CHUNK_LEN]));
-    c.send_stdout_with(1, |buf| buf.extend_from_slice(&head));
+    c.send_stdout_with(1, 0, |buf| buf.extend_from_slice(&head[..STREAM_CHUNK_LEN]));
+    c.send_stdout_with(1, 0, |buf| buf.extend_from_slice(&head));
     c.end_request(1, 0);
     let (records, ended) = stdout_records(&transmit(&mut c));
     assert!(ended);
