@@ -72,6 +72,13 @@ impl Output {
         self.push_segment(data);
     }
 
+    /// Makes room once, before a message is appended, for `framing` bytes and for `data`
+    /// bytes of content if [`put`](Self::put) will copy them (shorter than [`SHARE_MIN`]).
+    pub fn reserve_for(&mut self, data: usize, framing: usize) {
+        let copied = if data < SHARE_MIN { data } else { 0 };
+        self.tail.reserve(copied + framing);
+    }
+
     /// Moves everything queued in `other` behind what is queued here, leaving `other` empty.
     /// When nothing is queued here the two are swapped: no copy, and `other` keeps this
     /// tail's capacity for its next output.
@@ -234,6 +241,18 @@ mod tests {
         out.put(Bytes::from(vec![b'y'; SHARE_MIN - 1]));
         assert_eq!(out.chunks_vectored(&mut slices), 1);
         assert!(out.segments.is_empty());
+    }
+
+    #[test]
+    fn room_is_made_for_copied_content_only() {
+        // Content that will be copied: room for it and its framing.
+        let mut out = Output::new();
+        out.reserve_for(SHARE_MIN - 1, 8);
+        assert!(out.capacity() >= SHARE_MIN - 1 + 8);
+        // Content that will be held as it is: room for the framing alone.
+        let mut out = Output::new();
+        out.reserve_for(SHARE_MIN, 8);
+        assert!(out.capacity() >= 8 && out.capacity() < SHARE_MIN);
     }
 
     #[test]

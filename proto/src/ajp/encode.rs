@@ -51,6 +51,10 @@ pub fn max_body_packet(packet_size: usize) -> usize {
 /// nothing; a flush is [`encode_flush`].
 pub fn queue_send_body_chunk(mut data: Bytes, packet_size: usize, out: &mut Output) {
     let max = max_send_body_chunk(packet_size);
+    out.reserve_for(
+        data.len(),
+        data.len().div_ceil(max) * SEND_BODY_CHUNK_OVERHEAD,
+    );
     while !data.is_empty() {
         let chunk = data.split_to(data.len().min(max));
         send_body_chunk_head(chunk.len(), out.buf());

@@ -10,7 +10,6 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::limits::{FCGI_HEADER_LEN, FCGI_MAX_CONTENT_LEN};
-use crate::output::SHARE_MIN;
 use crate::{Output, Params};
 
 use super::record::{
@@ -53,12 +52,7 @@ pub fn encode_stdout(id: u16, data: &[u8], dst: &mut BytesMut) {
 /// with each record's content handed to [`Output::put`] (uncopied when large).
 pub fn queue_stdout(id: u16, mut data: Bytes, out: &mut Output) {
     let records = data.len().div_ceil(STREAM_CHUNK_LEN);
-    let copied = if data.len() < SHARE_MIN {
-        data.len()
-    } else {
-        0
-    };
-    out.buf().reserve(copied + records * (FCGI_HEADER_LEN + 7));
+    out.reserve_for(data.len(), records * (FCGI_HEADER_LEN + 7));
     while !data.is_empty() {
         let content = data.split_to(data.len().min(STREAM_CHUNK_LEN));
         // content.len() <= STREAM_CHUNK_LEN < 65 536, so the cast cannot truncate.
