@@ -20,7 +20,6 @@ use crate::apps::info::Info;
 use crate::config::{App, Config, ConfigError, Method, Protocol};
 use crate::driver::{self, Shared};
 use crate::process::control::{self, TouchReload};
-use crate::process::prefork::PREFORK_REQUESTS_PER_WORKER;
 use crate::process::threaded::{self, Exit, ServeOptions};
 use crate::process::{hooks, image, prefork};
 use crate::request::{Gateway, RequestOptions};
@@ -463,12 +462,12 @@ fn prefork_worker<H: Handler>(
     }
 }
 
-/// What every connection of this process shares. A prefork worker runs one request at a
-/// time, as Django's prefork did (`maxchildren` counts its worker processes); a threaded
-/// process runs `maxchildren` at once.
+/// What every connection of this process shares. A prefork worker runs `worker_requests=`
+/// requests at once (one by default, as Django's prefork did: `maxchildren` counts its worker
+/// processes); a threaded process runs `maxchildren` at once.
 fn shared<H: Handler>(config: &Config, handler: H, method: &'static str) -> Arc<Shared<H>> {
     let requests = if method == "prefork" {
-        PREFORK_REQUESTS_PER_WORKER
+        config.worker_requests
     } else {
         config.maxchildren
     };

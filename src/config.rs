@@ -439,6 +439,20 @@ pub static OPTIONS: &[OptionDef] = &[
         help: "Connections served at once; more wait in the listen backlog.",
     },
     OptionDef {
+        name: "worker_requests",
+        metavar: "NUMBER",
+        kind: Kind::Number {
+            min: 1,
+            max: MAX_CHILDREN,
+        },
+        default: "1",
+        help: "Requests one prefork worker runs at once. 1, as Django's prefork: maxchildren \
+               is then also the most requests the server runs. More lets each worker \
+               interleave that many (long downloads, an async app's slow calls; app=wsgi \
+               runs that many Python threads per worker, as gunicorn's --threads). A \
+               worker counts as idle only while it runs none. method=prefork only.",
+    },
+    OptionDef {
         name: "maxparams",
         metavar: "BYTES",
         kind: Kind::Number {
@@ -524,7 +538,7 @@ pub static OPTIONS: &[OptionDef] = &[
         kind: Kind::Number { min: 0, max: 3600 },
         default: "30",
         help: "Seconds a request that arrives while a process runs all the requests it \
-               may (maxchildren threaded, one per prefork worker) waits for one to end \
+               may (maxchildren threaded, worker_requests per prefork worker) waits for one to end \
                before it is refused (FCGI_OVERLOADED, or 503 for scgi and ajp). 0: refuse \
                at once.",
     },
@@ -846,6 +860,8 @@ pub struct Config {
     pub backlog: u32,
     /// `maxconns=`; default 1024.
     pub maxconns: usize,
+    /// `worker_requests=` (prefork): requests one worker runs at once; default 1.
+    pub worker_requests: usize,
     /// `maxparams=` in bytes; default
     /// [`DEFAULT_MAX_PARAMS_BYTES`](appserver_proto::limits::DEFAULT_MAX_PARAMS_BYTES) (64 KiB).
     pub maxparams: usize,
@@ -913,6 +929,14 @@ impl Config {
             ("maxchildren", maxchildren),
         )?;
         ordered(&args, ("minspare", &mut minspare), ("maxspare", maxspare))?;
+        let worker_requests = number_usize(&args, "worker_requests")?;
+        if method == Method::Threaded && args.get("worker_requests").is_some() {
+            return Err(ConfigError::new(
+                "worker_requests",
+                "is an option of method=prefork; a method=threaded process runs \
+                 maxchildren= requests at once",
+            ));
+        }
 
         let systemd = env("NOTIFY_SOCKET").is_some() || env("LISTEN_FDS").is_some();
         let daemonize = match args.get("daemonize") {
@@ -1022,6 +1046,7 @@ impl Config {
             packetsize: number_usize(&args, "packetsize")?,
             backlog: number_u32(&args, "backlog")?,
             maxconns: number_usize(&args, "maxconns")?,
+            worker_requests,
             maxparams: number_usize(&args, "maxparams")?,
             timeouts: Timeouts {
                 header: Duration::from_secs(number(&args, "header_timeout")?),
@@ -2424,6 +2449,19 @@ mod tests {
     fn maxconns_limits() {
         check_range("maxconns", 1, MAX_CONNS);
         assert_eq!(ok(&["maxconns=7"]).maxconns, 7);
+    }
+
+    #[test]
+    fn worker_requests_limits() {
+        check_range("worker_requests", 1, MAX_CHILDREN);
+        assert_eq!(ok(&[]).worker_requests, 1);
+        assert_eq!(ok(&["worker_requests=25"]).worker_requests, 25);
+        // A threaded process has no workers: maxchildren= is its bound.
+        assert_eq!(
+            err(&["method=threaded", "worker_requests=4"]),
+            "runfcgi: option \"worker_requests\": is an option of method=prefork; a \
+             method=threaded process runs maxchildren= requests at once"
+        );
     }
 
     #[test]

@@ -309,6 +309,61 @@ fn prefork_keeps_spare_workers_within_bounds() {
     );
 }
 
+/// How long each request of `prefork_worker_runs_worker_requests_at_once` takes: long enough
+/// that the watch below ends before the first of them can.
+const WORKER_REQUESTS_SLOW_MS: u64 = 3_000;
+
+/// `worker_requests=2`: the one worker takes two slow requests at once and leaves a third in
+/// the listen backlog while both run (its bound), then serves it when one ends. With the
+/// default (one) it would hold one connection at a time.
+#[test]
+fn prefork_worker_runs_worker_requests_at_once() {
+    let server = prefork(
+        TestCommand::axum(),
+        &[
+            "minspare=1",
+            "maxspare=1",
+            "maxchildren=1",
+            "worker_requests=2",
+        ],
+    );
+    let nginx = Nginx::fastcgi(server.listen(), FcgiPass::Close);
+    let socket = socket_of(&server);
+    let started = Instant::now();
+    let path = format!("/slow?ms={WORKER_REQUESTS_SLOW_MS}");
+    let slow: Vec<_> = (0..3)
+        .map(|_| request_in_background(nginx.port(), &path))
+        .collect();
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || unix_accepted(&socket) == 2),
+        "worker_requests=2: {} of 3 slow requests accepted\n{}",
+        unix_accepted(&socket),
+        cases::logs(&server, &nginx)
+    );
+    let watch_until = started + Duration::from_millis(WORKER_REQUESTS_SLOW_MS * 5 / 6);
+    let mut most = 0;
+    while Instant::now() < watch_until {
+        most = most.max(unix_accepted(&socket));
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(most, 2, "worker_requests=2 took a third request at once");
+    for (i, handle) in slow.into_iter().enumerate() {
+        let body = handle.join().expect("client thread");
+        assert_eq!(
+            body.as_deref(),
+            Ok("done\n"),
+            "slow request {i}\n{}",
+            cases::logs(&server, &nginx)
+        );
+    }
+    // The third waited for one of the first two: it ended at least two request times in.
+    assert!(
+        started.elapsed() >= Duration::from_millis(2 * WORKER_REQUESTS_SLOW_MS),
+        "three requests ended after {:?}: the third did not wait",
+        started.elapsed()
+    );
+}
+
 /// A worker killed with SIGKILL under load: the master logs its pid and how it died and
 /// starts a replacement; only the request that worker held (maxconns=1: at most one) may
 /// fail, and the pool is whole again.

@@ -852,6 +852,49 @@ fn hup_picks_up_changed_python_code() {
 /// resident memory within 32 MiB of what it was idle, with Python loaded (through nginx,
 /// curl on the other side): the threaded server, and a prefork worker (whose Python thread
 /// reads the upload, while its own thread runs the download's app).
+/// `worker_requests=2`: one prefork worker runs two requests at once, each on a Python thread
+/// of its own (a worker running one would hold the second in its backlog, and the first would
+/// answer "alone" after 10 s), and tells the app so (`wsgi.multithread`).
+#[test]
+fn a_prefork_worker_runs_worker_requests_on_python_threads() {
+    let one_worker = [
+        "method=prefork",
+        "maxchildren=1",
+        "minspare=1",
+        "maxspare=1",
+        "worker_requests=2",
+    ];
+    let server = testapp("pair", &one_worker, &[]).start();
+    let answers: Vec<String> = (0..2)
+        .map(|_| {
+            let listen = server.listen().clone();
+            std::thread::spawn(move || {
+                let mut stream = crate::util::client::Stream::connect(&listen);
+                let params = crate::util::client::cgi_params("GET", "/", &[]);
+                crate::util::client::fcgi_get(&mut stream, &params, false).text()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect();
+    assert!(
+        answers.iter().all(|a| a.starts_with("met ")),
+        "{answers:?}\n{}",
+        server.log()
+    );
+    assert_ne!(answers[0], answers[1], "both ran on one Python thread");
+    drop(server);
+    let server = testapp("environ_app", &one_worker, &[]).start();
+    let environ = fcgi_get_root(&server);
+    for flag in [
+        r#""wsgi.multithread": true"#,
+        r#""wsgi.multiprocess": true"#,
+    ] {
+        assert!(environ.contains(flag), "{flag} not in {environ}");
+    }
+}
+
 #[test]
 fn gigabyte_transfers_keep_memory_bounded() {
     const GIB: u64 = 1 << 30;

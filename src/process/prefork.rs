@@ -63,13 +63,6 @@ use crate::process::image::Image;
 use crate::process::threaded::Exit;
 use crate::sys::{self, Forked};
 
-/// Requests one prefork worker runs at once: one, as Django's prefork (flup) did, so that
-/// `maxchildren` (the most workers) is also the most requests the server runs at once, as
-/// php-fpm's `pm.max_children`. A busy worker stops accepting and leaves new connections to
-/// the others in the listen backlog; a request that arrives on one of its kept-alive
-/// connections meanwhile waits up to `queue_timeout` for it.
-pub const PREFORK_REQUESTS_PER_WORKER: usize = 1;
-
 /// Environment variable naming the workers of the previous image after a reload: the
 /// re-executed master stops them once its own workers serve.
 pub const RETIRE_PIDS_ENV: &str = "APPSERVER_RETIRE_PIDS";

@@ -191,7 +191,7 @@ impl Recorder {
         }
     }
 
-    /// A request was refused as overloaded (`maxchildren` in flight).
+    /// A request was refused as overloaded (its process ran all the requests it may).
     pub fn overloaded(&self) {
         if let Some(b) = &self.board {
             b.overloaded();

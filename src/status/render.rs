@@ -341,7 +341,7 @@ fn metrics(snap: &Snapshot, om: bool) -> String {
     );
     m.counter(
         "appserver_overloaded",
-        "Requests refused because maxchildren requests were in flight.",
+        "Requests refused because a process ran all the requests it may at once.",
         snap.overloaded,
     );
     m.counter(

@@ -264,7 +264,7 @@ impl Scoreboard {
         self.add(H_CLOSE_REASONS + close_index(reason), 1);
     }
 
-    /// A request was answered "overloaded" (`maxchildren` reached).
+    /// A request was answered "overloaded" (its process ran all the requests it may).
     pub fn overloaded(&self) {
         self.add(H_OVERLOADED, 1);
     }

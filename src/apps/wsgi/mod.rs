@@ -24,7 +24,8 @@
 //! request at a time per worker, as Django's prefork: a request without a body (a GET, most
 //! of a site's traffic) runs on the worker's own thread (`Wsgi::call_inline`, no hand-off),
 //! one with a body on the worker's one Python thread, where `wsgi.input` can wait for the
-//! driver. With `preload=true` the master imports the app before forking, with the
+//! driver. With `worker_requests=N` above 1 a worker runs every request on up to N Python
+//! threads instead, as a threaded process does. With `preload=true` the master imports the app before forking, with the
 //! interpreter's fork hooks around each fork. threaded runs every request on up to
 //! `maxchildren` Python threads, started as requests need them.
 
@@ -74,10 +75,12 @@ struct Inner {
     /// `script_name=` is set: the resolved `SCRIPT_NAME` is that prefix.
     forced_script_name: bool,
     flags: Flags,
-    /// Python threads this process may run: `maxchildren` (threaded), 1 (prefork).
+    /// Python threads this process may run: `maxchildren` (threaded), `worker_requests`
+    /// (prefork, 1 by default).
     threads: usize,
     /// A request without a body may run on the connection's own thread (see
-    /// [`Wsgi::call_inline`]): prefork, without `request_timeout=`.
+    /// [`Wsgi::call_inline`]): prefork with one request per worker, without
+    /// `request_timeout=`.
     inline: bool,
     /// The app called `write()` while running on the connection's thread: its requests run
     /// on a Python thread from then on (see [`response::MAX_HELD_WRITE`]).
@@ -102,6 +105,12 @@ impl Wsgi {
     /// the interpreter starts in the serving process (see [`Wsgi::hooks`]).
     pub fn from_config(config: &Config) -> Self {
         let threaded = config.method == Method::Threaded;
+        // Python threads: the requests this process runs at once.
+        let threads = if threaded {
+            config.maxchildren
+        } else {
+            config.worker_requests
+        };
         Self::new(
             interp::Settings {
                 module: config.wsgi.module.clone(),
@@ -112,15 +121,12 @@ impl Wsgi {
             config.wsgi.preload,
             config.script_name.is_some(),
             Flags {
-                multithread: threaded && config.maxchildren > 1,
+                multithread: threads > 1,
                 multiprocess: !threaded,
             },
-            if threaded {
-                config.maxchildren.max(1)
-            } else {
-                1
-            },
-            !threaded && config.timeouts.request.is_none(),
+            threads.max(1),
+            // On the worker's own thread only where nothing else waits for it.
+            !threaded && threads == 1 && config.timeouts.request.is_none(),
         )
     }
 

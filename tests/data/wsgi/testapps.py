@@ -268,6 +268,23 @@ if os.environ.get("APPSERVER_TEST_ATEXIT_LOG"):
     atexit.register(_at_exit)
 
 
+# Two requests meet here when a process runs them at the same time (`pair`).
+_pair = threading.Barrier(2)
+
+
+@validator
+def pair(environ, start_response):
+    """Waits up to 10 s for a second request to be in the app at the same time: "met" with
+    the thread's ident if one came, "alone" if none did."""
+    try:
+        _pair.wait(timeout=10)
+        answer = "met %d" % threading.get_ident()
+    except threading.BrokenBarrierError:
+        _pair.reset()
+        answer = "alone"
+    return _text(start_response, answer)
+
+
 @validator
 def thread_ident(environ, start_response):
     """The ident of the thread the app runs on; reads the body first."""
