@@ -12,7 +12,8 @@ usage: benches/peers.sh [--duration SECONDS] [--rounds N] [--json PATH] [--markd
 Starts one nginx (2 workers) on a free loopback port and, in turn, each backend behind it:
 nginx alone (the ceiling), uWSGI 2.0 (python3, 2 processes) over FastCGI and over SCGI,
 php-fpm (static pool of 2), Go net/http/fcgi, and appserver's examples/bench.rs threaded and
-prefork (2 workers), over FastCGI with and without fastcgi_keep_conn, and over SCGI. Each
+prefork (2 workers, one request each at a time, and 25 each: worker_requests=25), over
+FastCGI with and without fastcgi_keep_conn, and over SCGI. Each
 serves `/` (13 bytes), `/big` (10 MiB) and `/upload` (reads a 10 MiB body, answers its
 length), and so does the floor (benches/peers/floor.c, the least a FastCGI responder can do,
 with and without keep-conn, and an SCGI one: what any backend can reach here; and as two
@@ -30,7 +31,7 @@ Options (environment variables in brackets):
                        (nginx-direct, uwsgi-fcgi, uwsgi-scgi, php-fpm, go-fcgi,
                        fcgi-floor, fcgi-floor-kc, fcgi-floor-kc-2, scgi-floor,
                        scgi-floor-2, fcgi-floor-kc-2-serial,
-                       appserver-{threaded,prefork}-{fcgi,fcgi-kc,scgi})
+                       appserver-{threaded,prefork,prefork-wr25}-{fcgi,fcgi-kc,scgi})
   -h, --help           this text
 
 Installs what is missing with apt-get (nginx-light wrk uwsgi uwsgi-plugin-python3 php-fpm
@@ -74,7 +75,8 @@ known=" nginx-direct uwsgi-fcgi uwsgi-scgi php-fpm go-fcgi fcgi-floor fcgi-floor
 scgi-floor-2 fcgi-floor-kc-2-serial
 appserver-threaded-fcgi
 appserver-threaded-fcgi-kc appserver-prefork-fcgi appserver-prefork-fcgi-kc
-appserver-threaded-scgi appserver-prefork-scgi "
+appserver-threaded-scgi appserver-prefork-scgi
+appserver-prefork-wr25-fcgi appserver-prefork-wr25-fcgi-kc appserver-prefork-wr25-scgi "
 IFS=, read -ra wanted <<<"$only"
 for name in "${wanted[@]}"; do
     [[ $known == *[[:space:]]$name[[:space:]]* ]] || bad "--only: no backend '$name'; the backends:$(echo $known | sed 's/^/ /')"

@@ -21,7 +21,7 @@ const BACKENDS: &[&str] = &[
     "go-fcgi",
     "fcgi-floor",
     "fcgi-floor-kc",
-    "appserver-{threaded,prefork}-{fcgi,fcgi-kc,scgi}",
+    "appserver-{threaded,prefork,prefork-wr25}-{fcgi,fcgi-kc,scgi}",
 ];
 
 fn peers(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {

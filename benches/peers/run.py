@@ -65,7 +65,7 @@ class Backend:
         self.php = php
 
 
-def appserver(method, protocol):
+def appserver(method, protocol, worker_requests=1):
     def argv(d, sock):
         args = [
             os.path.join(ROOT, "target/release/examples/bench"),
@@ -77,6 +77,8 @@ def appserver(method, protocol):
         ]
         if method == "prefork":
             args += ["minspare=2", "maxspare=2", "maxchildren=2"]
+        if worker_requests > 1:
+            args += ["worker_requests=%d" % worker_requests]
         return args
 
     return argv
@@ -202,6 +204,22 @@ BACKENDS = [
         3,
         appserver("prefork", "scgi"),
     ),
+    # The pool with each worker running 25 requests at once (worker_requests=25): two
+    # workers take all fifty of wrk's connections, as the threaded process does.
+] + [
+    Backend(
+        "appserver-prefork-wr25-" + variant,
+        "appserver prefork, 2 workers, worker_requests=25",
+        protocol,
+        keep_conn,
+        3,
+        appserver("prefork", protocol, worker_requests=25),
+    )
+    for variant, protocol, keep_conn in [
+        ("fcgi", "fcgi", False),
+        ("fcgi-kc", "fcgi", True),
+        ("scgi", "scgi", False),
+    ]
 ]
 
 
