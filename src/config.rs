@@ -538,9 +538,9 @@ pub static OPTIONS: &[OptionDef] = &[
         kind: Kind::Number { min: 0, max: 3600 },
         default: "30",
         help: "Seconds a request that arrives while a process runs all the requests it \
-               may (maxchildren threaded, worker_requests per prefork worker) waits for one to end \
-               before it is refused (FCGI_OVERLOADED, or 503 for scgi and ajp). 0: refuse \
-               at once.",
+               may (maxchildren threaded, worker_requests per prefork worker) waits for one \
+               to end before it is refused (FCGI_OVERLOADED, or 503 for scgi and ajp). 0: \
+               refuse at once.",
     },
     OptionDef {
         name: "graceful_timeout",

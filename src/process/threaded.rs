@@ -4,9 +4,10 @@
 //! serves a new connection in place, on its own task, and gives it a task of its own only if
 //! it has to wait, so a handler that holds its thread there stops that loop only. The loops
 //! accept only while the process has room for another request (`maxchildren` threaded,
-//! `worker_requests` per prefork worker), so connections wait in the listen backlog, where another worker can
-//! take them, instead of queueing behind a busy process. At most `maxconns` connections are
-//! open: when all are, a new one evicts the one that has waited longest for a request.
+//! `worker_requests` per prefork worker), so connections wait in the listen backlog, where
+//! another worker can take them, instead of queueing behind a busy process. At most
+//! `maxconns` connections are open: when all are, a new one evicts the one that has waited
+//! longest for a request.
 //! Signals map to [`Control`]: a graceful stop stops accepting, lets busy connections finish
 //! within `graceful_timeout=`, then returns.
 //!

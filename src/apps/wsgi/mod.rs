@@ -25,9 +25,9 @@
 //! of a site's traffic) runs on the worker's own thread (`Wsgi::call_inline`, no hand-off),
 //! one with a body on the worker's one Python thread, where `wsgi.input` can wait for the
 //! driver. With `worker_requests=N` above 1 a worker runs every request on up to N Python
-//! threads instead, as a threaded process does. With `preload=true` the master imports the app before forking, with the
-//! interpreter's fork hooks around each fork. threaded runs every request on up to
-//! `maxchildren` Python threads, started as requests need them.
+//! threads instead, as a threaded process does. With `preload=true` the master imports the
+//! app before forking, with the interpreter's fork hooks around each fork. threaded runs
+//! every request on up to `maxchildren` Python threads, started as requests need them.
 
 mod environ;
 mod input;
