@@ -239,6 +239,24 @@ fn request_in_background(port: u16, path: &str) -> thread::JoinHandle<Result<Str
     )
 }
 
+/// Joins requests started with [`request_in_background`] and checks that each answered
+/// `/slow`'s `done`.
+fn assert_all_done(
+    slow: Vec<thread::JoinHandle<Result<String, String>>>,
+    server: &Server,
+    front: &WebServer,
+) {
+    for (i, handle) in slow.into_iter().enumerate() {
+        let body = handle.join().expect("client thread");
+        assert_eq!(
+            body.as_deref(),
+            Ok("done\n"),
+            "slow request {i}\n{}",
+            cases::logs(server, front)
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // 1. The prefork pool.
 
@@ -291,15 +309,7 @@ fn prefork_keeps_spare_workers_within_bounds() {
         "with every worker busy the pool must stay at maxchildren=5"
     );
 
-    for (i, handle) in slow.into_iter().enumerate() {
-        let body = handle.join().expect("client thread");
-        assert_eq!(
-            body.as_deref(),
-            Ok("done\n"),
-            "slow request {i}\n{}",
-            cases::logs(&server, &nginx)
-        );
-    }
+    assert_all_done(slow, &server, &nginx);
     // Five idle workers: two above maxspare are stopped.
     assert!(
         wait_until(SETTLE_TIMEOUT, || count() == 3),
@@ -347,15 +357,7 @@ fn prefork_worker_runs_worker_requests_at_once() {
         thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(most, 2, "worker_requests=2 took a third request at once");
-    for (i, handle) in slow.into_iter().enumerate() {
-        let body = handle.join().expect("client thread");
-        assert_eq!(
-            body.as_deref(),
-            Ok("done\n"),
-            "slow request {i}\n{}",
-            cases::logs(&server, &nginx)
-        );
-    }
+    assert_all_done(slow, &server, &nginx);
     // The third waited for one of the first two: it ended at least two request times in.
     assert!(
         started.elapsed() >= Duration::from_millis(2 * WORKER_REQUESTS_SLOW_MS),
