@@ -848,10 +848,6 @@ fn hup_picks_up_changed_python_code() {
     }
 }
 
-/// A 1 GiB upload read by the app and a 1 GiB streamed download each keep appserver's
-/// resident memory within 32 MiB of what it was idle, with Python loaded (through nginx,
-/// curl on the other side): the threaded server, and a prefork worker (whose Python thread
-/// reads the upload, while its own thread runs the download's app).
 /// `worker_requests=2`: one prefork worker runs two requests at once, each on a Python thread
 /// of its own (a worker running one would hold the second in its backlog, and the first would
 /// answer "alone" after 10 s), and tells the app so (`wsgi.multithread`).
@@ -895,6 +891,10 @@ fn a_prefork_worker_runs_worker_requests_on_python_threads() {
     }
 }
 
+/// A 1 GiB upload read by the app and a 1 GiB streamed download each keep appserver's
+/// resident memory within 32 MiB of what it was idle, with Python loaded (through nginx,
+/// curl on the other side): the threaded server, and a prefork worker (whose Python thread
+/// reads the upload, while its own thread runs the download's app).
 #[test]
 fn gigabyte_transfers_keep_memory_bounded() {
     const GIB: u64 = 1 << 30;
