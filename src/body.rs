@@ -3,12 +3,14 @@
 //! A request body is fed by the driver from STDIN records, SCGI bytes or AJP body packets
 //! through a small bounded channel, so a handler that reads slowly slows the web server down
 //! instead of making appserver buffer (design.md §1). A response body is any
-//! [`http_body::Body`]; the driver pulls frames only while its output queue has room (256
-//! KiB owed to the web server). A frame of 4 KiB or more is written from the app's own
-//! buffer, not copied (where the protocol's records split it, a piece under 4 KiB is): a
-//! download served from shared [`Bytes`] (a static buffer, a cache of files) costs only the
-//! kernel's copy into the socket. Smaller frames are copied into the connection's buffer
-//! beside the protocol's framing, so a page goes out in one write.
+//! [`http_body::Body`]; the driver pulls frames only while its output queue has room (less
+//! than [`MAX_QUEUED_OUTPUT`](appserver_proto::limits::MAX_QUEUED_OUTPUT), 256 KiB, owed to
+//! the web server). A frame of [`SHARE_MIN`](appserver_proto::output::SHARE_MIN) (4 KiB) or
+//! more is written from the app's own buffer, not copied (where the protocol's records split
+//! it, a piece under 4 KiB is): a download served from shared [`Bytes`] (a static buffer, a
+//! cache of files) costs only the kernel's copy into the socket. Smaller frames are copied
+//! into the connection's buffer beside the protocol's framing, so a page goes out in one
+//! write.
 
 use std::fmt;
 use std::pin::Pin;
