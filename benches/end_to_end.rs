@@ -27,7 +27,6 @@ use appserver_proto::Limits;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 struct Hello;
 
@@ -122,7 +121,7 @@ fn serve<H: Handler>(runtime: &tokio::runtime::Runtime, path: &std::path::Path, 
         limits: Limits::default(),
         protocol: driver::Protocol::Fcgi,
         timeouts: driver::Timeouts::default(),
-        shutdown: CancellationToken::new(),
+        shutdown: Default::default(),
         load: Arc::default(),
     });
     runtime.spawn(async move {

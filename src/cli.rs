@@ -494,7 +494,7 @@ fn shared<H: Handler>(config: &Config, handler: H, method: &'static str) -> Arc<
             },
         },
         timeouts: config.timeouts,
-        shutdown: CancellationToken::new(),
+        shutdown: Default::default(),
         load: Arc::default(),
     })
 }

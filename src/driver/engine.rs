@@ -10,8 +10,8 @@
 //! One `select!` per turn over: writing what is owed, reading (only while less than
 //! [`MAX_QUEUED_OUTPUT`] is owed, while the handler can take body bytes and while no request
 //! waits for a slot), the request's progress, the phase's deadline, the slot table's eviction
-//! and the shutdown token. Reading never waits for writing or the other way round: Apache
-//! sends STDIN while it reads STDOUT.
+//! and the graceful stop ([`Shutdown`](super::Shutdown)). Reading never waits for writing or
+//! the other way round: Apache sends STDIN while it reads STDOUT.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -328,7 +328,7 @@ impl<H: Handler, W: Wire> Engine<'_, H, W> {
         let mut evictable = false;
         // One timer and one stop watch for the connection's life, re-aimed rather than made
         // anew each turn: a new timer went into tokio's timer wheel and out again, and a new
-        // stop watch joined and left the token's waiter list, each under a lock, several
+        // stop watch joined and left the stop's waiter list, each under a lock, several
         // times per request (docs/performance.md, "The hot path"). The timer is aimed only
         // when a turn waits on it ([`Aim`]).
         let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));

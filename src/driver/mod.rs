@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -20,7 +20,6 @@ use appserver_proto::Limits;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
 
 use crate::request::{Gateway, RequestOptions};
 use crate::response::plain;
@@ -134,8 +133,8 @@ pub struct Shared<H> {
     pub protocol: Protocol,
     /// The deadline of every phase of a connection.
     pub timeouts: Timeouts,
-    /// Cancelled on graceful stop: idle connections close, busy ones finish first.
-    pub shutdown: CancellationToken,
+    /// Set on graceful stop: idle connections close, busy ones finish first.
+    pub shutdown: Shutdown,
     /// Requests in flight and served, watched by prefork workers to report busy/idle and to
     /// retire after `maxrequests`.
     pub load: Arc<Load>,
@@ -157,6 +156,43 @@ impl<H: Handler> Shared<H> {
             _permit: permit,
             load: Arc::clone(&self.load),
         }
+    }
+}
+
+/// The graceful stop every connection watches ([`Shared::shutdown`]): set once, never unset.
+///
+/// The engine looks at it at every turn of every connection, several times per request, and
+/// in a threaded process from every runtime thread. `tokio_util`'s `CancellationToken` takes a
+/// mutex for each look, a write to one cache line that the runtime threads took from each
+/// other six times per request; this is a flag that is only read until the stop, and a
+/// `Notify` for the connections that wait.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    stopped: AtomicBool,
+    stop: Notify,
+}
+
+impl Shutdown {
+    /// Starts the stop: wakes every connection that waits in [`cancelled`](Self::cancelled).
+    pub fn cancel(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.stop.notify_waiters();
+    }
+
+    /// Whether the stop has started.
+    pub fn is_cancelled(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Returns once the stop has started.
+    pub async fn cancelled(&self) {
+        // A `Notified` receives `notify_waiters` from its creation on, polled or not, so a
+        // stop between it and the check is not missed.
+        let stop = self.stop.notified();
+        if self.is_cancelled() {
+            return;
+        }
+        stop.await;
     }
 }
 
@@ -378,7 +414,38 @@ pub(crate) fn test_shared<H: Handler>(
             queue: Duration::ZERO,
             ..Timeouts::default()
         },
-        shutdown: CancellationToken::new(),
+        shutdown: Shutdown::default(),
         load: Arc::default(),
     })
+}
+
+#[cfg(test)]
+mod shutdown_tests {
+    use std::time::Duration;
+
+    use super::Shutdown;
+
+    /// A waiter already waiting when the stop comes, and one that starts after it, both
+    /// return; before the stop, none does.
+    #[tokio::test(start_paused = true)]
+    async fn every_waiter_sees_the_stop() {
+        let shutdown = Shutdown::default();
+        assert!(!shutdown.is_cancelled());
+        let early = shutdown.cancelled();
+        let mut early = std::pin::pin!(early);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), early.as_mut())
+                .await
+                .is_err(),
+            "no stop yet"
+        );
+        shutdown.cancel();
+        assert!(shutdown.is_cancelled());
+        tokio::time::timeout(Duration::from_secs(1), early)
+            .await
+            .expect("a waiter from before the stop returns");
+        tokio::time::timeout(Duration::from_secs(1), shutdown.cancelled())
+            .await
+            .expect("a waiter from after it returns at once");
+    }
 }

@@ -1,6 +1,6 @@
 //! The engine against hostile and broken peers, on a paused clock: floods that never read,
 //! silent connections, trickled bodies, heads at the size limit, answers before the body,
-//! handlers past `request_timeout`, requests waiting for a slot.
+//! handlers past `request_timeout`, requests waiting for a slot; and a graceful stop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -463,4 +463,71 @@ fn a_waiting_connection_keeps_output_buffers_up_to_idle_output_keep() {
     assert!(over.capacity() > IDLE_OUTPUT_KEEP);
     keep_while_idle(&mut over);
     assert_eq!(over.capacity(), 0);
+}
+
+/// Answers at once, or for `PATH_INFO=/slow` once `gate` is opened (saying so on `started`).
+struct Gated {
+    started: Arc<tokio::sync::Notify>,
+    gate: Arc<tokio::sync::Notify>,
+}
+impl Handler for Gated {
+    async fn call(&self, req: Request) -> Result<Response, BoxError> {
+        if req.uri().path() == "/slow" {
+            self.started.notify_one();
+            self.gate.notified().await;
+        }
+        Ok(Response::new(Body::from(req.uri().path().to_owned())))
+    }
+}
+
+fn keep_conn_request(path: &str) -> BytesMut {
+    let mut p = ParamsBuilder::new(Limits::default());
+    p.push(b"PATH_INFO", path.as_bytes()).unwrap();
+    let mut out = BytesMut::new();
+    encode_request(1, Role::Responder, true, &p.finish(), &mut out);
+    encode_stdin(1, b"", &mut out);
+    out
+}
+
+/// A graceful stop (`Shared::shutdown`) closes a connection that waits between requests at
+/// once, and lets one whose request is in flight answer it first.
+#[tokio::test(start_paused = true)]
+async fn a_graceful_stop_closes_waiting_connections_and_lets_busy_ones_answer() {
+    let started = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let handler = Gated {
+        started: Arc::clone(&started),
+        gate: Arc::clone(&gate),
+    };
+    let shared = test_shared(handler, 4, "fcgi");
+    let (mut waiting, waiting_task) = spawn_fcgi(Arc::clone(&shared));
+    waiting
+        .write_all(&keep_conn_request("/quick"))
+        .await
+        .unwrap();
+    let (out, _) = fcgi_response(&mut waiting).await.expect("answered");
+    assert!(out.ends_with("/quick"), "{out}");
+    let (mut busy, busy_task) = spawn_fcgi(Arc::clone(&shared));
+    busy.write_all(&keep_conn_request("/slow")).await.unwrap();
+    started.notified().await;
+
+    let stop = Instant::now();
+    shared.shutdown.cancel();
+    assert!(shared.shutdown.is_cancelled());
+    let closed = tokio::time::timeout(Duration::from_secs(1), fcgi_response(&mut waiting))
+        .await
+        .expect("the waiting connection is closed at the stop");
+    assert_eq!(closed, None, "closed, not served");
+    waiting_task.await.unwrap();
+    assert_eq!(stop.elapsed(), Duration::ZERO, "at once");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !busy_task.is_finished(),
+        "the busy connection waits for its answer"
+    );
+    gate.notify_one();
+    let (out, _) = fcgi_response(&mut busy).await.expect("answered");
+    assert!(out.ends_with("/slow"), "{out}");
+    assert_eq!(fcgi_response(&mut busy).await, None, "then closed");
+    busy_task.await.unwrap();
 }
