@@ -466,11 +466,7 @@ fn prefork_worker<H: Handler>(
 /// requests at once (one by default, as Django's prefork did: `maxchildren` counts its worker
 /// processes); a threaded process runs `maxchildren` at once.
 fn shared<H: Handler>(config: &Config, handler: H, method: &'static str) -> Arc<Shared<H>> {
-    let requests = if method == "prefork" {
-        config.worker_requests
-    } else {
-        config.maxchildren
-    };
+    let requests = config.requests_per_process();
     Arc::new(Shared {
         handler,
         requests: Arc::new(Semaphore::new(requests)),

@@ -1106,6 +1106,16 @@ impl Config {
         }
     }
 
+    /// Requests one serving process runs at once: `maxchildren=` for a threaded process,
+    /// `worker_requests=` (1 by default) for each prefork worker. Its request slots and, for
+    /// app=wsgi, its Python threads.
+    pub fn requests_per_process(&self) -> usize {
+        match self.method {
+            Method::Threaded => self.maxchildren,
+            Method::Prefork => self.worker_requests,
+        }
+    }
+
     /// The codec limits: `maxparams=` over the protocol defaults.
     pub fn limits(&self) -> Limits {
         // `maxparams` was checked against the same floor and ceiling `Limits` asserts.

@@ -106,11 +106,7 @@ impl Wsgi {
     pub fn from_config(config: &Config) -> Self {
         let threaded = config.method == Method::Threaded;
         // Python threads: the requests this process runs at once.
-        let threads = if threaded {
-            config.maxchildren
-        } else {
-            config.worker_requests
-        };
+        let threads = config.requests_per_process();
         Self::new(
             interp::Settings {
                 module: config.wsgi.module.clone(),
@@ -124,7 +120,7 @@ impl Wsgi {
                 multithread: threads > 1,
                 multiprocess: !threaded,
             },
-            threads.max(1),
+            threads,
             // On the worker's own thread only where nothing else waits for it.
             !threaded && threads == 1 && config.timeouts.request.is_none(),
         )
