@@ -37,12 +37,18 @@ impl Handler for Hang {
 }
 
 fn fcgi_request(pairs: &[(&str, &str)], body: Option<&[u8]>) -> BytesMut {
+    fcgi_request_kept(pairs, body, false)
+}
+
+/// A request, with `FCGI_KEEP_CONN` when `keep_conn`; `body: Some(b"")` sends the empty
+/// STDIN alone.
+fn fcgi_request_kept(pairs: &[(&str, &str)], body: Option<&[u8]>, keep_conn: bool) -> BytesMut {
     let mut p = ParamsBuilder::new(Limits::default());
     for (n, v) in pairs {
         p.push(n.as_bytes(), v.as_bytes()).unwrap();
     }
     let mut out = BytesMut::new();
-    encode_request(1, Role::Responder, false, &p.finish(), &mut out);
+    encode_request(1, Role::Responder, keep_conn, &p.finish(), &mut out);
     if let Some(body) = body {
         if !body.is_empty() {
             encode_stdin(1, body, &mut out);
@@ -481,12 +487,7 @@ impl Handler for Gated {
 }
 
 fn keep_conn_request(path: &str) -> BytesMut {
-    let mut p = ParamsBuilder::new(Limits::default());
-    p.push(b"PATH_INFO", path.as_bytes()).unwrap();
-    let mut out = BytesMut::new();
-    encode_request(1, Role::Responder, true, &p.finish(), &mut out);
-    encode_stdin(1, b"", &mut out);
-    out
+    fcgi_request_kept(&[("PATH_INFO", path)], Some(b""), true)
 }
 
 /// A graceful stop (`Shared::shutdown`) closes a connection that waits between requests at
